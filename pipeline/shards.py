@@ -1,0 +1,106 @@
+"""The token shard format. The one module that owns it (see docs/design.md).
+
+A shard is a numpy `.npy` file: dtype uint16, one dimension, exactly
+`shard_tokens` long except the last shard of a split. Names are
+`<split>_<NNNNNN>.npy`. A shard is written under a temporary name, fsynced and
+renamed into place, so no reader ever sees a partial one. Readers memory-map
+(`np.load(path, mmap_mode="r")`) and never read a whole shard into RAM; plain
+`np.load(path)` works too, as build-nanogpt's loader does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+SPLITS = ("train", "val")
+DTYPE = np.uint16
+TMP_SUFFIX = ".tmp"
+_NAME = re.compile(r"^(train|val)_(\d{6})\.npy$")
+
+
+def shard_name(split: str, index: int) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return f"{split}_{index:06d}.npy"
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the directory entry (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_shard(folder: Path, split: str, index: int, tokens: np.ndarray) -> Path:
+    """Write `tokens` as shard `index` of `split`: temp name, fsync, rename."""
+    if tokens.dtype != DTYPE or tokens.ndim != 1:
+        raise ValueError(f"shard must be 1-D {DTYPE.__name__}, got {tokens.dtype} {tokens.shape}")
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / shard_name(split, index)
+    tmp = folder / (final.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, tokens, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+    return final
+
+
+def open_shard(path: Path) -> np.ndarray:
+    """Memory-map a shard, checking its header; errors name the file and the remedy."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: shard not found; rerun `make tokenize`") from None
+    except (ValueError, OSError) as e:
+        raise InputError(
+            f"{path}: not a readable .npy shard ({e}); delete it and rerun `make tokenize`"
+        ) from None
+    if arr.dtype != DTYPE or arr.ndim != 1:
+        raise InputError(
+            f"{path}: shard has dtype {arr.dtype} and shape {arr.shape}, expected 1-D uint16; "
+            "it was not written by `make tokenize`: delete it and rerun"
+        )
+    return arr
+
+
+def list_shards(folder: Path, split: str) -> list[Path]:
+    """The complete shards of `split` in order; a gap in the numbering is an error."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    found = sorted(p for p in Path(folder).glob(f"{split}_*.npy") if _NAME.match(p.name))
+    for i, p in enumerate(found):
+        if p.name != shard_name(split, i):
+            raise InputError(
+                f"{folder}: {split} shards are not numbered 0..{len(found) - 1} "
+                f"(found {p.name} at position {i}); rerun `make tokenize` with force=true"
+            )
+    return found
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete leftovers of interrupted writes (`*.tmp`); returns what was removed."""
+    removed = []
+    if Path(folder).is_dir():
+        for p in Path(folder).glob(f"*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -1,0 +1,79 @@
+"""The one config mechanism: YAML + key=value -> checked dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from model.config import TrainConfig
+from pipeline import config as configlib
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(kw_only=True)
+class Toy:
+    n: int = 1
+    x: float = 0.5
+    name: str = "a"
+    on: bool = False
+    workers: int | str = "auto"
+    langs: list[str] = field(default_factory=list)
+
+
+def test_overrides_are_parsed_as_yaml_scalars():
+    cfg = configlib.load(Toy, None, ["n=4", "x=1e-3", "on=true", "workers=2", "langs=[Python, Go]"])
+    assert (cfg.n, cfg.x, cfg.on, cfg.workers, cfg.langs) == (4, 1e-3, True, 2, ["Python", "Go"])
+
+
+def test_int_is_accepted_for_float_and_str_union_keeps_auto():
+    cfg = configlib.load(Toy, None, ["x=3", "workers=auto", "langs=Python"])
+    assert cfg.x == 3.0 and isinstance(cfg.x, float)
+    assert cfg.workers == "auto" and cfg.langs == ["Python"]
+
+
+def test_unknown_keys_and_wrong_types_fail_once_naming_all(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("n: two\nbogus: 1\n")
+    with pytest.raises(ConfigError) as e:
+        configlib.load(Toy, p, ["on=maybe"])
+    msg = str(e.value)
+    assert "bogus" in msg and "n='two'" in msg and "on='maybe'" in msg and str(p) in msg
+
+
+def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        configlib.load(Toy, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        configlib.load(Toy, bad)
+
+
+def test_malformed_override_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        configlib.parse_overrides(["lr"])
+
+
+def test_reference_config_matches_design():
+    cfg = configlib.load(TrainConfig, REPO / "configs" / "gpt2-124m.yaml")
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (
+        12,
+        12,
+        768,
+        1024,
+        50304,
+    )
+    assert cfg.tokens_per_step == 32_768
+    assert (cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters) == (6e-4, 6e-5, 2000, 427_000)
+    assert cfg.compile is True and cfg.ckpt_interval == 1000
+
+
+def test_train_config_cross_checks_are_collected():
+    with pytest.raises(ConfigError) as e:
+        configlib.load(TrainConfig, None, ["n_embd=100", "n_head=3", "dtype=fp8", "min_lr=1"])
+    msg = str(e.value)
+    assert "n_embd=100" in msg and "dtype='fp8'" in msg and "min_lr=1" in msg

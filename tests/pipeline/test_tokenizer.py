@@ -1,0 +1,60 @@
+"""Offline GPT-2 encoding: known ids, EOT, and a clear error without the vocabulary."""
+
+from __future__ import annotations
+
+import tiktoken
+
+from pipeline import tokenizer
+
+
+def test_known_ids():
+    assert tokenizer.encode("Hello world") == [15496, 995]
+    # a bit of code, pinned against GPT-2 (whitespace runs are merged by the pattern)
+    assert tokenizer.encode("def f(x):\n    return x") == [
+        4299,
+        277,
+        7,
+        87,
+        2599,
+        198,
+        220,
+        220,
+        220,
+        1441,
+        2124,
+    ]
+
+
+def test_vocab_and_eot():
+    enc = tokenizer.get_encoding()
+    assert enc.n_vocab == tokenizer.VOCAB_SIZE == 50257
+    assert enc.eot_token == tokenizer.EOT == 50256
+    # <|endoftext|> inside source text is ordinary text, never the special id
+    assert tokenizer.EOT not in tokenizer.encode("x = '<|endoftext|>'")
+
+
+def test_round_trip_unicode():
+    text = "naïve = 'λ' # 日本語 \U0001f600\n\ttabs"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_matches_tiktoken_pattern_constant():
+    from tiktoken_ext import openai_public
+
+    assert tokenizer.PAT_STR == openai_public.r50k_pat_str
+    assert isinstance(tokenizer.get_encoding(), tiktoken.Encoding)
+
+
+def test_missing_vocab_is_a_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from pipeline.errors import InputError
+
+    monkeypatch.setenv("CODEGPT_GPT2_RANKS", str(tmp_path / "none.tiktoken"))
+    tokenizer.get_encoding.cache_clear()
+    try:
+        with pytest.raises(InputError, match="make setup"):
+            tokenizer.get_encoding()
+    finally:
+        monkeypatch.delenv("CODEGPT_GPT2_RANKS")
+        tokenizer.get_encoding.cache_clear()
