@@ -1,0 +1,269 @@
+"""GPT-2 (Radford et al. 2019), as a small stack of readable parts.
+
+Token + learned position embeddings -> n_layer pre-LayerNorm blocks
+(x + attn(ln(x)), x + mlp(ln(x))) -> final LayerNorm -> a head that shares its
+weight with the token embedding. Attention goes through
+`F.scaled_dot_product_attention` (flash kernels on GPU). Initialisation is
+GPT-2's: N(0, 0.02) weights, zero biases, and the residual projections
+(`c_proj`) scaled by 1/sqrt(2 * n_layer) because each block adds two of them
+to the residual stream (GPT-2 paper, section 2.3).
+
+Shapes: B batch, T time, C = n_embd, nh = n_head, hs = C / nh, V = vocab_size.
+The training loss never holds the (B, T, V) logits: see model/loss.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.loss import auto_chunk, chunked_cross_entropy
+
+if TYPE_CHECKING:
+    from model.config import TrainConfig
+
+
+@dataclass(kw_only=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024  # longest context, rows of the position table
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for fast matmuls
+    dropout: float = 0.0
+    loss_chunk: int = 0  # positions per chunk of the lean loss; 0 = auto_chunk
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig) -> GPTConfig:
+        return cls(
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_embd=cfg.n_embd,
+            block_size=cfg.block_size,
+            vocab_size=cfg.vocab_size,
+            dropout=cfg.dropout,
+            loss_chunk=cfg.loss_chunk,
+        )
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer, for incremental decoding.
+
+    `k[i]`, `v[i]`: (B, nh, max_len, hs), preallocated; positions [0, length)
+    are filled. `GPT.forward_cached` writes the new positions and advances
+    `length`.
+    """
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        batch: int,
+        max_len: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        if not 1 <= max_len <= cfg.block_size:
+            raise ValueError(f"max_len={max_len} must be in [1, block_size={cfg.block_size}]")
+        shape = (batch, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)  # residual projection
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        return q, k, v
+
+    def _merge(self, y: Tensor) -> Tensor:
+        B, _, T, _ = y.shape
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, nh, T, hs) -> (B, T, C)
+        out: Tensor = self.resid_drop(self.c_proj(y))
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self._heads(x)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+        return self._merge(y)
+
+    def forward_cached(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
+        """x (B, T_new, C) at positions [L, L + T_new), L = cache.length."""
+        q, k, v = self._heads(x)
+        L, T = cache.length, x.shape[1]
+        cache.k[layer][:, :, L : L + T] = k
+        cache.v[layer][:, :, L : L + T] = v
+        keys = cache.k[layer][:, :, : L + T].to(q.dtype)  # (B, nh, L + T, hs)
+        vals = cache.v[layer][:, :, : L + T].to(q.dtype)
+        if L == 0:
+            y = F.scaled_dot_product_attention(q, keys, vals, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, keys, vals)  # one query sees every key
+        else:
+            # SDPA's is_causal aligns the mask top-left; new queries sit at the bottom
+            # right: query i (position L + i) may see keys j <= L + i.
+            mask = torch.arange(L + T, device=x.device)[None, :] <= (
+                L + torch.arange(T, device=x.device)[:, None]
+            )  # (T, L + T) bool
+            y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
+        return self._merge(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)  # residual projection
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.drop(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))  # pre-LN: the residual stream itself is never normalised
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Trunk(nn.Module):
+    """Everything but the head; named `transformer` in GPT so state-dict keys read as GPT-2's."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # (V, C)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # (block_size, C)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Trunk(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017; GPT-2): one (V, C) tensor is both the
+        # input embedding and the output projection.
+        self.lm_head.weight = self.transformer.wte.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        std_resid = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                if m is self.lm_head:
+                    continue  # its weight is wte's, initialised below
+                std = std_resid if name.endswith("c_proj") else 0.02
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            # LayerNorm keeps its defaults: weight 1, bias 0
+
+    def _embed(self, idx: Tensor, start: int) -> Tensor:
+        T = idx.shape[1]
+        if start + T > self.cfg.block_size:
+            raise ValueError(
+                f"positions up to {start + T} exceed block_size={self.cfg.block_size}; "
+                "crop the context"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        out: Tensor = self.transformer.drop(x)
+        return out
+
+    def hidden(self, idx: Tensor) -> Tensor:
+        """idx (B, T) int64 -> (B, T, C), after the final LayerNorm."""
+        x = self._embed(idx, 0)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        out: Tensor = self.transformer.ln_f(x)
+        return out
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """With targets (B, T): (None, mean loss) via the lean loss. Without: (logits (B, T, V), None)."""
+        h = self.hidden(idx)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(h), None
+        B, T, C = h.shape
+        chunk = self.cfg.loss_chunk or auto_chunk(B * T, self.cfg.vocab_size)
+        loss = chunked_cross_entropy(
+            h.reshape(B * T, C), self.lm_head.weight, targets.reshape(-1), chunk
+        )
+        return None, loss
+
+    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """idx (B, T_new) continuing at position cache.length -> logits (B, T_new, V)."""
+        L, T = cache.length, idx.shape[1]
+        if L + T > cache.max_len:
+            raise ValueError(f"cache holds {cache.max_len} positions; {L} used, {T} more asked")
+        x = self._embed(idx, L)
+        for i, block in enumerate(self.transformer.h):
+            x = cast(Block, block).forward_cached(x, cache, i)  # (B, T_new, C)
+        cache.length = L + T
+        logits: Tensor = self.lm_head(self.transformer.ln_f(x))
+        return logits
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, the tied wte/lm_head weight counted once.
+
+        non_embedding=True drops the position table (wpe) but keeps wte, as
+        nanoGPT and the scaling-law papers do: wte is also the output head.
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def configure_optimizer(
+        self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str
+    ) -> torch.optim.AdamW:
+        """AdamW; weight decay on matrices and embeddings (dim >= 2), none on biases and LayerNorms."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # fused kernel: one launch for all parameters instead of a loop over them
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")

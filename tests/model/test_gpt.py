@@ -1,0 +1,149 @@
+"""The GPT-2 network: shapes, tying, init loss, overfitting, parameter count, cached decoding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.config import TrainConfig
+from model.gpt import GPT, GPTConfig, KVCache
+
+TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=96)
+
+# GPT-2 124M with the vocabulary padded to 50304 (configs/gpt2-124m.yaml); also in docs/model.md.
+PARAMS_124M = 124_475_904
+PARAMS_124M_NON_EMBEDDING = 123_689_472  # minus wpe (1024 x 768)
+
+
+def _tiny(seed: int = 0, **over: int) -> GPT:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(**{**TINY.__dict__, **over})
+    return GPT(cfg)
+
+
+def test_shapes_and_tied_weights():
+    m = _tiny()
+    idx = torch.randint(0, 96, (3, 16))
+    logits, loss = m(idx)
+    assert loss is None and logits is not None and logits.shape == (3, 16, 96)
+    assert m.hidden(idx).shape == (3, 16, 32)
+    none, loss = m(idx, idx)
+    assert none is None and loss is not None and loss.shape == ()
+    assert m.lm_head.weight is m.transformer.wte.weight
+    with pytest.raises(ValueError, match="block_size"):
+        m(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_gpt2_init():
+    m = _tiny(n_layer=4, n_embd=64, n_head=4)
+    blk = m.transformer.h[0]
+    assert blk.attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert blk.mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.1)
+    assert blk.attn.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.1)
+    assert torch.count_nonzero(blk.attn.c_attn.bias) == 0
+    assert torch.count_nonzero(blk.mlp.c_fc.bias) == 0
+
+
+def test_loss_at_init_near_ln_vocab():
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=512)
+    m = GPT(cfg)
+    stream = torch.randint(0, 512, (4, 33))
+    _, loss = m(stream[:, :-1], stream[:, 1:])
+    assert loss is not None
+    assert abs(loss.item() - math.log(512)) < 0.2
+
+
+def test_full_logits_give_the_same_loss():
+    m = _tiny(loss_chunk=7)  # 7 does not divide 2 * 16
+    idx, tgt = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
+    logits, _ = m(idx)
+    assert logits is not None
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, 96), tgt.view(-1))
+    _, loss = m(idx, tgt)
+    assert loss is not None
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_one_batch_can_be_overfit():
+    m = _tiny(seed=1)
+    torch.manual_seed(1)
+    stream = torch.randint(0, 96, (4, 17))
+    x, y = stream[:, :-1], stream[:, 1:]
+    opt = m.configure_optimizer(0.0, 3e-3, (0.9, 0.95), "cpu")
+    first = last = float("nan")
+    for step in range(150):
+        _, loss = m(x, y)
+        assert loss is not None
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = loss.item() if step == 0 else first
+        last = loss.item()
+        if last < 0.2:
+            break
+    assert first > 4.0 and last < 0.2
+
+
+def test_param_count_124m_on_meta():
+    with torch.device("meta"):
+        m = GPT(GPTConfig.from_train(TrainConfig()))
+    assert m.num_params() == PARAMS_124M
+    assert m.num_params(non_embedding=True) == PARAMS_124M_NON_EMBEDDING
+
+
+def test_optimizer_decays_only_matrices():
+    m = _tiny()
+    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == m.num_params()
+
+
+def test_from_train_copies_shape():
+    tc = TrainConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=64, loss_chunk=5)
+    g = GPTConfig.from_train(tc)
+    assert (g.n_layer, g.n_head, g.n_embd, g.block_size, g.vocab_size, g.loss_chunk) == (
+        3, 2, 16, 8, 64, 5,
+    )  # fmt: skip
+
+
+def _greedy_full(m: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    idx = prompt
+    for _ in range(n):
+        logits, _ = m(idx)
+        assert logits is not None
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@torch.no_grad()
+def test_cached_greedy_equals_full_greedy():
+    m = _tiny(seed=3).eval()
+    prompt = torch.randint(0, 96, (2, 5))
+    full = _greedy_full(m, prompt, 11)  # fills the whole block of 16
+    cache = KVCache(m.cfg, batch=2, max_len=16, device="cpu", dtype=torch.float32)
+    # the prompt in two pieces exercises the offset causal mask (T_new > 1, length > 0)
+    m.forward_cached(prompt[:, :2], cache)
+    logits = m.forward_cached(prompt[:, 2:], cache)
+    idx = prompt
+    for _ in range(11):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, nxt], dim=1)
+        if idx.shape[1] < 16:
+            logits = m.forward_cached(nxt, cache)
+    assert torch.equal(idx, full)
+    # the cached logits match the full forward's, position by position
+    cache = KVCache(m.cfg, batch=2, max_len=16, device="cpu", dtype=torch.float32)
+    ref, _ = m(full[:, :-1])
+    got = torch.cat(
+        [m.forward_cached(full[:, :9], cache), m.forward_cached(full[:, 9:15], cache)], 1
+    )
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert cache.length == 15
+    with pytest.raises(ValueError, match="cache"):
+        m.forward_cached(full[:, :2], cache)
