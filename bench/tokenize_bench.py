@@ -1,0 +1,363 @@
+"""`make bench-tokenize`: how fast, and in how much memory, parquet becomes token shards.
+
+In one run, on the built-in sample of real code (`pipeline sample-data`, 250 MB
+of text by default, built once under data/bench/ and reused):
+
+  (a) tiktoken alone: GPT-2 `encode_ordinary` over texts already in memory, one
+      process, one core. The ceiling a single core can reach.
+  (b) baseline: what a careful single-process script does: stream parquet
+      batches of the `code` column, encode, fill a preallocated uint16 buffer,
+      write a .npy shard when it is full.
+  (c) the stage: `python -m pipeline tokenize workers=auto shard_tokens=1e8`,
+      on the 1x input and on a 4x input (the same files listed four times
+      through symlinks), to show that its memory does not grow with the input.
+
+Each part runs as its own subprocess; a sampling thread here sums the resident
+memory (RSS) of that process and all its children every 20 ms and keeps the
+peak. RSS counts pages shared between a parent and its forked workers once per
+process, so the sum is an upper bound of what the tree really holds.
+
+Token counts include one end-of-text token per document in all three parts,
+so (b) and (c) must agree exactly; the script says so when they do not.
+
+    python bench/tokenize_bench.py [--bytes 250000000] [--out docs/benchmarks/tokenize.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+
+from pipeline import tokenizer  # noqa: E402
+
+SHARD_TOKENS = 100_000_000
+BATCH_ROWS = 1024  # the baseline's batch; sample rows are at most 1 MB, so <= ~1 GB worst case
+
+
+# ---------------------------------------------------------------- children
+
+
+def part_a(files: list[str]) -> dict[str, Any]:
+    """Encode rate of the tokenizer alone: texts in memory, one process."""
+    texts: list[str] = []
+    for f in files:
+        texts.extend(pq.read_table(f, columns=["code"]).column("code").to_pylist())
+    enc = tokenizer.get_encoding()
+    enc.encode_ordinary("warm up")
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    t0 = time.perf_counter()
+    ntok = 0
+    for t in texts:
+        ntok += len(enc.encode_ordinary(t)) + 1  # + EOT, as the shards hold it
+    secs = time.perf_counter() - t0
+    return {"tokens": ntok, "bytes": nbytes, "docs": len(texts), "seconds": secs}
+
+
+def part_b(files: list[str], out_dir: str) -> dict[str, Any]:
+    """The single-process streaming baseline with a preallocated uint16 buffer."""
+    enc = tokenizer.get_encoding()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = np.empty(SHARD_TOKENS, dtype=np.uint16)
+    fill = shard = ntok = nbytes = ndocs = 0
+    t0 = time.perf_counter()
+
+    def flush(n: int) -> None:
+        nonlocal shard
+        tmp = out / f"train_{shard:06d}.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, buf[:n])
+        os.replace(tmp, out / f"train_{shard:06d}.npy")
+        shard += 1
+
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=["code"]):
+            for text in batch.column(0).to_pylist():
+                ids = enc.encode_ordinary(text)
+                ids.append(tokenizer.EOT)
+                nbytes += len(text.encode("utf-8"))
+                ndocs += 1
+                ntok += len(ids)
+                pos = 0
+                while pos < len(ids):  # a document may straddle two shards
+                    take = min(len(ids) - pos, SHARD_TOKENS - fill)
+                    buf[fill : fill + take] = ids[pos : pos + take]
+                    fill += take
+                    pos += take
+                    if fill == SHARD_TOKENS:
+                        flush(fill)
+                        fill = 0
+    if fill:
+        flush(fill)
+    secs = time.perf_counter() - t0
+    return {"tokens": ntok, "bytes": nbytes, "docs": ndocs, "seconds": secs}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process tree in a thread; `.peak` in bytes."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.peak_procs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for p in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):  # a worker that just exited
+                    total += p.memory_info().rss
+            if total > self.peak:
+                self.peak, self.peak_procs = total, len(procs)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(cmd: list[str]) -> tuple[float, int, int, str]:
+    """Run cmd; return (wall seconds, peak summed RSS, processes at the peak, stdout)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    with PeakRSS(proc.pid) as rss:
+        stdout, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}")
+    return wall, rss.peak, rss.peak_procs, stdout
+
+
+def ensure_inputs(bench: Path, nbytes: int) -> tuple[Path, Path, int]:
+    """The 1x sample (built once by the sample-data stage) and a 4x folder of symlinks."""
+    one = bench / "sample-1x"
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "sample-data", f"output={one}", f"max_bytes={nbytes}"],
+        cwd=REPO,
+        check=True,
+    )
+    stamp = json.loads((one / "sample-data.json").read_text())
+    four = bench / "sample-4x"
+    shutil.rmtree(four, ignore_errors=True)
+    four.mkdir(parents=True)
+    for k in range(4):
+        for f in sorted(one.glob("part-*.parquet")):
+            (four / f"copy{k}-{f.name}").symlink_to(f.resolve())
+    return one, four, int(stamp["code_bytes"])
+
+
+def shard_tokens(folder: Path) -> int:
+    return sum(int(np.load(p, mmap_mode="r").shape[0]) for p in folder.glob("*.npy"))
+
+
+def run_stage(src: Path, out: Path) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline", "tokenize", f"input={src}", f"output={out}"]
+    cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}"]
+    wall, peak, nprocs, _ = measure(cmd)
+    return {"tokens": shard_tokens(out), "seconds": wall, "peak": peak, "procs": nprocs}
+
+
+def run_child(part: str, src: Path, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", part, "--input", str(src), "--scratch", str(out)]
+    wall, peak, nprocs, stdout = measure(cmd)
+    res = json.loads(stdout.strip().splitlines()[-1])
+    res.update(peak=peak, procs=nprocs, wall=wall)
+    return res
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    ram = psutil.virtual_memory().total / 2**30
+    return f"{cores} cores ({model}), {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def row(name: str, procs: str, r: dict[str, Any], nbytes: int) -> str:
+    s = r["seconds"]
+    return (
+        f"| {name} | {procs} | {r['tokens'] / 1e6:.1f} M | {s:.1f} | "
+        f"{r['tokens'] / s / 1e6:.2f} | {nbytes / s / 1e6:.1f} | {r['peak'] / 2**20:,.0f} MiB |"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _header(res: dict[str, dict[str, Any]], nbytes: int, cmd: str) -> list[str]:
+    load = os.getloadavg()
+    docs = next((r["docs"] for r in res.values() if "docs" in r), None)
+    return [
+        "# Tokenize benchmark",
+        "",
+        f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- machine: {machine()}",
+        f"- load average (1, 5, 15 min) after the run: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}",
+        f"- python {platform.python_version()}, tiktoken {_version('tiktoken')}, "
+        f"pyarrow {_version('pyarrow')}",
+        f"- input: the built-in sample (`pipeline sample-data`), {nbytes / 1e6:.0f} MB of "
+        f"code{f', {docs:,} documents' if docs else ''}; 4x = the same files listed four times",
+        f"- command: `{cmd}`",
+    ]
+
+
+def _ratios(res: dict[str, dict[str, Any]], cores: int) -> list[str]:
+    rate = {k: v["tokens"] / v["seconds"] for k, v in res.items()}
+    c1, c4 = res["c1"], res["c4"]
+    out = ["", "| ratio | measured | target | |", "| --- | --- | --- | --- |"]
+    if "a" in rate:
+        ca = rate["c1"] / rate["a"]
+        out.append(
+            f"| (c)/(a) | {ca:.2f}x | >= 0.9 x {cores} cores = {0.9 * cores:.1f}x | "
+            f"{verdict(ca >= 0.9 * cores)} |"
+        )
+    if "b" in rate:
+        target = f"about {0.9 * cores * rate['a'] / rate['b']:.1f}x" if "a" in rate else ""
+        out.append(f"| (c)/(b) | {rate['c1'] / rate['b']:.2f}x | {target} | |")
+    peak = max(c1["peak"], c4["peak"])
+    flat = c4["peak"] / c1["peak"]
+    out.append(
+        f"| peak RSS (c), 1x and 4x | {peak / 1e9:.2f} GB | < 1 GB | {verdict(peak < 1e9)} |"
+    )
+    out.append(
+        f"| peak RSS (c) 4x / 1x | {flat:.2f} | within 10 % | {verdict(abs(flat - 1) <= 0.1)} |"
+    )
+    return out
+
+
+def report(res: dict[str, dict[str, Any]], nbytes: int, cores: int, cmd: str) -> str:
+    names = {
+        "a": ("(a) tiktoken alone, texts in memory", 1),
+        "b": ("(b) baseline: stream + uint16 buffer", 1),
+        "c1": ("(c) stage, workers=auto, 1x input", 1),
+        "c4": ("(c) stage, workers=auto, 4x input", 4),
+    }
+    lines = _header(res, nbytes, cmd)
+    lines += [
+        "",
+        "| what | processes | tokens | seconds | M tokens/s | MB/s | peak RSS, all processes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, r in res.items():
+        name, times = names[key]
+        lines.append(row(name, str(r["procs"]), r, times * nbytes))
+    if "c1" in res and "c4" in res:
+        lines += _ratios(res, cores)
+    lines += [
+        "",
+        "(a) times only the encode loop; (b) and (c) are wall time of the whole process "
+        "(start-up, reading, encoding, writing shards). Peak RSS is summed over the "
+        "process and its children, sampled every 20 ms; shared pages of forked workers "
+        "count once per process. Processes: how many were alive at the peak.",
+    ]
+    per_1x = {k: res[k]["tokens"] / (4 if k == "c4" else 1) for k in ("b", "c1", "c4") if k in res}
+    if len(set(per_1x.values())) > 1:
+        lines.append(f"\nToken counts per 1x input differ: {per_1x} (skipped documents?).")
+    return "\n".join(lines) + "\n"
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(dist)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--bytes", type=int, default=250_000_000, help="code bytes in the 1x sample")
+    ap.add_argument("--bench-dir", default="data/bench", help="inputs and scratch outputs")
+    ap.add_argument("--out", default="docs/benchmarks/tokenize.md", help="markdown report")
+    ap.add_argument("--parts", default="a,b,c", help="which parts to run (default a,b,c)")
+    ap.add_argument("--child", choices=["a", "b"], help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        files = sorted(str(p) for p in Path(args.input).glob("*.parquet"))
+        fn = part_a(files) if args.child == "a" else part_b(files, args.scratch)
+        print(json.dumps(fn))
+        return 0
+    bench = (REPO / args.bench_dir).resolve()
+    one, four, nbytes = ensure_inputs(bench, args.bytes)
+    cores = len(os.sched_getaffinity(0))
+    res: dict[str, dict[str, Any]] = {}
+    steps = [
+        ("a", lambda: run_child("a", one, bench / "out-a")),
+        ("b", lambda: run_child("b", one, bench / "out-b")),
+        ("c1", lambda: run_stage(one, bench / "out-c1")),
+        ("c4", lambda: run_stage(four, bench / "out-c4")),
+    ]
+    wanted = set(args.parts.split(","))
+    for key, step in steps:
+        if key[0] not in wanted:
+            continue
+        print(f"bench: running ({key}) ...", file=sys.stderr, flush=True)
+        res[key] = step()
+        r = res[key]
+        print(
+            f"bench: ({key}) {r['tokens'] / 1e6:.1f} M tokens in {r['seconds']:.1f}s, "
+            f"peak {r['peak'] / 2**20:,.0f} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
+    for key in ("b", "c1", "c4"):
+        shutil.rmtree(bench / f"out-{key}", ignore_errors=True)  # ~0.1-0.5 GB of shards each
+    shown = argv if argv is not None else sys.argv[1:]
+    cmd = " ".join(["python bench/tokenize_bench.py", *shown])
+    text = report(res, nbytes, cores, cmd)
+    print(text)
+    if wanted != {"a", "b", "c"}:
+        return 0  # a partial run does not replace the recorded results
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
