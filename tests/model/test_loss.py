@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from model.loss import auto_chunk, chunked_cross_entropy, plain_cross_entropy
 
@@ -70,3 +72,34 @@ def test_auto_chunk():
     assert auto_chunk(100, 50304) == 100  # never more than the positions
     assert auto_chunk(10**6, 10**9) == 1  # never zero
     assert auto_chunk(4096, 96) % 64 == 0
+
+
+class _LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_logits_exist_one_chunk_at_a_time(lean):
+    n, c, v, chunk = 96, 8, 257, 16
+    hidden, weight, targets = _inputs(n=n, c=c, v=v)
+    with _LargestOutput() as probe:
+        if lean:
+            loss = chunked_cross_entropy(hidden, weight, targets, chunk)
+        else:
+            loss = plain_cross_entropy(hidden, weight, targets)
+        loss.backward()
+    if lean:
+        assert probe.largest == chunk * v  # forward and the recomputing backward
+    else:
+        assert probe.largest == n * v  # what the lean loss avoids
