@@ -17,7 +17,7 @@ PARAMS_124M = 124_475_904
 PARAMS_124M_NON_EMBEDDING = 123_689_472  # minus wpe (1024 x 768)
 
 
-def _tiny(seed: int = 0, **over: int) -> GPT:
+def _tiny(seed: int = 0, **over: float) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(**{**TINY.__dict__, **over})
     return GPT(cfg)
@@ -56,15 +56,36 @@ def test_loss_at_init_near_ln_vocab():
     assert abs(loss.item() - math.log(512)) < 0.2
 
 
-def test_full_logits_give_the_same_loss():
+def test_lean_loss_equals_full_logits_loss_and_grads():
     m = _tiny(loss_chunk=7)  # 7 does not divide 2 * 16
     idx, tgt = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
+    tgt[0, :3] = -1  # ignored positions
     logits, _ = m(idx)
     assert logits is not None
-    ref = torch.nn.functional.cross_entropy(logits.view(-1, 96), tgt.view(-1))
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, 96), tgt.view(-1), ignore_index=-1)
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in m.parameters()]  # tied wte: embedding + head parts
+    m.zero_grad(set_to_none=True)
     _, loss = m(idx, tgt)
     assert loss is not None
+    loss.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for p, g in zip(m.parameters(), ref_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_and_dropout_train_mode():
+    m = _tiny(dropout=0.1)
+    idx = torch.randint(0, 96, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = m(idx, idx)
+        assert loss is not None and loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
+        m.eval()
+        with torch.no_grad():
+            cache = KVCache(m.cfg, batch=2, max_len=16, device="cpu", dtype=torch.bfloat16)
+            logits = m.forward_cached(idx[:, :4], cache)
+    assert logits.shape == (2, 4, 96) and m.transformer.wte.weight.grad is not None
 
 
 def test_one_batch_can_be_overfit():

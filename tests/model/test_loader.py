@@ -117,3 +117,13 @@ def test_state_from_other_data_is_refused(folder):
 def test_shards_are_memory_mapped(folder):
     dl = ShardLoader(folder, "train", 2, 8)
     assert all(isinstance(s, np.memmap) for s in dl._shards)  # mapped, not loaded
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_equal_cpu_batches(folder):
+    cpu = ShardLoader(folder, "train", 2, 32)
+    gpu = ShardLoader(folder, "train", 2, 32, device="cuda")
+    for _ in range(40):
+        (xc, yc), (xg, yg) = cpu.next_batch(), gpu.next_batch()
+        assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
