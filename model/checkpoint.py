@@ -1,0 +1,224 @@
+"""Checkpoints of a training run: `out/<run>/ckpt-<step>.pt`.
+
+A checkpoint is one `torch.save`d dict whose keys are the constants below.
+Everything in it is plain data (tensors, ints, floats, strings, lists, dicts),
+so `torch.load(path, weights_only=True)` reads it and no pickled code runs.
+
+- MODEL: state_dict of the bare GPT (no `_orig_mod.` / `module.` prefixes).
+- OPTIMIZER, SCALER: `state_dict()`s of AdamW and the GradScaler.
+- STEP: optimizer steps completed.
+- RNG: one dict per DDP rank (index = rank) of torch CPU/CUDA, numpy and
+  python RNG states, stored as tensors and ints (see `capture_rng`).
+- LOADER: one `ShardLoader.state_dict()` per rank (ints).
+- CONFIG: the resolved TrainConfig as a plain dict.
+- FORMAT: the version of this layout.
+
+File names are `ckpt-<step zero-padded to 8 digits>.pt`. A save goes to a
+temporary name, is fsynced and renamed into place (then the folder is
+fsynced), so a crash leaves either the old set or the new one, never a
+partial file under a final name; the newest `keep` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+from pipeline.shards import fsync_dir
+
+if TYPE_CHECKING:
+    from model.config import TrainConfig
+    from model.gpt import GPT
+
+log = logging.getLogger(__name__)
+
+MODEL = "model"
+OPTIMIZER = "optimizer"
+SCALER = "scaler"
+STEP = "step"
+RNG = "rng"
+LOADER = "loader"
+CONFIG = "config"
+FORMAT = "format"
+FORMAT_VERSION = 1
+
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:08d}.pt"
+
+
+def step_of(path: Path) -> int:
+    m = _NAME.match(path.name)
+    assert m is not None, f"not a checkpoint name: {path}"
+    return int(m.group(1))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints, oldest (lowest step) first."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name) and p.is_file()]
+    return sorted(found, key=step_of)
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, state: dict[str, Any], keep: int | None = None
+) -> Path:
+    """Write `state` as `ckpt-<step>.pt` atomically; keep the newest `keep` checkpoints.
+
+    `keep` defaults to `state[CONFIG]["keep_ckpts"]` when present (else all are kept).
+    """
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f"{_TMP_PREFIX}*"):  # leftovers of a crash mid-save
+        stale.unlink(missing_ok=True)
+    state = {**state, STEP: int(step), FORMAT: FORMAT_VERSION}
+    final = folder / checkpoint_name(step)
+    tmp = folder / f"{_TMP_PREFIX}{final.name}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+    if keep is None and isinstance(state.get(CONFIG), dict):
+        keep = state[CONFIG].get("keep_ckpts")
+    if keep is not None and keep > 0:
+        for old in list_checkpoints(folder)[:-keep]:
+            old.unlink(missing_ok=True)
+    return final
+
+
+def _read(path: Path, map_location: Any) -> dict[str, Any]:
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or MODEL not in state or STEP not in state:
+        raise ValueError("not a codegpt checkpoint (no model/step keys)")
+    if state.get(FORMAT) != FORMAT_VERSION:
+        raise ValueError(f"format {state.get(FORMAT)!r}, this code reads {FORMAT_VERSION}")
+    return state
+
+
+def load_latest(
+    run_dir: str | Path, map_location: Any = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads, and its path; None if the run has none.
+
+    A newer checkpoint that does not load (truncated, corrupt) is reported with
+    a warning naming it, and the previous one is tried. If none loads, that is
+    an InputError: starting over silently would throw the run away.
+    """
+    paths = list_checkpoints(run_dir)
+    for path in reversed(paths):
+        try:
+            return _read(path, map_location), path
+        except Exception as e:  # torch raises many types for a damaged zip/pickle
+            log.warning("checkpoint %s does not load (%s); trying the previous one", path, e)
+    if paths:
+        raise InputError(
+            f"{run_dir}: none of the {len(paths)} checkpoints loads; move them away "
+            "to start over, or restore one from a backup"
+        )
+    return None
+
+
+# --- RNG states as plain data -------------------------------------------------
+
+
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's RNG states as tensors and ints (torch.load(weights_only) safe)."""
+    np_state = np.random.get_state()  # ('MT19937', uint32[624], pos, has_gauss, gauss)
+    assert isinstance(np_state, tuple)
+    py_version, py_state, py_gauss = random.getstate()  # (3, 625 ints, float | None)
+    cuda: torch.Tensor | None = None
+    if device is not None and device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": cuda,
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "python_version": int(py_version),
+        "python_state": torch.tensor(py_state, dtype=torch.int64),
+        "python_gauss": py_gauss,
+    }
+
+
+def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    if device is not None and device.type == "cuda" and state.get("torch_cuda") is not None:
+        torch.cuda.set_rng_state(state["torch_cuda"].cpu(), device)
+    keys = state["numpy_keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(
+        (
+            "MT19937",
+            keys,
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
+    py_state = tuple(int(v) for v in state["python_state"].tolist())
+    random.setstate((state["python_version"], py_state, state["python_gauss"]))
+
+
+# --- for sampling and export --------------------------------------------------
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from a checkpoint's CONFIG; keys this code no longer knows are dropped."""
+    from model.config import TrainConfig
+    from pipeline.config import build
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    dropped = sorted(set(values) - known)
+    if dropped:
+        log.warning("checkpoint config keys not known to this code, ignored: %s", dropped)
+    return build(TrainConfig, {k: v for k, v in values.items() if k in known}, "checkpoint")
+
+
+def load_for_inference(
+    path_or_run_dir: str | Path, map_location: Any = "cpu"
+) -> tuple[GPT, TrainConfig, int]:
+    """(model in eval mode, its training config, its step) from a file or a run folder."""
+    from model.gpt import GPT, GPTConfig
+
+    target = Path(path_or_run_dir)
+    if target.is_dir():
+        found = load_latest(target, map_location)
+        if found is None:
+            raise InputError(f"{target}: no checkpoint (ckpt-*.pt); train first (`make train`)")
+        state, path = found
+    elif target.is_file():
+        path = target
+        try:
+            state = _read(target, map_location)
+        except Exception as e:
+            raise InputError(f"{target}: checkpoint does not load ({e}); pick another") from None
+    else:
+        raise InputError(f"{target}: no such checkpoint file or run folder")
+    cfg = config_from_dict(state[CONFIG])
+    model = GPT(GPTConfig.from_train(cfg))
+    model.load_state_dict(state[MODEL])
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    model.eval()
+    log.info("loaded %s (step %d)", path, state[STEP])
+    return model, cfg, int(state[STEP])

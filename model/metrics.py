@@ -1,0 +1,138 @@
+"""The run's `metrics.jsonl` and the progress line.
+
+One JSON object per line, appended and flushed:
+
+- a logged training step: `step` (optimizer steps done), `loss`, `lr`,
+  `tokens` (seen so far, all ranks), `ms` (mean wall time per step since the
+  previous line), `tokens_per_s`, and on a GPU `mfu` and `peak_mem_gb`;
+  `bad_steps` when steps were skipped by the loss guard;
+- an eval: `step`, `val_loss`, `tokens`.
+
+On resume from step k the lines with `step > k` are dropped first, so the
+file of a resumed run holds the same steps as an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.shards import fsync_dir
+
+FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / FILE
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only the records with `step <= step` (all gone for step < 0)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def peak_mem_gb(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d{h:02d}h{m:02d}m" if d else f"{h}h{m:02d}m{s:02d}s"
+
+
+def progress_line(rec: dict[str, Any], max_iters: int) -> str:
+    """`step 120/600 | loss 5.1234 | lr 1.00e-03 | 85.3 ms/step | 24,012 tok/s | ETA 0h00m41s`."""
+    parts = [
+        f"step {rec['step']}/{max_iters}",
+        f"loss {rec['loss']:.4f}",
+        f"lr {rec['lr']:.2e}",
+        f"{rec['ms']:.1f} ms/step",
+        f"{rec['tokens_per_s']:,.0f} tok/s",
+    ]
+    if rec.get("mfu") is not None:
+        parts.append(f"MFU {100 * rec['mfu']:.1f}%")
+    if rec.get("peak_mem_gb") is not None:
+        parts.append(f"mem {rec['peak_mem_gb']:.1f} GB")
+    if rec.get("bad_steps"):
+        parts.append(f"skipped {rec['bad_steps']}")
+    eta = (max_iters - rec["step"]) * rec["ms"] / 1000.0
+    parts.append(f"ETA {format_eta(eta)}")
+    return " | ".join(parts)
+
+
+class MfuMeter:
+    """Model FLOPs utilisation: achieved model FLOP/s over the GPU's peak dense rate.
+
+    FLOPs per token come from `model.hardware.flops_per_token` (6N for the
+    forward and backward matmuls, Kaplan et al. 2020, plus the attention term
+    12 * n_layer * n_embd * block_size; PaLM appendix B). On the CPU there is
+    no honest peak to divide by, so MFU is left out (None).
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        precision: str,
+        n_params_non_embedding: int,
+        n_layer: int,
+        n_embd: int,
+        block_size: int,
+        peak_override: float,
+    ) -> None:
+        self.flops_per_token = 0.0
+        self.peak: float | None = None
+        if device.type != "cuda":
+            return
+        hardware = importlib.import_module("model.hardware")  # the planner's FLOP and peak tables
+        self.flops_per_token = hardware.flops_per_token(
+            n_params_non_embedding, n_layer, n_embd, block_size
+        )
+        if peak_override > 0:
+            self.peak = peak_override
+        else:
+            dtype = "float32" if precision == "float32" else "bfloat16"
+            self.peak = hardware.peak_tflops(torch.cuda.get_device_name(device), dtype)
+
+    def __call__(self, tokens_per_s: float) -> float | None:
+        if self.peak is None or self.flops_per_token <= 0:
+            return None
+        hardware = importlib.import_module("model.hardware")
+        return float(hardware.mfu(tokens_per_s, self.flops_per_token, self.peak))

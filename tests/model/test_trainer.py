@@ -1,0 +1,122 @@
+"""The training loop: LR schedule, metrics, eval, loss guard, stop on a signal."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model.checkpoint import MODEL, list_checkpoints, load_latest
+from model.metrics import read_metrics
+from model.schedule import lr_at
+from model.trainer import StepResult, Trainer, train
+from pipeline.errors import CheckFailed, StateError
+from tests.model.train_fixtures import tiny_config, write_tiny_shards
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_shards(tmp_path_factory.mktemp("shards"))
+
+
+def test_lr_schedule_warmup_peak_and_end(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, tmp_path, lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)  # lr / warmup: the first step moves
+    assert lr_at(4, cfg) == pytest.approx(5e-4)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)  # the peak
+    assert lr_at(60, cfg) == pytest.approx(5.5e-4)  # halfway down the cosine
+    assert lr_at(110, cfg) == pytest.approx(1e-4)  # min_lr at max_iters and after
+    assert lr_at(500, cfg) == pytest.approx(1e-4)
+    lrs = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_train_logs_metrics_evals_and_checkpoints(shards: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(shards, tmp_path / "run", max_iters=20, keep_ckpts=1)
+    assert train(cfg) == 0
+    recs = read_metrics(tmp_path / "run")
+    steps = [r for r in recs if "loss" in r]
+    evals = [r for r in recs if "val_loss" in r]
+    assert [r["step"] for r in steps] == [5, 10, 15, 20]
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    assert set(steps[0]) >= {"step", "loss", "lr", "tokens", "ms", "tokens_per_s"}
+    assert "mfu" not in steps[0]  # no invented MFU on the CPU
+    assert steps[-1]["tokens"] == 20 * cfg.tokens_per_step
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # it learns
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt-00000020.pt"]
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_eval_reads_the_same_batches_every_time(shards: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_config(shards, tmp_path), CPU, tmp_path)
+    assert trainer.evaluate() == trainer.evaluate()
+
+
+def _poison(trainer: Trainer, bad_calls: set[int]) -> None:
+    """Make the forward pass return a NaN loss on the given call numbers."""
+    forward = trainer.raw_model.forward
+    calls = {"n": 0}
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        logits, loss = forward(*args, **kwargs)
+        calls["n"] += 1
+        if loss is not None and calls["n"] in bad_calls:
+            loss = loss * float("nan")
+        return logits, loss
+
+    trainer.raw_model.forward = poisoned  # type: ignore[method-assign]
+
+
+def test_one_non_finite_step_is_skipped_and_counted(shards: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(shards, tmp_path, max_iters=10, grad_accum=1)
+    trainer = Trainer(cfg, CPU, tmp_path)
+    _poison(trainer, {3})
+    assert trainer.fit() == 0
+    assert trainer.bad_total == 1
+    last = [r for r in read_metrics(tmp_path) if "loss" in r][-1]
+    assert last["bad_steps"] == 1 and math.isfinite(last["loss"])
+    assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+
+
+def test_bad_steps_in_a_row_stop_with_the_good_checkpoint_intact(
+    shards: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(shards, tmp_path, max_iters=20, grad_accum=1, ckpt_interval=4)
+    cfg.max_bad_steps = 3
+    trainer = Trainer(cfg, CPU, tmp_path)
+    _poison(trainer, set(range(6, 100)))  # every step from step 6 on
+    with pytest.raises(CheckFailed, match=r"3 steps in a row .*max_bad_steps=3.*ckpt-00000004"):
+        trainer.fit()
+    found = load_latest(tmp_path)
+    assert found is not None and found[0]["step"] == 4
+    assert all(torch.isfinite(t).all() for t in found[0][MODEL].values())
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_stops(shards: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(shards, tmp_path, max_iters=50, ckpt_interval=1000)
+    trainer = Trainer(cfg, CPU, tmp_path)
+    step = trainer.train_step
+
+    def step_then_signal(lr: float) -> StepResult:
+        if trainer.step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as `docker stop` would
+        return step(lr)
+
+    trainer.train_step = step_then_signal  # type: ignore[method-assign]
+    assert trainer.fit() == 128 + signal.SIGTERM
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000007.pt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_resume_refuses_a_checkpoint_of_another_shape(shards: Path, tmp_path: Path) -> None:
+    assert train(tiny_config(shards, tmp_path, max_iters=10)) == 0
+    with pytest.raises(StateError, match="n_embd 32 -> 64"):
+        Trainer(tiny_config(shards, tmp_path, n_embd=64), CPU, tmp_path).resume()

@@ -1,0 +1,68 @@
+"""Tiny shards and configs shared by the trainer, smoke, resume and DDP tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from model.config import TrainConfig
+from pipeline.config import build
+from pipeline.shards import write_shard
+
+VOCAB = 256
+
+
+def write_tiny_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int = 4_000) -> Path:
+    """A learnable stream below VOCAB: counting runs with a seeded random start per run."""
+    rng = np.random.default_rng(0)
+    pieces = []
+    total = 0
+    while total < train_tokens + val_tokens:
+        start = int(rng.integers(0, 200))
+        run = np.arange(start, start + int(rng.integers(8, 40))) % 200  # ids < VOCAB
+        pieces.append(run)
+        total += len(run)
+    stream = np.concatenate(pieces).astype(np.uint16)
+    write_shard(folder, "train", 0, stream[: train_tokens // 2])
+    write_shard(folder, "train", 1, stream[train_tokens // 2 : train_tokens])
+    write_shard(folder, "val", 0, stream[train_tokens : train_tokens + val_tokens])
+    return folder
+
+
+def tiny_values(data: Path, out_dir: Path, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = dict(
+        data=str(data),
+        out_dir=str(out_dir),
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        vocab_size=VOCAB,
+        micro_batch=4,
+        grad_accum=2,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_iters=2,
+        max_iters=20,
+        eval_interval=10,
+        eval_iters=2,
+        ckpt_interval=10,
+        log_interval=5,
+        compile=False,
+        device="cpu",
+        seed=7,
+    )
+    values.update(overrides)
+    return values
+
+
+def tiny_config(data: Path, out_dir: Path, **overrides: Any) -> TrainConfig:
+    return build(TrainConfig, tiny_values(data, out_dir, **overrides))
+
+
+def write_config_yaml(path: Path, values: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
