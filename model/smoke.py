@@ -1,0 +1,200 @@
+"""The smoke stage: know within minutes that a training config works.
+
+On the configured shards and model, with the training code itself:
+`smoke_steps` optimizer steps at the constant peak `lr`, one eval pass
+(`eval_iters` val batches at the training micro-batch), a checkpoint saved
+and loaded back into a new model that must give the same loss on a fixed
+batch, and a few greedily decoded tokens. Checks:
+
+- the first loss is within `smoke_tolerance` of ln(vocab_size) (a freshly
+  initialised GPT predicts close to uniformly);
+- the last loss is at least `smoke_min_drop` below the first;
+- every step was finite and the reloaded model's loss matches.
+
+On success `out/<run>/smoke.ok` records a hash of the config keys that
+smoke proved (data, model shape, batch, precision, device); `make train`
+refuses to start without a stamp for the same keys. The checkpoint goes to
+`out/<run>/smoke/`, which is removed afterwards, so training never resumes
+from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import load_for_inference
+from model.config import TrainConfig
+from model.runtime import resolve_config, resolve_device
+from model.trainer import Trainer
+from pipeline.config import to_dict
+from pipeline.errors import CheckFailed, StateError
+
+log = logging.getLogger(__name__)
+
+STAMP = "smoke.ok"
+SKIP_ENV = "CODEGPT_SKIP_SMOKE_CHECK"
+# What a smoke run proves works; changing the others (run length, schedule,
+# intervals, seed) needs no new smoke.
+HASHED_KEYS = (
+    "data",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "block_size",
+    "vocab_size",
+    "dropout",
+    "micro_batch",
+    "grad_accum",
+    "dtype",
+    "compile",
+    "device",
+    "loss_chunk",
+)
+SAMPLE_TOKENS = 8
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    values = to_dict(cfg)
+    picked = {k: values[k] for k in HASHED_KEYS}
+    blob = json.dumps(picked, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_stamp(cfg: TrainConfig) -> None:
+    """Raise StateError unless out/<run>/smoke.ok exists for this config."""
+    path = Path(cfg.out_dir) / STAMP
+    hint = f"run `make smoke` first (or set {SKIP_ENV}=1 to skip this check)"
+    if not path.is_file():
+        raise StateError(f"{path} not found: the smoke test has not passed for this run; {hint}")
+    try:
+        stamped = json.loads(path.read_text(encoding="utf-8")).get("config_hash")
+    except (json.JSONDecodeError, AttributeError):
+        stamped = None
+    if stamped != config_hash(cfg):
+        raise StateError(
+            f"{path} is for a different config (one of {', '.join(HASHED_KEYS)} changed); {hint}"
+        )
+
+
+@dataclass
+class SmokeReport:
+    losses: list[float]
+    val_loss: float
+    roundtrip: tuple[float, float]
+    ms_per_step: float
+    tokens_per_s: float
+    mfu: float | None
+    peak_mem_gb: float | None
+    sample: list[int]
+    failures: list[str] = field(default_factory=list)
+
+
+def _checks(cfg: TrainConfig, losses: list[float], roundtrip: tuple[float, float]) -> list[str]:
+    out = []
+    ln_v = math.log(cfg.vocab_size)
+    first, last = losses[0], losses[-1]
+    if not all(math.isfinite(v) for v in losses):
+        out.append(f"non-finite loss during the steps: {losses}")
+    if not abs(first - ln_v) <= cfg.smoke_tolerance:
+        out.append(
+            f"first loss {first:.4f} is not within smoke_tolerance={cfg.smoke_tolerance} "
+            f"of ln(vocab_size={cfg.vocab_size}) = {ln_v:.4f}: the initialisation or the "
+            "data is wrong"
+        )
+    if not first - last >= cfg.smoke_min_drop:
+        out.append(
+            f"loss fell from {first:.4f} to {last:.4f} in {len(losses)} steps, less than "
+            f"smoke_min_drop={cfg.smoke_min_drop}: raise lr or check the data"
+        )
+    a, b = roundtrip
+    if not abs(a - b) <= 1e-4 * max(1.0, abs(a)):
+        out.append(f"checkpoint round trip changed the loss on a fixed batch: {a} -> {b}")
+    return out
+
+
+def _greedy(model: Any, prompt: torch.Tensor, n: int, block_size: int) -> list[int]:
+    """Greedy decoding with plain forwards: prompt (1, T) -> n new token ids."""
+    idx = prompt
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(idx[:, -block_size:])  # (1, T, V)
+            nxt = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (1, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+    return [int(t) for t in idx[0, prompt.shape[1] :].tolist()]
+
+
+@torch.no_grad()
+def _fixed_loss(trainer: Trainer, model: Any, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with trainer.precision.autocast():
+        _, loss = model(x, y)
+    return float(loss.item())
+
+
+def run_smoke(cfg: TrainConfig) -> SmokeReport:
+    """Run the smoke steps and checks; writes smoke.ok on success, raises CheckFailed if not."""
+    device = resolve_device(cfg)
+    resolved = resolve_config(cfg, device)
+    run_dir = Path(cfg.out_dir)
+    work = run_dir / "smoke"
+    shutil.rmtree(work, ignore_errors=True)
+    trainer = Trainer(resolved, device, work)
+    x, y = (t.clone() for t in trainer.val_loader.next_batch())  # the fixed batch
+    losses: list[float] = []
+    times: list[float] = []
+    for _ in range(cfg.smoke_steps):
+        t0 = time.perf_counter()
+        losses.append(trainer.train_step(resolved.lr).loss)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    # the first step pays for compilation and allocator warm-up; leave it out of the rate
+    steady = times[1:] or times
+    ms = 1000 * sum(steady) / len(steady)
+    tps = resolved.tokens_per_step * 1000 / ms
+    val = trainer.evaluate()
+    trainer.step = cfg.smoke_steps
+    path = trainer.save()
+    assert path is not None
+    before = _fixed_loss(trainer, trainer.raw_model, x, y)
+    reloaded, _, _ = load_for_inference(path, map_location=device)
+    after = _fixed_loss(trainer, reloaded, x, y)
+    with trainer.precision.autocast():
+        sample = _greedy(reloaded, x[:1, :16], SAMPLE_TOKENS, resolved.block_size)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    report = SmokeReport(losses, val, (before, after), ms, tps, trainer.mfu(tps), mem, sample)
+    report.failures = _checks(resolved, losses, (before, after))
+    shutil.rmtree(work, ignore_errors=True)
+    if report.failures:
+        raise CheckFailed("smoke test failed: " + "; ".join(report.failures))
+    _write_stamp(cfg, report)
+    return report
+
+
+def _write_stamp(cfg: TrainConfig, report: SmokeReport) -> Path:
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    body = {
+        "config_hash": config_hash(cfg),
+        "first_loss": report.losses[0],
+        "last_loss": report.losses[-1],
+        "val_loss": report.val_loss,
+        "ms_per_step": report.ms_per_step,
+        "tokens_per_s": report.tokens_per_s,
+    }
+    final = run_dir / STAMP
+    tmp = run_dir / (STAMP + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, final)
+    return final
