@@ -35,6 +35,13 @@ class TrainConfig:
     # batch and optimizer
     micro_batch: int | str = field(default=4, metadata=_h("sequences per forward pass, or auto"))
     grad_accum: int = field(default=8, metadata=_h("micro-batches per optimizer step (all ranks)"))
+    batch_size: int = field(
+        default=32,
+        metadata=_h(
+            "sequences per optimizer step, all ranks, used when micro_batch is auto: "
+            "micro_batch x grad_accum is made equal to it"
+        ),
+    )
     lr: float = field(default=6e-4, metadata=_h("peak learning rate"))
     min_lr: float = field(default=6e-5, metadata=_h("learning rate at the end of the cosine"))
     warmup_iters: int = field(default=2000, metadata=_h("linear warmup steps"))
@@ -79,6 +86,7 @@ class TrainConfig:
             "block_size",
             "vocab_size",
             "grad_accum",
+            "batch_size",
             "max_iters",
             "eval_iters",
             "keep_ckpts",
