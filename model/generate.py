@@ -1,0 +1,157 @@
+"""Text from a trained GPT: sampling with a key/value cache, streamed token by token.
+
+nanoGPT's sample.py re-runs the whole context for every new token (O(T) work
+per token for the trunk). Here the prompt is run once to fill a `KVCache`, and
+each new token then costs one position: `GPT.forward_cached` attends from it
+to the cached keys and values.
+
+The context window. GPT-2's position embeddings are absolute (learned, added
+at the input), so every cached key and value depends on its position and a
+cache cannot slide by one token: a shifted window means recomputing all of it.
+So when the context outgrows `block_size`, it is cropped to its last `keep`
+tokens (default `block_size // 2`) and the cache is rebuilt from them in one
+batched forward; decoding then goes on one token at a time until the window
+is full again. The model therefore always sees at least `keep` tokens of
+context, and one rebuild is paid per `block_size - keep` new tokens.
+`keep=block_size` is nanoGPT's sliding window (a full re-run every token once
+the context is full). Without the cache (`use_cache=False`) the same window
+policy is followed with a plain forward of the cropped context per token, so
+the two give the same tokens: greedy decoding with and without the cache is
+identical (tests/model/test_generate.py).
+
+Ids >= 50257 (the rows that pad the vocabulary to 50304) are never sampled:
+their logits are set to -inf before sampling.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.gpt import GPT, KVCache
+from pipeline.tokenizer import EOT, VOCAB_SIZE, get_encoding
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How the next token is picked from the logits."""
+
+    temperature: float = 0.8  # 0 = greedy (argmax)
+    top_k: int = 0  # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0  # keep the smallest set whose probability reaches top_p; 1 = all
+
+    def __post_init__(self) -> None:
+        assert self.temperature >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1, self
+
+
+def next_token(logits: Tensor, s: Sampling, generator: torch.Generator | None = None) -> Tensor:
+    """logits (B, V) -> token ids (B, 1), never a padded id >= 50257."""
+    logits = logits.float().clone()
+    if logits.shape[-1] > VOCAB_SIZE:
+        logits[:, VOCAB_SIZE:] = -torch.inf
+    if s.temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits /= s.temperature
+    if s.top_k and s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits[logits < kth] = -torch.inf
+    if s.top_p < 1.0:
+        # nucleus sampling (Holtzman et al. 2019): drop a token when the tokens
+        # more likely than it already hold top_p of the mass; the first always stays.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # (B, V) mass strictly ahead
+        sorted_logits[before >= s.top_p] = -torch.inf
+        logits = torch.full_like(logits, -torch.inf).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def _last_logits(model: GPT, ctx: list[int], device: torch.device) -> Tensor:
+    """No cache: the whole (cropped) context through the trunk, the head on the last position."""
+    idx = torch.tensor([ctx], dtype=torch.long, device=device)  # (1, T)
+    h = model.hidden(idx)[:, -1, :]  # (1, C): nanoGPT also skips the head on earlier positions
+    out: Tensor = model.lm_head(h)  # (1, V)
+    return out
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    sampling: Sampling,
+    *,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    keep: int | None = None,
+    stop_token: int | None = EOT,
+    autocast: Callable[[], AbstractContextManager[object]] | None = None,
+    cache_dtype: torch.dtype | None = None,
+) -> Iterator[int]:
+    """Yield up to `max_new_tokens` new ids after `prompt`; ends early at `stop_token` (not yielded).
+
+    `keep`: tokens kept when the context outgrows block_size (see the module
+    docstring); `autocast`: makes the run's mixed-precision context (e.g.
+    `Precision.autocast`), entered around each forward only; `cache_dtype`: the KV cache's dtype (default: the model's).
+    """
+    if not prompt:
+        raise ValueError("empty prompt: start from [EOT]")
+    block = model.cfg.block_size
+    keep = block // 2 if keep is None else keep
+    if not 1 <= keep <= block:
+        raise ValueError(f"keep={keep} must be in [1, block_size={block}]")
+    device = next(model.parameters()).device
+    ctx = list(prompt[-block:])  # a prompt longer than the window keeps its end
+    cache: KVCache | None = None
+    fresh = True  # the cache must be (re)built from ctx
+    for _ in range(max_new_tokens):
+        with autocast() if autocast else contextlib.nullcontext():
+            if not use_cache:
+                logits = _last_logits(model, ctx, device)
+            else:
+                if cache is None:
+                    dtype = cache_dtype or next(model.parameters()).dtype
+                    cache = KVCache(model.cfg, 1, block, device, dtype)
+                if fresh:
+                    cache.length = 0  # reuse the buffers; positions restart at 0
+                    todo = ctx
+                else:
+                    todo = ctx[-1:]  # the newest token; the rest is cached
+                idx = torch.tensor([todo], dtype=torch.long, device=device)
+                logits = model.forward_cached(idx, cache)[:, -1, :]  # (1, V)
+                fresh = False
+        tok = int(next_token(logits, sampling, generator).item())
+        if tok == stop_token:
+            return
+        yield tok
+        ctx.append(tok)
+        if len(ctx) > block:
+            ctx = ctx[-keep:]
+            fresh = True
+
+
+class StreamDecoder:
+    """Token ids -> text, piece by piece, without splitting a multi-byte UTF-8 character.
+
+    One GPT-2 token can hold half of a character (byte-level BPE), so each
+    token's bytes go through an incremental UTF-8 decoder that holds back an
+    incomplete sequence until the bytes that complete it arrive. Bytes that can
+    never form a character become U+FFFD, as `decode` does.
+    """
+
+    def __init__(self) -> None:
+        self._enc = get_encoding()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return str(self._utf8.decode(self._enc.decode_single_token_bytes(token)))
+
+    def flush(self) -> str:
+        return str(self._utf8.decode(b"", final=True))

@@ -1,0 +1,143 @@
+"""`python -m pipeline sample`: text from a run's newest checkpoint, streamed to stdout.
+
+The checkpoint carries its own training config (model shape, dtype), so the
+run folder (or one checkpoint file, `ckpt=`) is all that is needed. Tokens are
+printed as they are sampled; each sample ends at `<|endoftext|>` or after
+`max_new_tokens`. The same seed gives the same text on the same device.
+Generation and its KV cache live in model/generate.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/sample.yaml"
+SEPARATOR = "\n" + "-" * 40 + "\n"
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(kw_only=True)
+class SampleConfig:
+    out_dir: str = field(default="out/gpt2-124m", metadata=_h("run folder; its newest checkpoint"))
+    ckpt: str = field(default="", metadata=_h("one checkpoint file instead of out_dir's newest"))
+    prompt: str = field(default="", metadata=_h("text to continue; empty = from <|endoftext|>"))
+    prompt_file: str = field(default="", metadata=_h("read the prompt from this file instead"))
+    num_samples: int = field(default=1, metadata=_h("samples to draw, one after another"))
+    max_new_tokens: int = field(default=500, metadata=_h("new tokens per sample at most"))
+    temperature: float = field(default=0.8, metadata=_h("softmax temperature; 0 = greedy"))
+    top_k: int = field(default=200, metadata=_h("sample among the k likeliest tokens; 0 = all"))
+    top_p: float = field(default=1.0, metadata=_h("nucleus: smallest set with this mass; 1 = off"))
+    seed: int = field(default=1337, metadata=_h("random seed; the same seed gives the same text"))
+    device: str = field(default="auto", metadata=_h("auto, cuda or cpu"))
+    dtype: str = field(
+        default="auto", metadata=_h("auto (the run's dtype), bfloat16, float16 or float32")
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.prompt and self.prompt_file:
+            problems.append("prompt and prompt_file are both set; give one")
+        if self.num_samples < 1:
+            problems.append(f"num_samples={self.num_samples} must be >= 1")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            problems.append(f"temperature={self.temperature} must be >= 0")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.device not in ("auto", "cuda", "cpu"):
+            problems.append(f"device={self.device!r} must be auto, cuda or cpu")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            problems.append(f"dtype={self.dtype!r} must be auto, bfloat16, float16 or float32")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+CONFIG = SampleConfig
+
+
+def read_prompt(cfg: SampleConfig) -> str:
+    if not cfg.prompt_file:
+        return cfg.prompt
+    path = Path(cfg.prompt_file)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"prompt_file {path} not found; give an existing file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"prompt_file {path} is not UTF-8 text") from None
+
+
+def checkpoint_target(cfg: SampleConfig) -> Path:
+    target = Path(cfg.ckpt or cfg.out_dir)
+    if not target.exists():
+        what = "ckpt" if cfg.ckpt else "out_dir"
+        raise InputError(
+            f"{what}={target}: no such checkpoint or run folder; train first (`make train`) "
+            "or point out_dir= at a run folder"
+        )
+    return target
+
+
+def run(cfg: SampleConfig) -> int:
+    import torch  # only when the stage runs
+
+    from model.checkpoint import load_for_inference
+    from model.generate import Sampling, StreamDecoder, generate
+    from model.runtime import replace, resolve_device, resolve_precision
+    from pipeline.tokenizer import EOT, encode
+
+    target = checkpoint_target(cfg)
+    text = read_prompt(cfg)
+    model, train_cfg, step = load_for_inference(target, map_location="cpu")
+    device = resolve_device(replace(train_cfg, device=cfg.device))
+    dtype = train_cfg.dtype if cfg.dtype == "auto" else cfg.dtype
+    if device.type == "cpu" and dtype == "float16":
+        log.info("float16 needs a GPU; sampling in float32 on the CPU")
+        dtype = "float32"
+    precision = resolve_precision(replace(train_cfg, dtype=dtype), device)
+    model.to(device)
+    prompt = encode(text) if text else [EOT]
+    sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    cache_dtype = torch.float32 if precision.name == "float32" else getattr(torch, precision.name)
+    log.info("step %d model on %s, %s; prompt %d tokens", step, device, precision.name, len(prompt))
+    out = sys.stdout
+    for i in range(cfg.num_samples):
+        if i:
+            out.write(SEPARATOR)
+        out.write(text)
+        out.flush()
+        decoder = StreamDecoder()
+        t0, n = time.perf_counter(), 0
+        for tok in generate(
+            model,
+            prompt,
+            cfg.max_new_tokens,
+            sampling,
+            generator=gen,
+            autocast=precision.autocast,
+            cache_dtype=cache_dtype,
+        ):
+            out.write(decoder.push(tok))
+            out.flush()
+            n += 1
+        out.write(decoder.flush() + "\n")
+        out.flush()
+        secs = time.perf_counter() - t0
+        log.info("sample %d/%d: %d tokens, %.1f tokens/s", i + 1, cfg.num_samples, n, n / secs)
+    return 0
