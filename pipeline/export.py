@@ -1,0 +1,46 @@
+"""`python -m pipeline export`: a run's newest checkpoint as a Hugging Face GPT-2 folder.
+
+Writes `<out_dir>/hf/` (or `dest=`): config.json, model.safetensors and the
+GPT-2 tokenizer files, which `transformers.GPT2LMHeadModel.from_pretrained`
+and `GPT2TokenizerFast.from_pretrained` load offline. The conversion is in
+model/hf_export.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+DEFAULT_CONFIG = None
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    out_dir: str = field(default="out/gpt2-124m", metadata={"help": "run folder to export"})
+    ckpt: str = field(default="", metadata={"help": "one checkpoint file instead of the newest"})
+    dest: str = field(default="", metadata={"help": "output folder; empty = hf/ in the run folder"})
+
+
+CONFIG = ExportConfig
+
+
+def run(cfg: ExportConfig) -> int:
+    from model.checkpoint import load_for_inference
+    from model.hf_export import export
+
+    source = Path(cfg.ckpt or cfg.out_dir)
+    if not source.exists():
+        raise InputError(f"{source}: no such checkpoint or run folder; train first (`make train`)")
+    model, train_cfg, step = load_for_inference(source)
+    if train_cfg.vocab_size < 50257:
+        raise InputError(
+            f"{source}: vocab_size={train_cfg.vocab_size} is smaller than GPT-2's 50257; "
+            "only GPT-2-vocabulary runs can be exported"
+        )
+    run_dir = source.parent if source.is_file() else source
+    dest = Path(cfg.dest) if cfg.dest else run_dir / "hf"
+    export(model, train_cfg, step, source, dest)
+    print(f"exported step {step} to {dest}/ (GPT2LMHeadModel.from_pretrained({str(dest)!r}))")
+    return 0

@@ -1,0 +1,92 @@
+"""`python -m pipeline export`: transformers loads the folder offline and agrees with codegpt."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_for_inference
+from model.hf_export import byte_alphabet
+from model.trainer import train
+from pipeline.__main__ import main
+from pipeline.tokenizer import VOCAB_SIZE, encode
+from tests.model.train_fixtures import tiny_config, write_tiny_shards
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the network
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+transformers = pytest.importorskip("transformers")
+
+
+def real_code() -> str:
+    """Real Python source: a standard-library module as it is on this machine."""
+    return Path(json.decoder.__file__).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT over GPT-2's padded vocabulary, trained a few steps, then exported."""
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = tiny_config(
+        write_tiny_shards(tmp / "shards"),
+        tmp / "run",
+        vocab_size=50304,
+        block_size=256,
+        micro_batch=2,
+        grad_accum=1,
+        max_iters=3,
+        dropout=0.1,
+    )
+    assert train(cfg) == 0
+    assert main(["export", f"out_dir={tmp / 'run'}"]) == 0
+    return tmp / "run"
+
+
+def test_the_export_folder_is_complete(exported: Path) -> None:
+    hf = exported / "hf"
+    names = {p.name for p in hf.iterdir()}
+    assert names >= {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
+    assert not [p for p in exported.iterdir() if p.name.startswith(".hf")]  # no leftovers
+    cfg = json.loads((hf / "config.json").read_text())
+    assert cfg["vocab_size"] == VOCAB_SIZE and cfg["n_positions"] == 256
+    assert cfg["activation_function"] == "gelu_new" and cfg["tie_word_embeddings"] is True
+
+
+def test_transformers_gives_the_same_logits_on_real_code(exported: Path) -> None:
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(
+        exported / "hf", local_files_only=True
+    ).eval()
+    ours, _, step = load_for_inference(exported)
+    assert step == 3
+    assert hf_model.lm_head.weight is hf_model.transformer.wte.weight  # tied on load
+    ids = torch.tensor([encode(real_code())[:200]])  # (1, 200)
+    with torch.no_grad():
+        want, _ = ours(ids)
+        got = hf_model(ids).logits  # (1, 200, 50257)
+    assert want is not None and got.shape == (1, 200, VOCAB_SIZE)
+    assert torch.allclose(got, want[..., :VOCAB_SIZE], atol=1e-4, rtol=0)
+    assert want[..., :VOCAB_SIZE].std() > 0.1  # trained logits, not a constant
+
+
+def test_the_tokenizer_files_give_our_ids(exported: Path) -> None:
+    tok = transformers.GPT2TokenizerFast.from_pretrained(exported / "hf", local_files_only=True)
+    texts = [real_code(), Path(torch.__file__).read_text(encoding="utf-8")[:20_000]]
+    texts.append("naïve → 世界 🎉\n\t\tx  = 1  \r\n  ")
+    for text in texts:
+        assert tok(text)["input_ids"] == encode(text)
+    assert tok.eos_token_id == 50256 and tok.decode(encode(texts[2])) == texts[2]
+
+
+def test_byte_alphabet_is_a_bijection_onto_printable_characters() -> None:
+    table = byte_alphabet()
+    assert sorted(table) == list(range(256)) and len(set(table.values())) == 256
+    assert all(c.isprintable() and not c.isspace() for c in table.values())
+    assert table[ord("A")] == "A" and table[ord(" ")] == "Ġ"  # GPT-2's well-known space
+
+
+def test_export_refuses_a_missing_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", f"out_dir={tmp_path / 'none'}"]) == 2
+    assert "train first" in capsys.readouterr().err
