@@ -1,0 +1,158 @@
+"""What a training run folder says about itself: metrics, config, checkpoints, smoke stamp.
+
+Shared by `python -m pipeline report` (a text summary) and `python -m pipeline
+plot` (the loss curve). Reads only small files: `metrics.jsonl` (format in
+model/metrics.py), `config.yaml` and the smoke stamp; checkpoints are listed,
+never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import list_checkpoints, step_of
+from model.metrics import FILE as METRICS_FILE
+from model.metrics import format_eta
+from pipeline.config import read_yaml
+from pipeline.errors import InputError
+
+RECENT = 5  # logged steps whose mean ms/step gives the ETA
+
+
+@dataclass
+class RunData:
+    name: str
+    train: list[dict[str, Any]]  # logged steps: step, loss, lr, tokens, ms, tokens_per_s, ...
+    evals: list[dict[str, Any]]  # step, val_loss, tokens
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml; {} if absent
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; a line cut short by a kill is skipped, as the trainer does."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            out.append(rec)
+    return out
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    folder = Path(run_dir)
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        raise InputError(f"{path} not found; train first (`make train`) or set out_dir=")
+    recs = read_records(path)
+    config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    return RunData(
+        name=folder.resolve().name,
+        train=[r for r in recs if "loss" in r],
+        evals=[r for r in recs if "val_loss" in r],
+        config=config,
+    )
+
+
+def train_seconds(train: list[dict[str, Any]]) -> float:
+    """Sum over logged lines of ms/step x the steps since the previous line.
+
+    `ms` is the mean wall time per step of its window, so this is the time
+    spent in training steps; evals and checkpoint saves are not in it.
+    """
+    total, prev = 0.0, 0
+    for r in sorted(train, key=lambda r: r["step"]):
+        total += r["ms"] * (r["step"] - prev) / 1000.0
+        prev = r["step"]
+    return total
+
+
+def _smoke_status(folder: Path, config: dict[str, Any]) -> str:
+    from model.smoke import STAMP, check_stamp
+
+    stamp = folder / STAMP
+    if not stamp.is_file():
+        return "not run (no smoke.ok)"
+    try:
+        body = json.loads(stamp.read_text(encoding="utf-8"))
+        detail = f"loss {body['first_loss']:.3f} -> {body['last_loss']:.3f}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        detail = "stamp unreadable"
+    if not config:
+        return f"passed ({detail}); no config.yaml to compare with"
+    try:
+        from model.checkpoint import config_from_dict
+
+        check_stamp(config_from_dict(config))
+    except Exception:  # a stale stamp or a config this code no longer reads
+        return f"passed ({detail}) but for a different config; rerun `make smoke`"
+    return f"passed ({detail}), matches config.yaml"
+
+
+def summary_lines(run_dir: str | Path) -> list[str]:
+    """The report: one `key  value` line per fact."""
+    folder = Path(run_dir)
+    run = load_run(folder)
+    max_iters = run.config.get("max_iters")
+    last = run.train[-1] if run.train else None
+    step = last["step"] if last else 0
+    lines = [f"run          {folder} ({run.name})"]
+    of = f" / {max_iters:,} ({100 * step / max_iters:.1f}%)" if max_iters else ""
+    lines.append(f"steps        {step:,}{of}")
+    tokens = max([r["tokens"] for r in run.train + run.evals], default=0)
+    lines.append(f"tokens seen  {tokens:,}")
+    if run.evals:
+        best = min(run.evals, key=lambda r: r["val_loss"])
+        ev = run.evals[-1]
+        lines.append(
+            f"val loss     best {best['val_loss']:.4f} at step {best['step']:,}; "
+            f"last {ev['val_loss']:.4f} at step {ev['step']:,}"
+        )
+    else:
+        lines.append("val loss     no eval yet")
+    if last is None:
+        lines.append("train loss   no logged step yet")
+    else:
+        lines.append(f"train loss   {last['loss']:.4f} at step {step:,}")
+        speed = f"{last['tokens_per_s']:,.0f} tokens/s, {last['ms']:.1f} ms/step"
+        if last.get("mfu") is not None:
+            speed += f", MFU {100 * last['mfu']:.1f}%"
+        if last.get("peak_mem_gb") is not None:
+            speed += f", peak memory {last['peak_mem_gb']:.1f} GB"
+        lines.append(f"speed        {speed} (last logged step)")
+        lines.append(
+            f"time so far  {format_eta(train_seconds(run.train))} in training steps "
+            "(sum of logged ms/step x steps; evals and checkpoints not counted)"
+        )
+        lines.append(f"ETA          {_eta(run.train, max_iters)}")
+    lines.append(f"checkpoints  {_checkpoints(folder)}")
+    lines.append(f"smoke        {_smoke_status(folder, run.config)}")
+    return lines
+
+
+def _eta(train: list[dict[str, Any]], max_iters: int | None) -> str:
+    if not max_iters:
+        return "? (no config.yaml with max_iters)"
+    left = max_iters - train[-1]["step"]
+    if left <= 0:
+        return "done"
+    recent = [r["ms"] for r in train[-RECENT:]]
+    ms = statistics.mean(recent)
+    return (
+        f"{format_eta(left * ms / 1000.0)} for {left:,} steps at {ms:.1f} ms/step "
+        f"(mean of the last {len(recent)} logged)"
+    )
+
+
+def _checkpoints(folder: Path) -> str:
+    ckpts = list_checkpoints(folder)
+    if not ckpts:
+        return "none"
+    size = sum(p.stat().st_size for p in ckpts) / 2**20
+    names = ", ".join(p.name for p in ckpts)
+    return f"{len(ckpts)} ({names}; newest step {step_of(ckpts[-1]):,}; {size:,.1f} MiB)"
