@@ -1,0 +1,168 @@
+"""The tokenize manifest: the one module that reads and writes it.
+
+`manifest.json` sits beside the shards and is rewritten atomically (temporary
+name, fsync, rename) after every complete shard. It records what the output is
+a function of (the input files with size and mtime, the config keys that shape
+the output, the tokenizer and a hash of its vocabulary), what has been written
+(per split, the shards and their token counts), where to resume, and the
+document accounting (`read == tokenized + sum(skipped.values())`).
+
+Resume state beside the manifest: train and val fill at different rates, so
+when a shard of one split completes, the other split holds a partial buffer
+that is in no shard yet. Its tokens are appended to `<split>_<NNNNNN>.partial`
+(raw little-endian uint16, NNNNNN = the index of the shard they will become),
+fsynced, and the manifest records how many tokens of that file are valid.
+Appends only ever go past the recorded length, so a kill in the middle of one
+leaves the recorded prefix intact; the next append truncates the file to the
+recorded length first. A partial file is deleted once its shard is complete
+and a manifest says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import shards
+from pipeline.errors import InputError
+
+NAME = "manifest.json"
+VERSION = 1
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_DTYPE = np.dtype("<u2")
+
+
+def path(folder: Path) -> Path:
+    return Path(folder) / NAME
+
+
+def read(folder: Path) -> dict[str, Any] | None:
+    """The manifest of `folder`, or None when there is none."""
+    p = path(folder)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{p}: unreadable manifest ({e}); pass force=true to start over in {folder}"
+        ) from None
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise InputError(
+            f"{p}: not a version-{VERSION} tokenize manifest; pass force=true to start over"
+        )
+    return data
+
+
+def write(folder: Path, data: dict[str, Any]) -> None:
+    """Atomically replace the manifest: temporary name, fsync, rename, fsync the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = path(folder)
+    tmp = final.with_name(final.name + shards.TMP_SUFFIX)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    shards.fsync_dir(folder)
+
+
+def input_entries(files: list[Path]) -> list[dict[str, Any]]:
+    """What the output depends on for each input file: path, size, mtime (ns)."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append({"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def differences(
+    old: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    tokenizer: dict[str, Any],
+) -> list[str]:
+    """Human-readable list of what differs between a manifest and a new run's request."""
+    changes: list[str] = []
+    before = {e["path"]: e for e in old.get("inputs", [])}
+    now = {e["path"]: e for e in inputs}
+    for p in sorted(set(before) - set(now)):
+        changes.append(f"input {p} removed")
+    for p in sorted(set(now) - set(before)):
+        changes.append(f"input {p} added")
+    for p in sorted(set(now) & set(before)):
+        for key in ("size", "mtime_ns"):
+            if before[p].get(key) != now[p][key]:
+                changes.append(f"input {p} {key} {before[p].get(key)} -> {now[p][key]}")
+                break
+    old_cfg = old.get("settings", {})
+    for key in sorted(set(settings) | set(old_cfg)):
+        if old_cfg.get(key) != settings.get(key):
+            changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
+    if old.get("tokenizer") != tokenizer:
+        changes.append(f"tokenizer {old.get('tokenizer')} -> {tokenizer}")
+    return changes
+
+
+def partial_path(folder: Path, split: str, index: int) -> Path:
+    return Path(folder) / (shards.shard_name(split, index).removesuffix(".npy") + PARTIAL_SUFFIX)
+
+
+def append_partial(folder: Path, split: str, index: int, buf: np.ndarray, start: int) -> None:
+    """Make tokens buf[:len(buf)] durable in the partial file, given buf[:start] already is."""
+    p = partial_path(folder, split, index)
+    mode = "r+b" if p.exists() else "w+b"
+    with open(p, mode) as f:
+        f.truncate(start * PARTIAL_DTYPE.itemsize)  # drop anything a killed append left
+        f.seek(start * PARTIAL_DTYPE.itemsize)
+        f.write(np.ascontiguousarray(buf[start:], dtype=PARTIAL_DTYPE).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_partial(folder: Path, split: str, index: int, count: int) -> np.ndarray:
+    """The first `count` tokens of a partial file (the rest is from a killed append)."""
+    p = partial_path(folder, split, index)
+    try:
+        arr = np.fromfile(p, dtype=PARTIAL_DTYPE, count=count)
+    except (OSError, ValueError):
+        arr = np.empty(0, dtype=PARTIAL_DTYPE)
+    if len(arr) != count:
+        raise InputError(
+            f"{p}: resume state holds {len(arr)} tokens, the manifest expects {count}; "
+            "pass force=true to start over"
+        )
+    return arr.astype(np.uint16, copy=False)
+
+
+def remove_partials(folder: Path, keep: set[Path] | None = None) -> None:
+    for p in Path(folder).glob(f"*{PARTIAL_SUFFIX}"):
+        if keep is None or p not in keep:
+            p.unlink(missing_ok=True)
+
+
+def clear(folder: Path) -> int:
+    """Delete every shard, partial file, temporary and the manifest of `folder`."""
+    folder = Path(folder)
+    n = 0
+    if not folder.is_dir():
+        return 0
+    for split in shards.SPLITS:
+        for p in folder.glob(f"{split}_*.npy"):
+            p.unlink()
+            n += 1
+    remove_partials(folder)
+    shards.remove_temporaries(folder)
+    path(folder).unlink(missing_ok=True)
+    shards.fsync_dir(folder)
+    return n

@@ -1,0 +1,321 @@
+"""The tokenize stage's output side: shard buffers, exact resume state, accounting, progress.
+
+`ShardWriter.consume` takes one batch's encoding (in input order) and copies
+each split's tokens into that split's preallocated uint16 buffer of
+`shard_tokens`. When a buffer is full it writes the shard and checkpoints:
+
+  - the position: the document that supplied the shard's last token, as
+    (file index, row group, row, token offset within the document);
+  - the accounting of every document BEFORE that one;
+  - the other split's partial buffer, which holds exactly the tokens of its
+    documents before that one (made durable by pipeline.manifest's partial
+    files, appended, never rewritten).
+
+A rerun reloads the partial buffers, reads from that document on, drops its
+first `token offset` tokens, and so produces the same bytes as a run that was
+never stopped. Events within one batch are taken in row order, so the other
+split's buffer is always cut at the right document.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import manifest, shards
+from pipeline.parquet_source import Batch, FileError
+from pipeline.tokenize_worker import SKIP_REASONS, STATUS, Encoded
+
+log = logging.getLogger(__name__)
+
+Position = tuple[int, int, int, int]  # file index, row group, row, token offset
+
+
+@dataclass
+class Counts:
+    """Document accounting: read == tokenized + sum(skipped.values()) at all times."""
+
+    read: int = 0
+    tokenized: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    replaced_utf8: int = 0
+    text_bytes: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(shards.SPLITS, 0))
+
+    def add(self, enc: Encoded, upto: int | None = None) -> None:
+        """Count rows [0, upto) of one batch's encoding."""
+        status = enc.status[:upto]
+        per = np.bincount(status, minlength=len(STATUS))
+        self.read += len(status)
+        self.tokenized += int(per[0])
+        for i, reason in enumerate(SKIP_REASONS, start=1):
+            self.skipped[reason] += int(per[i])
+        self.replaced_utf8 += int(enc.replaced[:upto].sum())
+        self.text_bytes += int(enc.nbytes[:upto].sum())
+        ntok, split = enc.ntok[:upto], enc.split[:upto]
+        for s, name in enumerate(shards.SPLITS):
+            self.tokens[name] += int(ntok[split == s].sum())
+
+    def copy(self) -> Counts:
+        return Counts(**self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "tokenized": self.tokenized,
+            "skipped": dict(self.skipped),
+            "replaced_utf8": self.replaced_utf8,
+            "text_bytes": self.text_bytes,
+            "tokens": dict(self.tokens),
+        }
+
+    def balanced(self) -> bool:
+        return self.read == self.tokenized + sum(self.skipped.values())
+
+
+class SplitBuffer:
+    """One split's shard in the making: buf[:fill]; buf[:persisted] is in its partial file."""
+
+    def __init__(self, name: str, shard_tokens: int) -> None:
+        self.name = name
+        self.buf = np.empty(shard_tokens, dtype=np.uint16)  # pages count in RSS once touched
+        self.fill = 0
+        self.persisted = 0
+        self.shards: list[dict[str, Any]] = []
+
+    @property
+    def index(self) -> int:
+        return len(self.shards)
+
+    def put(self, tokens: np.ndarray) -> None:
+        end = self.fill + len(tokens)
+        assert end <= len(self.buf), "a shard buffer overflowed"
+        self.buf[self.fill : end] = tokens
+        self.fill = end
+
+
+class ShardWriter:
+    def __init__(
+        self,
+        out: Path,
+        shard_tokens: int,
+        header: dict[str, Any],
+        files: list[str],
+        old: dict[str, Any] | None,
+    ) -> None:
+        self.out = out
+        self.shard_tokens = shard_tokens
+        self.header = header
+        self.files = files
+        self.splits = [SplitBuffer(name, shard_tokens) for name in shards.SPLITS]
+        self.counts = Counts()
+        self.position: Position = (0, 0, 0, 0)
+        self.files_skipped: list[dict[str, Any]] = []
+        if old is not None:
+            self._restore(old)
+        out.mkdir(parents=True, exist_ok=True)
+
+    def _restore(self, old: dict[str, Any]) -> None:
+        p = old["position"]
+        self.position = (p["file_index"], p["row_group"], p["row"], p["token_offset"])
+        c = old["counts"]
+        self.counts = Counts(**c)
+        self.files_skipped = list(old.get("files_skipped", []))
+        keep = set()
+        for sb in self.splits:
+            sb.shards = list(old["shards"][sb.name])
+            n = int(old["partial"][sb.name])
+            if n:
+                sb.put(manifest.load_partial(self.out, sb.name, sb.index, n))
+                keep.add(manifest.partial_path(self.out, sb.name, sb.index))
+            sb.persisted = n
+            # shards past the manifest's list were written after its last rewrite; they
+            # are rewritten identically, but must not be mistaken for complete ones.
+            for q in self.out.glob(f"{sb.name}_*.npy"):
+                if q.name not in {e["name"] for e in sb.shards}:
+                    q.unlink()
+        manifest.remove_partials(self.out, keep)
+
+    def complete_shards(self) -> int:
+        return sum(sb.index for sb in self.splits)
+
+    # ------------------------------------------------------------ consuming
+
+    def consume(self, batch: Batch, enc: Encoded, drop: int) -> None:
+        """Copy one batch's tokens into the buffers, writing shards as they fill.
+
+        `drop` > 0 only on the first batch of a resumed run: that many tokens of
+        its first document are already in a shard.
+        """
+        ntok = enc.ntok.copy()
+        tokens = list(enc.tokens)
+        if drop:
+            first = int(enc.split[0])
+            assert ntok[0] >= drop, "resume position past the end of its document"
+            ntok[0] -= drop
+            tokens[first] = tokens[first][drop:]
+        rows = [np.flatnonzero((enc.split == s) & (ntok > 0)) for s in range(2)]
+        cums = [np.cumsum(ntok[r]) for r in rows]
+        before = self.counts.copy()
+        done = [0, 0]  # tokens of each split's batch stream already in a buffer
+        for row, s, end, offset in self._events(rows, cums, ntok):
+            self.splits[s].put(tokens[s][done[s] : end])
+            done[s] = end
+            o = 1 - s
+            k = int(np.searchsorted(rows[o], row))  # documents of the other split before row
+            upto = int(cums[o][k - 1]) if k else 0
+            self.splits[o].put(tokens[o][done[o] : upto])
+            done[o] = upto
+            counts = before.copy()
+            counts.add(enc, row)
+            at = (
+                batch.file_index,
+                batch.row_group,
+                batch.row + row,
+                offset + (drop if row == 0 else 0),
+            )
+            self._complete(s, at, counts)
+        for s in range(2):
+            self.splits[s].put(tokens[s][done[s] :])
+        self.counts = before
+        self.counts.add(enc)
+
+    def _events(
+        self, rows: list[np.ndarray], cums: list[np.ndarray], ntok: np.ndarray
+    ) -> list[tuple[int, int, int, int]]:
+        """(row, split, end in the split's stream, token offset in the row) per full shard."""
+        events = []
+        for s in range(2):
+            total = int(cums[s][-1]) if len(cums[s]) else 0
+            end = self.shard_tokens - self.splits[s].fill
+            while end <= total:
+                k = int(np.searchsorted(cums[s], end))  # the document holding token end-1
+                row = int(rows[s][k])
+                start = int(cums[s][k]) - int(ntok[row])
+                events.append((row, s, end, end - start))
+                end += self.shard_tokens
+        return sorted(events)
+
+    def _complete(self, s: int, at: Position, counts: Counts) -> None:
+        """Shard s is full: write it, make the other split's partial durable, checkpoint."""
+        sb = self.splits[s]
+        self._write_shard(sb)
+        o = self.splits[1 - s]
+        if o.fill > o.persisted:
+            manifest.append_partial(self.out, o.name, o.index, o.buf[: o.fill], o.persisted)
+            o.persisted = o.fill
+        self.position = at
+        self._write_manifest(counts, complete=False)
+        manifest.partial_path(self.out, sb.name, sb.index - 1).unlink(missing_ok=True)
+
+    def _write_shard(self, sb: SplitBuffer) -> None:
+        path = shards.write_shard(self.out, sb.name, sb.index, sb.buf[: sb.fill])
+        sb.shards.append({"name": path.name, "tokens": sb.fill})
+        log.debug("wrote %s (%d tokens)", path, sb.fill)
+        sb.fill = sb.persisted = 0
+
+    def skip_file(self, err: FileError) -> None:
+        self.files_skipped.append(
+            {
+                "file": err.path,
+                "row_group": err.row_group,
+                "rows_not_read": err.rows_not_read,
+                "error": err.message,
+            }
+        )
+
+    # ------------------------------------------------------------ manifest
+
+    def _write_manifest(self, counts: Counts, complete: bool) -> None:
+        assert counts.balanced(), f"accounting does not add up: {counts}"
+        f, g, r, t = self.position
+        data = {
+            "version": manifest.VERSION,
+            "complete": complete,
+            **self.header,
+            "shards": {sb.name: sb.shards for sb in self.splits},
+            "partial": {sb.name: 0 if complete else sb.persisted for sb in self.splits},
+            "position": {
+                "file_index": f,
+                "file": self.files[f] if f < len(self.files) else None,
+                "row_group": g,
+                "row": r,
+                "token_offset": t,
+            },
+            "counts": counts.to_dict(),
+            "files_skipped": self.files_skipped,
+        }
+        manifest.write(self.out, data)
+
+    def checkpoint_empty(self) -> None:
+        self._write_manifest(self.counts, complete=False)
+
+    def finish(self) -> None:
+        """Write each split's last (shorter) shard, then the complete manifest."""
+        for sb in self.splits:
+            if sb.fill:
+                self._write_shard(sb)
+        self.position = (len(self.files), 0, 0, 0)
+        self._write_manifest(self.counts, complete=True)
+        manifest.remove_partials(self.out)
+        written = {sb.name: sum(e["tokens"] for e in sb.shards) for sb in self.splits}
+        assert written == self.counts.tokens, f"shards hold {written}, counted {self.counts.tokens}"
+        if not self.splits[1].shards:
+            log.warning("no document went to val (val_fraction too small for so few repositories)")
+
+
+class Progress:
+    """A line on stderr every `every` seconds: documents, tokens, MB/s, tokens/s, ETA."""
+
+    def __init__(self, total_bytes: int, counts: Counts, every: float) -> None:
+        self.total_bytes = total_bytes
+        self.every = every
+        self.t0 = self.last = time.monotonic()
+        self.bytes0 = counts.text_bytes
+        self.tokens0 = sum(counts.tokens.values())
+
+    def _rates(self, counts: Counts) -> tuple[float, float, float]:
+        secs = max(time.monotonic() - self.t0, 1e-9)
+        mb_s = (counts.text_bytes - self.bytes0) / secs / 1e6
+        tok_s = (sum(counts.tokens.values()) - self.tokens0) / secs
+        return secs, mb_s, tok_s
+
+    def tick(self, writer: ShardWriter) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        c = writer.counts
+        _, mb_s, tok_s = self._rates(c)
+        left = max(self.total_bytes - c.text_bytes, 0)
+        eta = f"{left / (mb_s * 1e6):.0f}s" if mb_s > 0 else "?"
+        pct = 100.0 * c.text_bytes / self.total_bytes if self.total_bytes else 0.0
+        log.info(
+            "%s docs, %s tokens, %d shards, %.1f MB/s, %.2f M tokens/s, %.0f%%, ETA %s",
+            f"{c.read:,}",
+            f"{sum(c.tokens.values()):,}",
+            writer.complete_shards(),
+            mb_s,
+            tok_s / 1e6,
+            pct,
+            eta,
+        )
+
+    def summary(self, writer: ShardWriter) -> str:
+        c = writer.counts
+        secs, mb_s, tok_s = self._rates(c)
+        skipped = ", ".join(f"{k} {v:,}" for k, v in c.skipped.items() if v) or "none"
+        n = {sb.name: sb.index for sb in writer.splits}
+        files = f"; {len(writer.files_skipped)} files skipped" if writer.files_skipped else ""
+        return (
+            f"tokenize: {c.read:,} documents read = {c.tokenized:,} tokenized + "
+            f"{sum(c.skipped.values()):,} skipped ({skipped}); {c.replaced_utf8:,} with invalid "
+            f"UTF-8 replaced{files}; {c.tokens['train']:,} train tokens in {n['train']} shards, "
+            f"{c.tokens['val']:,} val tokens in {n['val']} shards, in {writer.out} "
+            f"({secs:.1f}s, {mb_s:.1f} MB/s, {tok_s / 1e6:.2f} M tokens/s)"
+        )

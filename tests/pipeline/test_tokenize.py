@@ -1,0 +1,123 @@
+"""The tokenize stage end to end on real parquet files: round trip, determinism, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import manifest, tokenizer
+from pipeline.tokenize_worker import split_of, split_threshold
+
+from .tokenize_fixtures import corpus, expected, make_input, read_split, shard_bytes, tokenize
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return corpus(300)
+
+
+@pytest.fixture
+def src(tmp_path, docs):
+    return make_input(tmp_path / "in", docs)
+
+
+def test_round_trip(src, tmp_path, docs, capsys):
+    out = tmp_path / "out"
+    assert tokenize(src, out) == 0
+    want = expected(docs)
+    assert len(want["val"]) > 0 and len(want["train"]) > 0  # both splits exercised
+    for split in ("train", "val"):
+        got = read_split(out, split)
+        assert np.array_equal(got, want[split])  # ids equal tiktoken's, in order, EOT after each
+        eot = np.flatnonzero(got == tokenizer.EOT)
+        texts = [tokenizer.decode(d.tolist()) for d in np.split(got, eot + 1)[:-1]]
+        th = split_threshold(0.2)
+        wanted = [
+            d["code"] + tokenizer.EOT_TEXT
+            for d in docs
+            if split_of(d["repo_name"].encode(), th) == (split == "val")
+        ]
+        assert texts == wanted
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["complete"] is True
+    for split in ("train", "val"):
+        sizes = [e["tokens"] for e in m["shards"][split]]
+        assert all(s == 5000 for s in sizes[:-1]) and 0 < sizes[-1] <= 5000
+        for e in m["shards"][split]:
+            arr = np.load(out / e["name"])
+            assert arr.dtype == np.uint16 and arr.shape == (e["tokens"],)
+    c = m["counts"]
+    assert c["read"] == c["tokenized"] + sum(c["skipped"].values()) == len(docs)
+    assert c["tokens"] == {"train": len(want["train"]), "val": len(want["val"])}
+    assert [i["path"] for i in m["inputs"]] == sorted(str(p) for p in src.glob("*.parquet"))
+    assert m["tokenizer"]["vocab_sha256"] == tokenizer.vocab_hash()
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.partial"))
+    line = capsys.readouterr().out
+    assert f"{len(docs):,} documents read = {len(docs):,} tokenized + 0 skipped" in line
+
+
+def test_no_repository_in_both_splits(src, tmp_path, docs):
+    th = split_threshold(0.2)
+    by_repo = {d["repo_name"]: split_of(d["repo_name"].encode(), th) for d in docs}
+    assert set(by_repo.values()) == {0, 1}
+    # the hash is stable: the same name gives the same split in a fresh process too
+    assert split_of(b"org0/repo0", th) == split_of(b"org0/repo0", th)
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_give_identical_bytes(src, tmp_path):
+    assert tokenize(src, tmp_path / "w1", workers=1, batch_bytes=7000) == 0
+    assert tokenize(src, tmp_path / "w2", workers=2, batch_bytes=30000) == 0
+    one, two = shard_bytes(tmp_path / "w1"), shard_bytes(tmp_path / "w2")
+    assert len(one) > 10 and one == two
+    c1 = json.loads((tmp_path / "w1" / "manifest.json").read_text())["counts"]
+    c2 = json.loads((tmp_path / "w2" / "manifest.json").read_text())["counts"]
+    assert c1 == c2
+
+
+def test_rerun_is_a_no_op(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert tokenize(src, out) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert tokenize(src, out, workers=2, max_rss_gb=8) == 0  # not output-shaping keys
+    assert "up to date" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_changed_config_or_inputs_refused_then_force(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert tokenize(src, out) == 0
+    capsys.readouterr()
+    assert tokenize(src, out, shard_tokens=6000) == 2
+    err = capsys.readouterr().err
+    assert "shard_tokens 5000 -> 6000" in err and "force=true" in err
+    assert len(err.strip().splitlines()) == 1
+    f = src / "part-1.parquet"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    (src / "part-3.parquet").write_bytes((src / "part-0.parquet").read_bytes())
+    assert tokenize(src, out) == 2
+    err = capsys.readouterr().err
+    assert "part-1.parquet mtime_ns" in err and "part-3.parquet added" in err
+    assert tokenize(src, out, shard_tokens=6000, force=True) == 0
+    m = manifest.read(out)
+    assert m is not None and m["settings"]["shard_tokens"] == 6000
+    assert all(e["tokens"] <= 6000 for e in m["shards"]["train"])
+    assert len(list(out.glob("train_*.npy"))) == len(m["shards"]["train"])
+
+
+def test_foreign_shards_refused(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "train_000000.npy", np.zeros(3, dtype=np.uint16))
+    assert tokenize(src, out) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_config_validation(tmp_path, capsys):
+    for bad in ("workers=0", "workers=many", "val_fraction=1.5", "on_error=ignore"):
+        assert tokenize(tmp_path, tmp_path / "o", **dict([bad.split("=")])) == 2
+        assert bad.split("=")[0] in capsys.readouterr().err
