@@ -1,0 +1,349 @@
+"""GPU memory of a training config, before launching: what each part needs and what fits.
+
+Every figure is in bytes and follows what PyTorch really allocates for
+model/gpt.py, checked against autograd's saved tensors and a fake-tensor
+memory trace in tests/model/test_plan.py. Shapes: B micro-batch, T
+block_size, C n_embd, L n_layer, nh n_head, V vocab_size, P parameters,
+s = bytes of the compute dtype (2 under bf16/fp16 autocast, 4 in fp32).
+
+Static (whole run): fp32 weights 4P, fp32 gradients 4P (kept between the
+micro-steps of an accumulation), AdamW exp_avg and exp_avg_sq 8P plus one
+fp32 `step` scalar per parameter tensor. Autocast keeps fp32 weights and
+casts on the fly, so there is no separate master copy; the casts of the block
+weights (s * 12 C^2 per layer) are saved for backward.
+
+Activations kept for backward, per layer (Korthikanti et al. 2022, "Reducing
+activation recomputation in large transformer models", eq. 2, count
+34 BTC + 5 nh T^2 B bytes in 16-bit; adjusted to PyTorch):
+    ln_1 input (fp32 residual) 4 BTC, its mean/rstd 8 BT, ln_1 output cast s BTC,
+    q k v 3 s BTC, SDPA output s BTC (also the c_proj input: same storage),
+    SDPA logsumexp 4 B nh T (flash keeps no T x T scores: the 5 nh T^2 term is gone),
+    ln_2 input 4 BTC + 8 BT, ln_2 output cast s BTC, c_fc output 4 s BTC, GELU output 4 s BTC,
+    = (8 + 14 s) BTC + 16 BT + 4 B nh T          (36 BTC in bf16: the residual stream is fp32)
+plus dropout masks (1 byte each, CUDA) when dropout > 0. torch.compile's
+partitioner keeps the same tensors for the blocks (checked with its
+aot_eager_decomp_partition backend).
+
+The loss: see model/loss.py. `lean` keeps the fp32 hidden state (4 BTC) and
+one logsumexp per position; its backward holds one chunk of logits at a time.
+Under torch.compile the partitioner saves each chunk's logits in the compute
+dtype instead of recomputing them (s BTV, still 1/6 of the plain loss's peak),
+unless the loss is excluded from compilation. `plain` keeps the fp32
+log-softmax (4 BTV) and peaks at 12 BTV in its backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from model.loss import auto_chunk, chunked_cross_entropy
+
+GiB = 2**30
+# The CUDA context with cuBLAS handles and lazily loaded kernels (CUDA 12): 300-500 MiB.
+CUDA_CONTEXT = int(0.45 * GiB)
+# What the driver keeps out of a card's nominal size: a 12 GiB RTX 4070 shows
+# torch 11.72 GiB of "total capacity" (the story's OOM message).
+DRIVER_RESERVE = int(0.28 * GiB)
+CUBLAS_WORKSPACE = 64 * 2**20  # cuBLAS/cuBLASLt workspaces, per stream
+COMPILE_WORKSPACE = 256 * 2**20  # Inductor/Triton scratch buffers and autotuning
+FRAGMENTATION = 0.05  # the caching allocator's rounding and split blocks: 5 % of the peak
+
+_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def compiled_loss_keeps_logits() -> bool:
+    """True unless the lean loss is excluded from torch.compile (then it recomputes in backward)."""
+    return not getattr(chunked_cross_entropy, "_torchdynamo_disable", False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """One micro-batch of one config on one GPU: everything the estimate depends on."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    vocab_size: int
+    micro_batch: int
+    dtype: str = "bfloat16"  # resolved: bfloat16, float16 or float32
+    compile: bool = False
+    loss: str = "lean"  # lean | plain
+    loss_chunk: int = 0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _BYTES:
+            raise ValueError(f"dtype must be resolved to one of {sorted(_BYTES)}, got {self.dtype}")
+        if self.loss not in ("lean", "plain"):
+            raise ValueError(f"loss must be lean or plain, got {self.loss}")
+
+    @property
+    def s(self) -> int:
+        return _BYTES[self.dtype]
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.block_size
+
+    @property
+    def chunk(self) -> int:
+        return self.loss_chunk or auto_chunk(self.tokens, self.vocab_size)
+
+    def with_batch(self, micro_batch: int) -> Workload:
+        return dataclasses.replace(self, micro_batch=micro_batch)
+
+
+# --- parameters and optimizer -------------------------------------------------
+
+
+def param_count(w: Workload) -> int:
+    """As GPT.num_params(): wte (= lm_head) V C, wpe T C, L (12 C^2 + 13 C), ln_f 2 C."""
+    C = w.n_embd
+    return w.vocab_size * C + w.block_size * C + w.n_layer * (12 * C * C + 13 * C) + 2 * C
+
+
+def param_tensors(w: Workload) -> int:
+    """Parameter tensors: wte, wpe, 12 per block (4 Linear weights + biases, 2 LayerNorms x 2), ln_f x 2."""
+    return 2 + 12 * w.n_layer + 2
+
+
+def adamw_state_bytes(w: Workload) -> int:
+    """exp_avg + exp_avg_sq in fp32 (8 P) and one fp32 `step` scalar per parameter tensor."""
+    return 8 * param_count(w) + 4 * param_tensors(w)
+
+
+def autocast_copy_bytes(w: Workload) -> int:
+    """The block weights cast to the compute dtype and saved for backward (biases are not)."""
+    return 0 if w.s == 4 else w.s * 12 * w.n_embd**2 * w.n_layer
+
+
+# --- activations --------------------------------------------------------------
+
+
+def layer_activation_bytes(w: Workload) -> int:
+    """Tensors one block keeps for backward (module docstring)."""
+    B, T, C, s = w.micro_batch, w.block_size, w.n_embd, w.s
+    kept = (8 + 14 * s) * B * T * C + 16 * B * T + 4 * B * w.n_head * T
+    if w.dropout > 0:
+        kept += 2 * B * T * C  # two bool dropout masks (attention and MLP residual)
+    return kept
+
+
+def trunk_extra_bytes(w: Workload) -> int:
+    """Outside the blocks: token ids for the embedding backward, ln_f's input and stats."""
+    B, T, C = w.micro_batch, w.block_size, w.n_embd
+    extra = 8 * B * T + 8 * T + 4 * B * T * C + 8 * B * T
+    if w.dropout > 0:
+        extra += B * T * C
+    return extra
+
+
+def loss_kept_bytes(w: Workload) -> int:
+    """What the loss keeps from its forward until its backward."""
+    N, C, V, s = w.tokens, w.n_embd, w.vocab_size, w.s
+    if w.loss == "plain":
+        # log_softmax output in fp32; under autocast F.linear saves the cast hidden and weight
+        return 4 * N * V + (s * N * C + s * V * C if s < 4 else 4 * N * C)
+    kept = 4 * N * C + 4 * N  # fp32 hidden (ln_f output) + logsumexp
+    if w.compile and compiled_loss_keeps_logits():
+        kept += s * N * V + (s * V * C if s < 4 else 0)
+    return kept
+
+
+def loss_backward_bytes(w: Workload) -> int:
+    """The loss backward's transient peak, on top of what it kept."""
+    N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
+    if w.loss == "plain":
+        return 8 * N * V  # grad of the log-softmax output and its input, fp32
+    # weight cast + fp32 dL/dW accumulator + dL/dh, and per chunk the larger of
+    # (fp32 logits, logits - lse, softmax) or (softmax, its cast, the (V, C) product + fp32 copy)
+    return (s + 4) * V * C + 4 * N * C + max(12 * c * V, (4 + s) * c * V + (s + 4) * V * C)
+
+
+def activation_bytes(w: Workload) -> int:
+    """Everything autograd keeps for backward: blocks, autocast weight casts, trunk ends, loss."""
+    return (
+        w.n_layer * layer_activation_bytes(w)
+        + autocast_copy_bytes(w)
+        + trunk_extra_bytes(w)
+        + loss_kept_bytes(w)
+    )
+
+
+# --- evaluation (no_grad) -------------------------------------------------------
+
+
+def eval_transient_bytes(w: Workload) -> int:
+    """The largest live set of a no_grad forward: one block's MLP, or the loss."""
+    N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
+    block = 4 * N * C + s * N * C + 8 * s * N * C  # residual, its cast, c_fc and GELU outputs
+    if w.loss == "plain":
+        loss = (
+            4 * N * C + s * V * C + (8 + (s if s < 4 else 0)) * N * V
+        )  # logits, fp32 copy, log_softmax
+    else:
+        loss = (
+            4 * N * C + s * V * C + (4 + 4 + s) * c * V
+        )  # one chunk's logits, fp32, logsumexp temp
+    return max(block, loss)
+
+
+def eval_largest_tensor(w: Workload) -> int:
+    """The eval's biggest single allocation: what the allocator may have to find fresh."""
+    N, C, V, c = w.tokens, w.n_embd, w.vocab_size, w.chunk
+    if w.loss == "plain":
+        return 4 * N * V  # the fp32 logits: the story's "1.54 GB more wanted" at B = 8
+    return max(4 * c * V, 4 * w.s * N * C)
+
+
+# --- the estimate -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Memory outside PyTorch's tensors."""
+
+    context: int  # CUDA context (+ the driver's reserve when planning for a nominal size)
+    workspace: int  # cuBLAS (+ compile) workspaces
+
+    @classmethod
+    def for_card(cls, compile: bool, nominal: bool) -> Overhead:
+        """nominal: the budget is the card's marketed size (gpu_gb), not what CUDA reports."""
+        ctx = CUDA_CONTEXT + (DRIVER_RESERVE if nominal else 0)
+        return cls(ctx, CUBLAS_WORKSPACE + (COMPILE_WORKSPACE if compile else 0))
+
+    @property
+    def total(self) -> int:
+        return self.context + self.workspace
+
+
+@dataclass
+class Estimate:
+    workload: Workload
+    overhead: Overhead
+    params: int
+    parts: dict[str, int] = field(default_factory=dict)  # table rows, bytes
+    peak_train: int = 0  # tensors at the peak of a training micro-step (before fragmentation)
+    peak_eval: int = 0  # tensors at the peak of an eval step run on its own
+    eval_after_train: int = 0  # the train step's reserve + the eval's largest new tensor
+
+    @property
+    def fragmentation(self) -> int:
+        return int(FRAGMENTATION * self.peak_train)
+
+    @property
+    def required(self) -> int:
+        """GPU memory the run needs: the worst of train, eval, eval-after-train, plus overhead."""
+        train = self.peak_train + self.fragmentation
+        evals = max(int(self.peak_eval * (1 + FRAGMENTATION)), self.eval_after_train)
+        return max(train, evals) + self.overhead.total
+
+    def fits(self, budget: int) -> bool:
+        return self.required <= budget
+
+
+def estimate(w: Workload, overhead: Overhead) -> Estimate:
+    P = param_count(w)
+    batch = 16 * w.tokens  # x and y, int64
+    parts = {
+        "weights (fp32)": 4 * P,
+        "gradients (fp32)": 4 * P,
+        "AdamW states (fp32 exp_avg, exp_avg_sq)": adamw_state_bytes(w),
+        "autocast weight casts kept for backward": autocast_copy_bytes(w),
+        f"activations kept, {w.n_layer} layers": w.n_layer * layer_activation_bytes(w),
+        "activations kept, embeddings and ln_f": trunk_extra_bytes(w) + batch,
+        f"loss kept ({w.loss})": loss_kept_bytes(w),
+        f"loss backward peak ({w.loss})": loss_backward_bytes(w),
+        f"eval pass peak ({w.loss} loss, no_grad)": eval_transient_bytes(w),
+    }
+    static = parts["weights (fp32)"] + parts["gradients (fp32)"] + adamw_state_bytes(w)
+    peak_train = static + activation_bytes(w) + batch + loss_backward_bytes(w)
+    # eval runs after zero_grad(set_to_none=True): no gradients. Autocast caches the
+    # casts of parameters until its context exits, in no_grad mode too.
+    peak_eval = (
+        4 * P + adamw_state_bytes(w) + batch + autocast_copy_bytes(w) + eval_transient_bytes(w)
+    )
+    e = Estimate(w, overhead, P, parts, peak_train, peak_eval)
+    e.eval_after_train = peak_train + e.fragmentation + eval_largest_tensor(w)
+    return e
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def batch_candidates(sequences: int, world_size: int = 1) -> list[int]:
+    """Micro-batches m with m x grad_accum = sequences and grad_accum divisible by world_size."""
+    return [m for m in divisors(sequences) if (sequences // m) % world_size == 0]
+
+
+def largest_fitting(
+    w: Workload, overhead: Overhead, budget: int, candidates: list[int]
+) -> Estimate | None:
+    """The estimate of the largest candidate micro-batch that fits `budget`, or None."""
+    for m in sorted(candidates, reverse=True):
+        e = estimate(w.with_batch(m), overhead)
+        if e.fits(budget):
+            return e
+    return None
+
+
+# --- exact mode: the real model on fake tensors -----------------------------------
+
+
+def trace_peaks(w: Workload) -> tuple[int, int]:
+    """(peak_train, peak_eval) in tensor bytes, traced on fake tensors: no GPU, no real memory.
+
+    Runs model/gpt.py's forward and backward (and a no_grad forward) under
+    FakeTensorMode with PyTorch's MemTracker (torch.distributed._tools), on
+    the CPU device with CPU autocast in the workload's dtype. It is exact
+    about the tensors PyTorch creates in eager mode; it does not see
+    torch.compile's graphs, CUDA kernels' private workspaces or the
+    allocator's rounding. AdamW states are added from adamw_state_bytes
+    (the optimizer step itself does not run).
+    """
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from model.gpt import GPT, GPTConfig
+    from model.loss import plain_cross_entropy
+
+    cfg = GPTConfig(
+        n_layer=w.n_layer,
+        n_head=w.n_head,
+        n_embd=w.n_embd,
+        block_size=w.block_size,
+        vocab_size=w.vocab_size,
+        dropout=w.dropout,
+        loss_chunk=w.loss_chunk,
+    )
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(w.dtype)
+    cpu = torch.device("cpu")
+
+    def step(train: bool) -> int:
+        with FakeTensorMode():
+            model = GPT(cfg).train(train)
+            if train:  # the gradients of the previous micro-step are there already
+                for p in model.parameters():
+                    p.grad = torch.zeros_like(p)
+            x = torch.zeros((w.micro_batch, w.block_size), dtype=torch.long)
+            y = torch.zeros_like(x)
+            tracker = MemTracker()
+            tracker.track_external(model)
+            autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+            with tracker, torch.set_grad_enabled(train), autocast:
+                if w.loss == "plain":
+                    h = model.hidden(x)
+                    loss = plain_cross_entropy(h.flatten(0, 1), model.lm_head.weight, y.flatten())
+                else:
+                    _, loss = model(x, y)
+                if train:
+                    assert loss is not None
+                    loss.backward()
+            peak = tracker.get_tracker_snapshot("peak")[cpu]["Total"]
+        return int(peak) + 16 * w.tokens  # + the batch, made before tracking
+
+    return step(True) + adamw_state_bytes(w), step(False) + adamw_state_bytes(w)

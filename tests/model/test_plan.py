@@ -1,0 +1,166 @@
+"""The memory planner (model/plan.py) against what PyTorch really allocates."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+
+from model import plan
+from model.gpt import GPT, GPTConfig
+from model.plan import GiB, Overhead, Workload
+
+TOLERANCE = 0.10  # the stated accuracy of the estimate against a trace
+
+STORY = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
+SHAPES = [  # (n_layer, n_head, n_embd, block_size, vocab, micro_batch)
+    (1, 2, 64, 32, 256, 2),
+    (2, 4, 128, 64, 512, 3),
+    (3, 4, 96, 48, 1000, 5),
+]
+
+
+def _workload(shape: tuple[int, ...], **kw: Any) -> Workload:
+    L, nh, C, T, V, B = shape
+    return Workload(n_layer=L, n_head=nh, n_embd=C, block_size=T, vocab_size=V, micro_batch=B, **kw)
+
+
+def _model(w: Workload) -> GPT:
+    torch.manual_seed(0)
+    return GPT(
+        GPTConfig(
+            n_layer=w.n_layer,
+            n_head=w.n_head,
+            n_embd=w.n_embd,
+            block_size=w.block_size,
+            vocab_size=w.vocab_size,
+            loss_chunk=w.loss_chunk,
+        )
+    )
+
+
+def _saved_bytes(model: Any, w: Workload, params: set[int]) -> int:
+    """Bytes of the distinct storages autograd keeps for backward (parameters excluded)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    x = torch.randint(0, w.vocab_size, (w.micro_batch, w.block_size))
+    dtype = torch.bfloat16 if w.dtype == "bfloat16" else None
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=dtype, enabled=dtype is not None),
+    ):
+        _, loss = model(x, x)
+    assert loss is not None
+    return sum(seen.values())
+
+
+def test_params_and_adamw_states_exact() -> None:
+    w = _workload(SHAPES[1])
+    model = _model(w)
+    assert model.num_params() == plan.param_count(w)
+    assert len(list(model.parameters())) == plan.param_tensors(w)
+    assert sum(p.nbytes for p in model.parameters()) == 4 * plan.param_count(w)
+    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    x = torch.randint(0, w.vocab_size, (2, w.block_size))
+    _, loss = model(x, x)
+    assert loss is not None
+    loss.backward()
+    assert sum(
+        p.grad.nbytes for p in model.parameters() if p.grad is not None
+    ) == 4 * plan.param_count(w)
+    opt.step()
+    state_bytes = sum(t.nbytes for s in opt.state.values() for t in s.values())
+    assert state_bytes == plan.adamw_state_bytes(w)
+
+
+def test_param_count_124m() -> None:
+    assert plan.param_count(Workload(**STORY, micro_batch=1)) == 124_475_904
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_activations_match_saved_tensors(shape: tuple[int, ...], dtype: str) -> None:
+    """Estimate vs the storages autograd really keeps (eager, lean loss), within 10 %."""
+    w = _workload(shape, dtype=dtype)
+    model = _model(w)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    real = _saved_bytes(model, w, params)
+    predicted = plan.activation_bytes(w) + 8 * w.tokens  # + the targets, which the loss saves
+    assert abs(predicted - real) <= TOLERANCE * real, (predicted, real)
+
+
+def test_compiled_lean_loss_keeps_logits_as_predicted() -> None:
+    """torch.compile's partitioner (the aot_eager_decomp_partition backend, CPU) saves the
+    chunk logits of the lean loss; the compile=True estimate must account for them."""
+    w = _workload((1, 4, 128, 64, 4096, 3), dtype="bfloat16", loss_chunk=64)
+    model = _model(w)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    compiled = torch.compile(model, backend="aot_eager_decomp_partition")
+    try:
+        real = _saved_bytes(compiled, w, params)
+    finally:
+        torch._dynamo.reset()
+    cw = Workload(**{**w.__dict__, "compile": True})
+    predicted = plan.activation_bytes(cw) + 8 * w.tokens
+    assert abs(predicted - real) <= TOLERANCE * real, (predicted, real)
+    assert plan.compiled_loss_keeps_logits()  # flips if the loss is excluded from compile
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+@pytest.mark.parametrize("loss", ["lean", "plain"])
+def test_peaks_match_fake_tensor_trace(shape: tuple[int, ...], loss: str) -> None:
+    w = _workload(shape, dtype="bfloat16", loss=loss)
+    e = plan.estimate(w, Overhead(0, 0))
+    train, evals = plan.trace_peaks(w)
+    assert abs(e.peak_train - train) <= TOLERANCE * train, (e.peak_train, train)
+    assert abs(e.peak_eval - evals) <= TOLERANCE * evals, (e.peak_eval, evals)
+
+
+def test_monotonic_in_micro_batch_and_block_size() -> None:
+    oh = Overhead.for_card(compile=True, nominal=True)
+    for loss in ("lean", "plain"):
+        base = Workload(**{**STORY, "block_size": 256}, micro_batch=1, loss=loss)
+        by_batch = [plan.estimate(base.with_batch(b), oh) for b in (1, 2, 4, 8, 16, 32)]
+        for a, b in itertools.pairwise(by_batch):
+            assert a.peak_train < b.peak_train and a.peak_eval <= b.peak_eval
+            assert a.required < b.required
+        by_block = [
+            plan.estimate(Workload(**{**STORY, "block_size": t}, micro_batch=4, loss=loss), oh)
+            for t in (128, 256, 512, 1024)
+        ]
+        for a, b in itertools.pairwise(by_block):
+            assert a.required < b.required
+
+
+def test_story_12_gb_card() -> None:
+    """The story: 124M on a 12 GB RTX 4070. Micro-batch 4 fits; 8 with the full-logits loss
+    does not (10.37 GB in use, 1.54 GB more wanted in the eval); the lean loss fits 8 and 16."""
+    oh = Overhead.for_card(compile=True, nominal=True)
+    budget = 12 * GiB
+
+    def est(mb: int, loss: str) -> plan.Estimate:
+        return plan.estimate(Workload(**STORY, micro_batch=mb, compile=True, loss=loss), oh)
+
+    assert est(4, "plain").fits(budget)
+    plain8 = est(8, "plain")
+    assert not plain8.fits(budget)
+    assert plan.eval_largest_tensor(plain8.workload) / GiB == pytest.approx(1.535, abs=0.01)
+    assert 9.5 * GiB < plain8.peak_train + plain8.fragmentation + oh.context < 11 * GiB
+    assert est(8, "lean").fits(budget)
+    best = plan.largest_fitting(est(1, "lean").workload, oh, budget, plan.batch_candidates(32))
+    assert best is not None and best.workload.micro_batch == 16
+    assert plan.largest_fitting(est(1, "plain").workload, oh, budget, [1, 2, 4, 8]) is not None
+
+
+def test_batch_candidates_respect_world_size() -> None:
+    assert plan.batch_candidates(32) == [1, 2, 4, 8, 16, 32]
+    assert plan.batch_candidates(32, 4) == [1, 2, 4, 8]  # grad_accum 32..4, divisible by 4
+    assert plan.batch_candidates(6, 4) == []
