@@ -1,0 +1,144 @@
+"""`micro_batch: auto`: the largest micro-batch that fits, proposed by the planner, proven by a trial.
+
+The run keeps `batch_size` sequences per optimizer step (all ranks), so
+`micro_batch x grad_accum = batch_size`, with grad_accum divisible by the
+number of processes (each rank runs grad_accum / world_size micro-steps,
+model/distributed.py). On a GPU the planner (model/plan.py) proposes the
+largest such micro-batch whose estimate fits the free memory; then a real
+trial, one training step (forward, backward, AdamW) and one eval forward at
+that size on the real model with the run's dtype and compile setting,
+confirms it, stepping down a size on torch.cuda.OutOfMemoryError. Under DDP
+every rank runs the trial and all take the smallest size any rank found.
+
+On the CPU there is no device memory to fit: the rule is the largest
+divisor of batch_size (that keeps grad_accum divisible by the world size) up
+to CPU_MICRO_BATCH, and a log line says so.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any
+
+import torch
+
+from model import distributed, plan
+from model.config import TrainConfig
+from model.gpt import GPT, GPTConfig
+from model.runtime import maybe_compile, replace, resolve_precision
+from pipeline.errors import ConfigError, ResourceError
+
+log = logging.getLogger(__name__)
+
+CPU_MICRO_BATCH = 8  # CPU rule: the largest candidate micro-batch not above this
+
+
+def candidates(cfg: TrainConfig, world_size: int) -> list[int]:
+    found = plan.batch_candidates(cfg.batch_size, world_size)
+    if not found:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} cannot be split over {world_size} processes; "
+            f"set batch_size to a multiple of {world_size}"
+        )
+    return found
+
+
+def workload(cfg: TrainConfig, micro_batch: int, dtype: str) -> plan.Workload:
+    return plan.Workload(
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        block_size=cfg.block_size,
+        vocab_size=cfg.vocab_size,
+        micro_batch=micro_batch,
+        dtype=dtype,
+        compile=cfg.compile,
+        loss_chunk=cfg.loss_chunk,
+        dropout=cfg.dropout,
+    )
+
+
+def _with_batch(cfg: TrainConfig, micro_batch: int) -> TrainConfig:
+    return replace(cfg, micro_batch=micro_batch, grad_accum=cfg.batch_size // micro_batch)
+
+
+def trial(cfg: TrainConfig, device: torch.device, micro_batch: int) -> bool:
+    """One train step and one eval step at `micro_batch` on `device`; False on out-of-memory."""
+    precision = resolve_precision(cfg, device)
+    model: Any = None
+    optimizer: Any = None
+    compiled: Any = None
+    try:
+        model = GPT(GPTConfig.from_train(cfg)).to(device)
+        optimizer = model.configure_optimizer(
+            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=precision.uses_scaler)
+        compiled = maybe_compile(model, cfg, device)
+        x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
+        with precision.autocast():
+            _, loss = compiled(x, x)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad(), precision.autocast():
+            compiled(x, x)
+        torch.cuda.synchronize(device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        del model, optimizer, compiled
+        gc.collect()
+        torch.cuda.empty_cache()  # hand the trial's blocks back before the next size or the run
+
+
+def _agree(micro_batch: int, device: torch.device) -> int:
+    """The smallest micro-batch any rank found (all ranks must run the same one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return micro_batch
+    t = torch.tensor([micro_batch], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
+def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """A copy of `cfg` with an int micro_batch and grad_accum = batch_size / micro_batch."""
+    world = distributed.from_env().world_size
+    sizes = candidates(cfg, world)
+    if device.type != "cuda":
+        mb = max(m for m in sizes if m <= CPU_MICRO_BATCH)
+        log.info(
+            "micro_batch auto does nothing on %s (no GPU memory to fit): micro_batch %d, "
+            "grad_accum %d (the largest divisor of batch_size=%d up to %d)",
+            device,
+            mb,
+            cfg.batch_size // mb,
+            cfg.batch_size,
+            CPU_MICRO_BATCH,
+        )
+        return _with_batch(cfg, mb)
+    dtype = resolve_precision(cfg, device).name
+    free, _total = torch.cuda.mem_get_info(device)
+    budget = free + torch.cuda.memory_reserved(device)  # the context exists already: not counted
+    overhead = plan.Overhead(0, plan.Overhead.for_card(cfg.compile, nominal=False).workspace)
+    proposed = plan.largest_fitting(workload(cfg, 1, dtype), overhead, budget, sizes)
+    start = proposed.workload.micro_batch if proposed is not None else min(sizes)
+    log.info(
+        "planner: micro_batch %d fits %.2f GiB free (estimate %.2f GiB); trying it",
+        start,
+        budget / plan.GiB,
+        plan.estimate(workload(cfg, start, dtype), overhead).required / plan.GiB,
+    )
+    for mb in sorted((m for m in sizes if m <= start), reverse=True):
+        if trial(_with_batch(cfg, mb), device, mb):
+            chosen = _agree(mb, device)
+            log.info("micro_batch auto: trial at %d ran; using %d", mb, chosen)
+            return _with_batch(cfg, chosen)
+        log.warning("micro_batch %d ran out of GPU memory in the trial; trying smaller", mb)
+    raise ResourceError(
+        f"even micro_batch {min(sizes)} runs out of GPU memory on {torch.cuda.get_device_name(device)}; "
+        "lower block_size or the model size, or free the GPU"
+    )
