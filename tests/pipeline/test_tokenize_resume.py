@@ -1,0 +1,151 @@
+"""Interruptions in real subprocesses: SIGKILL, the memory watchdog, a full disk.
+
+Each ends with a rerun of the same command and a byte-for-byte comparison
+with an uninterrupted run (shards, shard lists and counts in the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from .tokenize_fixtures import (
+    REPO,
+    args,
+    corpus,
+    make_input,
+    shard_bytes,
+    tokenize,
+    tokenize_subprocess,
+)
+
+pytestmark = pytest.mark.slow
+
+OPTS = {"shard_tokens": 2000, "workers": 2, "batch_bytes": 15000}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The input, and an uninterrupted run's output (workers=1: another path, same bytes)."""
+    base = tmp_path_factory.mktemp("ref")
+    src = make_input(base / "in", corpus(400, max_chars=2000), files=4, row_group_size=40)
+    assert tokenize(src, base / "ref", **{**OPTS, "workers": 1}) == 0
+    return src, base / "ref"
+
+
+def _manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _same_result(out, ref):
+    assert shard_bytes(out) == shard_bytes(ref)
+    a, b = _manifest(out), _manifest(ref)
+    assert a["complete"] and a["counts"] == b["counts"] and a["shards"] == b["shards"]
+    assert not list(out.glob("*.tmp")) and not list(out.glob("*.partial"))
+
+
+def _n_shards(out):
+    try:
+        m = _manifest(out)
+    except (OSError, ValueError):
+        return 0
+    return len(m["shards"]["train"]) + len(m["shards"]["val"])
+
+
+def _kill_when(proc, out, shards_at_least=None, after_s=None, limit_s=60.0):
+    """SIGKILL proc once the manifest lists enough shards (or after a delay)."""
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < limit_s:
+        if shards_at_least is not None and _n_shards(out) >= shards_at_least:
+            break
+        if after_s is not None and time.monotonic() - t0 >= after_s:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return proc.returncode
+
+
+def test_sigkill_anywhere_then_rerun_is_byte_identical(reference, tmp_path):
+    src, ref = reference
+    n_ref = _n_shards(ref)
+    out = tmp_path / "out"
+    for at_least in (3, n_ref // 2):
+        rc = _kill_when(tokenize_subprocess(src, out, **OPTS), out, shards_at_least=at_least)
+        assert rc == -signal.SIGKILL, "the run finished before it could be killed"
+        m = _manifest(out)
+        assert not m["complete"] and _n_shards(out) >= at_least
+        c = m["counts"]
+        assert c["read"] == c["tokenized"] + sum(c["skipped"].values())
+    # and once more at an arbitrary instant (possibly mid-write, possibly after the end)
+    _kill_when(tokenize_subprocess(src, out, **OPTS), out, after_s=1.2)
+    proc = tokenize_subprocess(src, out, **OPTS)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    _same_result(out, ref)
+
+
+def test_watchdog_stops_cleanly_and_the_rerun_finishes(reference, tmp_path):
+    src, ref = reference
+    out = tmp_path / "out"
+    _kill_when(tokenize_subprocess(src, out, **OPTS), out, shards_at_least=4)
+    kept = shard_bytes(out)
+    m_before = _manifest(out)
+    assert len(kept) >= 4
+    proc = tokenize_subprocess(src, out, **{**OPTS, "max_rss_gb": 0.02})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("codegpt tokenize: error: resident memory"), last
+    assert "max_rss_gb=0.02" in last and "rerun the same command" in last
+    assert "complete shards kept" in last
+    for name, data in kept.items():  # every complete shard intact
+        assert (out / name).read_bytes() == data
+    assert not list(out.glob("*.tmp"))
+    m_after = _manifest(out)
+    assert m_after["shards"] == m_before["shards"] or len(shard_bytes(out)) >= len(kept)
+    assert tokenize(src, out, **OPTS) == 0
+    _same_result(out, ref)
+
+
+def test_full_disk_stops_cleanly_and_resumes_elsewhere(reference, tmp_path):
+    """Output on a 96 KiB tmpfs (a private mount namespace): ENOSPC after a few shards."""
+    src, ref = reference
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k none {tmp_path}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    disk, copy = tmp_path / "disk", tmp_path / "copy"
+    disk.mkdir()
+    cmd = " ".join([sys.executable, "-m", "pipeline", "tokenize", *args(src, disk / "out", **OPTS)])
+    script = (
+        f"mount -t tmpfs -o size=96k none {disk} && cd {REPO} && "
+        f"{{ {cmd} 2>{tmp_path}/err; echo $? > {tmp_path}/rc; }}; cp -a {disk}/out {copy}"
+    )
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=120)
+    rc = int((tmp_path / "rc").read_text())
+    err = (tmp_path / "err").read_text().strip().splitlines()
+    assert rc == 3, err
+    assert err[-1].startswith("codegpt tokenize: error: disk full writing"), err[-1]
+    assert "rerun the same command" in err[-1]
+    assert not list(copy.glob("*.tmp"))
+    done = _manifest(copy)
+    names = [e["name"] for s in ("train", "val") for e in done["shards"][s]]
+    assert names, "the disk filled before any shard was complete"
+    ref_bytes = shard_bytes(ref)
+    for name in names:  # every shard the manifest lists is complete and right
+        assert (copy / name).read_bytes() == ref_bytes[name]
+        assert np.load(copy / name).dtype == np.uint16
+    assert tokenize(src, copy, **OPTS) == 0
+    _same_result(copy, ref)
