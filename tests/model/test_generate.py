@@ -133,3 +133,19 @@ def test_stream_decoder_replaces_bytes_that_never_form_a_character() -> None:
     assert d.push(encode("a")[0]) == "\ufffda"  # 'a' cannot continue it
     assert d.push(enc.encode_single_token(b"\xe4")) == ""
     assert d.flush() == "\ufffd"  # cut short at the end
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cached_sampling_on_a_gpu_in_bf16() -> None:
+    model = tiny_gpt(vocab=50304, block=32).cuda()
+
+    def autocast() -> torch.autocast:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kw = dict(stop_token=None, autocast=autocast, cache_dtype=torch.bfloat16)
+    out = list(generate(model, [EOT], 80, Sampling(temperature=1.0), generator=g, **kw))
+    assert len(out) == 80 and max(out) < VOCAB_SIZE
+    greedy = list(generate(model, [1, 2, 3], 10, GREEDY, **kw))
+    assert greedy[:3] == list(generate(model, [1, 2, 3], 3, GREEDY, use_cache=False, **kw))
