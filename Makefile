@@ -1,56 +1,277 @@
 # codegpt: parquet source code -> GPT-2 token shards -> a trained GPT-2.
-# `make help` lists the targets. Variables can be set on the command line:
-#   make train CONFIG=configs/gpt2-124m.yaml ARGS="lr=3e-4"
+# `make help` lists the targets and the variables. Variables can be set on the command line:
+#   make train CONFIG=configs/gpt2-124m.yaml ARGS="lr=3e-4" MEM=24g GPUS=all
+#
+# Every stage runs `python -m pipeline <stage>` either in the codegpt image
+# (`docker run` with memory, swap, shm and GPU limits) or on the host (RUN=local).
+# Stamps under .stamps/ make tokenize and smoke idempotent: a second `make smoke`
+# says it is up to date and does nothing; editing a config (or ARGS, or the input
+# files) re-runs that stage and the ones after it. docs/containers.md has the details.
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
 .DEFAULT_GOAL := help
 
+# The repository (this file's folder), so `make -f path/to/Makefile` works from anywhere;
+# stage outputs (data/, out/, .stamps/) go to the folder make runs in.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+
 PY ?= python3
-VENV ?= .venv
+VENV ?= $(ROOT)/.venv
 PYTHON := $(VENV)/bin/python
 # A CPU box gets the local CPU wheel; a GPU host may set TORCH_SPEC to a cu128 build.
 TORCH_SPEC ?= torch==2.13.0
 SETUP_STAMP := $(VENV)/.setup.ok
-VOCAB := pipeline/assets/gpt2.tiktoken
+VOCAB := $(ROOT)/pipeline/assets/gpt2.tiktoken
 
-TOKENIZE_CONFIG ?= configs/tokenize.yaml
-CONFIG ?= configs/gpt2-124m.yaml
-SAMPLE_CONFIG ?= configs/sample.yaml
-ARGS ?=
+# ---------------------------------------------------------------- knobs
+RUN ?= auto## docker, local, or auto (docker when `docker info` answers)
+IMAGE ?= codegpt## the image `make image` builds and the stages run in
+# 3/4 of this machine's memory: a runaway stage is killed before sshd starves.
+MEM_DEFAULT := $(shell awk '/^MemTotal:/ {printf "%dg", $$2 * 3 / 4 / 1048576}' /proc/meminfo 2>/dev/null || echo 8g)
+MEM ?= $(MEM_DEFAULT)## container memory cap, swap included (default: 3/4 of RAM)
+GPUS ?= all## docker --gpus: all, a count, '"device=0,1"'; empty = no GPU
+SHM ?= 2g## /dev/shm size (NCCL and shared-memory tensors live there)
+NPROC ?= 1## GPUs of this box that `make train` uses (torchrun when > 1)
+CONFIG ?= configs/gpt2-124m.yaml## train/smoke/plan config
+SAMPLE_DATA_CONFIG ?= configs/sample-data.yaml## sample-data config
+SAMPLE_CONFIG ?= configs/sample.yaml## sample config
+RUN_NAME ?= ## run folder out/$(RUN_NAME) instead of the config's out_dir
+ARGS ?= ## key=value overrides for the stage(s) named on the command line
+COMPOSE ?= docker compose
 
-.PHONY: help setup test lint fmt sample-data tokenize clean-venv
+STAGES := sample-data tokenize plan smoke train sample export plot report
 
-help: ## list the targets
+# ---------------------------------------------------------------- where stages run
+ifeq ($(RUN),auto)
+ifneq ($(filter $(STAGES) up,$(MAKECMDGOALS)),)
+RUN_MODE := $(shell timeout 10 docker info >/dev/null 2>&1 && echo docker || echo local)
+ifeq ($(RUN_MODE),local)
+$(shell echo "make: no Docker engine answers 'docker info'; running on the host (RUN=docker or RUN=local to choose)" >&2)
+endif
+else
+RUN_MODE := local
+endif
+else ifneq ($(filter $(RUN),docker local),)
+RUN_MODE := $(RUN)
+else
+$(error RUN=$(RUN): expected auto, docker or local)
+endif
+
+USER_IDS := $(shell id -u):$(shell id -g)
+# The exact command line of a stage in the container: memory and swap capped to the
+# same value (no swap thrash), an init that forwards SIGTERM, the host user's ids so
+# outputs are the user's files, data/ and out/ writable, configs/ read-only.
+DOCKER_RUN = docker run --rm --init --memory=$(MEM) --memory-swap=$(MEM) --shm-size=$(SHM) \
+	--user $(USER_IDS) -v $(CURDIR)/data:/app/data -v $(CURDIR)/out:/app/out \
+	-v $(CURDIR)/configs:/app/configs:ro -e CODEGPT_LOG
+
+GPU_FLAG = $(if $(GPUS),--gpus '$(GPUS)')
+# $(call stage,NAME,gpu or empty,ARGUMENTS): run `python -m pipeline NAME ARGUMENTS`.
+ifeq ($(RUN_MODE),docker)
+RUNTIME := image-present
+stage = $(DOCKER_RUN) $(if $(2),$(GPU_FLAG)) $(IMAGE) $(1) $(3)
+torchrun = $(DOCKER_RUN) $(GPU_FLAG) --entrypoint torchrun $(IMAGE) $(1)
+else
+RUNTIME := setup
+stage = $(PYTHON) -m pipeline $(1) $(3)
+torchrun = $(VENV)/bin/torchrun $(1)
+endif
+
+# ---------------------------------------------------------------- config values, without Python
+# (docker mode needs only make and docker on the host). The configs are flat YAML.
+# $(call yaml_get,FILE,KEY): a top-level scalar, quotes and comment stripped.
+yaml_get = $(shell sed -n -E "s/^$(2):[[:space:]]*['\"]?([^'\"\#[:space:]]*).*/\1/p" $(1) 2>/dev/null | head -n 1)
+# $(call arg_get,ARGS,KEY): the last KEY=value in ARGS.
+arg_get = $(patsubst $(2)=%,%,$(lastword $(filter $(2)=%,$(1))))
+# ARGS go to the stages named on the command line (smoke and train share them:
+# smoke proves the config that train runs), not to prerequisites of another kind.
+goal_args = $(if $(filter $(1),$(MAKECMDGOALS)),$(ARGS))
+
+SAMPLE_DATA_ARGS ?= $(call goal_args,sample-data)
+TRAIN_ARGS ?= $(if $(RUN_NAME),out_dir=out/$(RUN_NAME)) $(call goal_args,plan smoke train)
+SAMPLE_ARGS ?= $(call goal_args,sample)
+OUT_ARGS ?= $(call goal_args,export plot report)
+
+SAMPLE_OUT := $(or $(call arg_get,$(SAMPLE_DATA_ARGS),output),$(call yaml_get,$(SAMPLE_DATA_CONFIG),output),data/sample)
+DATA := $(or $(call arg_get,$(TRAIN_ARGS),data),$(call yaml_get,$(CONFIG),data))
+RUN_DIR := $(or $(call arg_get,$(TRAIN_ARGS),out_dir),$(call yaml_get,$(CONFIG),out_dir))
+# The tokenize config that writes CONFIG's shards: the configs/*.yaml whose `output:`
+# is CONFIG's `data:` (demo.yaml -> demo-tokenize.yaml), else configs/tokenize.yaml.
+ifeq ($(origin TOKENIZE_CONFIG),undefined)
+TOKENIZE_CONFIG := $(or $(if $(DATA),$(firstword $(shell grep -l -E "^output:[[:space:]]*['\"]?$(DATA)['\"]?[[:space:]]*(\#.*)?$$" configs/*.yaml 2>/dev/null))),configs/tokenize.yaml)
+endif
+TOKENIZE_ARGS ?= $(call goal_args,tokenize)
+TOK_INPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),input),$(call yaml_get,$(TOKENIZE_CONFIG),input),data/raw)
+TOK_OUTPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),output),$(call yaml_get,$(TOKENIZE_CONFIG),output))
+# input is a folder (its *.parquet files) or a glob, as pipeline/parquet_source.py reads it
+TOK_FILES := $(if $(findstring *,$(TOK_INPUT))$(findstring ?,$(TOK_INPUT))$(findstring [,$(TOK_INPUT)),$(wildcard $(TOK_INPUT)),$(wildcard $(TOK_INPUT)/*.parquet))
+
+# ---------------------------------------------------------------- stamps
+# .stamps/<stage>@<config path with / as _>; touched after the stage succeeded.
+# Beside each, <stamp>.args holds the key=value overrides it ran with, rewritten only
+# when they change (at parse time, so `make -n` and `make -q` see it too).
+STAMPS := .stamps
+stamp = $(STAMPS)/$(1)@$(subst /,_,$(patsubst $(CURDIR)/%,%,$(abspath $(2))))
+SAMPLE_DATA_STAMP := $(call stamp,sample-data,$(SAMPLE_DATA_CONFIG))
+TOKENIZE_STAMP := $(call stamp,tokenize,$(TOKENIZE_CONFIG))
+SMOKE_STAMP := $(call stamp,smoke,$(CONFIG))
+differ = $(subst $(1),,$(2))$(subst $(2),,$(1))
+track_args = $(if $(or $(if $(wildcard $(1).args),,new),$(call differ,$(strip $(2)),$(file <$(1).args))),$(file >$(1).args,$(strip $(2))))
+# An output deleted by hand makes its stamp stale.
+missing = $(if $(wildcard $(1)),,FORCE)
+ifneq ($(filter $(STAGES),$(MAKECMDGOALS)),)
+$(shell mkdir -p $(STAMPS))
+$(call track_args,$(SAMPLE_DATA_STAMP),$(SAMPLE_DATA_ARGS))
+$(call track_args,$(TOKENIZE_STAMP),$(TOKENIZE_ARGS))
+$(call track_args,$(SMOKE_STAMP),$(TRAIN_ARGS))
+endif
+
+.PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
+	$(STAGES) bench bench-tokenize bench-train bench-sample clean clean-stamps clean-venv FORCE
+
+help: ## list the targets and the variables
+	@echo "targets:"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "variables (make TARGET NAME=value):"
+	@awk 'BEGIN {FS = " [?]= |## "} /^[A-Z_]+ [?]= .*## / {printf "  %-18s %s (%s)\n", $$1, $$3, $$2}' $(MAKEFILE_LIST)
+	@echo "  now: RUN=$(RUN) MEM=$(MEM) GPUS=$(GPUS) SHM=$(SHM) IMAGE=$(IMAGE) CONFIG=$(CONFIG)"
 
+# ---------------------------------------------------------------- host environment
 setup: $(SETUP_STAMP) $(VOCAB) ## create .venv and install everything (idempotent, offline-safe torch)
 
-$(SETUP_STAMP): pyproject.toml
+$(SETUP_STAMP): $(ROOT)/pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e "$(ROOT)[dev]"
 	touch $@
 
 $(VOCAB): | $(SETUP_STAMP)
 	$(PYTHON) -m pipeline.tokenizer fetch
 
-lint: setup ## ruff (lint + format check) and mypy
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
-	$(PYTHON) -m mypy pipeline model
+lint: setup lint-containers ## ruff (lint + format check), mypy, hadolint, compose checks
+	cd $(ROOT) && $(PYTHON) -m ruff check .
+	cd $(ROOT) && $(PYTHON) -m ruff format --check .
+	cd $(ROOT) && $(PYTHON) -m mypy pipeline model
+
+lint-containers: setup ## Dockerfile (hadolint) and compose.yaml (schema + compose model), no engine needed
+	$(VENV)/bin/hadolint $(ROOT)/Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec $(ROOT)/compose.yaml
+	$(VENV)/bin/docker-compose -f $(ROOT)/compose.yaml config --quiet
 
 fmt: setup ## apply ruff's fixes and formatting
-	$(PYTHON) -m ruff check --fix .
-	$(PYTHON) -m ruff format .
+	cd $(ROOT) && $(PYTHON) -m ruff check --fix .
+	cd $(ROOT) && $(PYTHON) -m ruff format .
 
 test: setup lint ## lint, then the whole test suite (CPU only)
-	$(PYTHON) -m pytest -q
+	cd $(ROOT) && $(PYTHON) -m pytest -q
 
-sample-data: setup ## write the built-in sample of real code to data/sample/*.parquet
-	$(PYTHON) -m pipeline sample-data $(ARGS)
+# ---------------------------------------------------------------- image
+image: ## build the CUDA 12.8 image $(IMAGE) (docs/containers.md)
+	docker build -t $(IMAGE) $(ROOT)
 
-tokenize: setup ## parquet -> token shards + manifest (configs/tokenize.yaml)
-	$(PYTHON) -m pipeline tokenize --config $(TOKENIZE_CONFIG) $(ARGS)
+image-present:
+	@docker image inspect $(IMAGE) >/dev/null 2>&1 || docker build -t $(IMAGE) $(ROOT)
+
+# ---------------------------------------------------------------- stages
+# `mkdir -p data out` first: docker would create a missing mount source owned by root.
+sample-data: $(SAMPLE_DATA_STAMP) ## write the built-in sample of real code to data/sample/*.parquet
+	@echo "sample-data: $(if $(RAN_sample-data),done,up to date, nothing to do) ($(SAMPLE_DATA_CONFIG) -> $(SAMPLE_OUT))"
+
+$(SAMPLE_DATA_STAMP): $(SAMPLE_DATA_CONFIG) $(SAMPLE_DATA_STAMP).args $(call missing,$(SAMPLE_OUT)/sample-data.json) | $(RUNTIME)
+	$(eval RAN_sample-data := 1)
+	@mkdir -p data out $(@D)
+	$(call stage,sample-data,,--config $(SAMPLE_DATA_CONFIG) $(SAMPLE_DATA_ARGS))
+	@touch $@
+
+tokenize: $(TOKENIZE_STAMP) ## parquet -> token shards + manifest (TOKENIZE_CONFIG, paired with CONFIG's data)
+	@echo "tokenize: $(if $(RAN_tokenize),done,up to date, nothing to do) ($(TOKENIZE_CONFIG) -> $(TOK_OUTPUT))"
+
+# The demo's input is sample-data's output: make it first when that is the case.
+$(TOKENIZE_STAMP): $(TOKENIZE_CONFIG) $(TOKENIZE_STAMP).args $(TOK_FILES) \
+		$(if $(filter $(SAMPLE_OUT),$(TOK_INPUT)),$(SAMPLE_DATA_STAMP)) \
+		$(call missing,$(TOK_OUTPUT)/manifest.json) | $(RUNTIME)
+	$(eval RAN_tokenize := 1)
+	@mkdir -p data out $(@D)
+	$(call stage,tokenize,,--config $(TOKENIZE_CONFIG) $(TOKENIZE_ARGS))
+	@touch $@
+
+plan: | $(RUNTIME) ## GPU memory and time the training config needs
+	@mkdir -p data out
+	$(call stage,plan,gpu,--config $(CONFIG) $(TRAIN_ARGS))
+
+smoke: $(SMOKE_STAMP) ## 10 steps + eval + checkpoint round trip on the real shards; writes out/<run>/smoke.ok
+	@echo "smoke: $(if $(RAN_smoke),done,up to date, nothing to do) ($(CONFIG) -> $(RUN_DIR)/smoke.ok)"
+
+$(SMOKE_STAMP): $(CONFIG) $(SMOKE_STAMP).args $(TOKENIZE_STAMP) $(call missing,$(RUN_DIR)/smoke.ok) | $(RUNTIME)
+	$(eval RAN_smoke := 1)
+	@mkdir -p data out $(@D)
+	$(call stage,smoke,gpu,--config $(CONFIG) $(TRAIN_ARGS))
+	@touch $@
+
+train: $(SMOKE_STAMP) | $(RUNTIME) ## train CONFIG after a passing smoke; resumes by itself (NPROC=8: torchrun)
+	@mkdir -p data out
+ifeq ($(NPROC),1)
+	$(call stage,train,gpu,--config $(CONFIG) $(TRAIN_ARGS))
+else
+	$(call torchrun,--standalone --nproc_per_node=$(NPROC) -m pipeline train --config $(CONFIG) $(TRAIN_ARGS))
+endif
+
+sample: | $(RUNTIME) ## text from the newest checkpoint of CONFIG's run (SAMPLE_CONFIG)
+	@mkdir -p data out
+	$(call stage,sample,gpu,--config $(SAMPLE_CONFIG) out_dir=$(RUN_DIR) $(SAMPLE_ARGS))
+
+export: | $(RUNTIME) ## Hugging Face GPT2LMHeadModel folder of the run (out/<run>/hf)
+	@mkdir -p data out
+	$(call stage,export,,out_dir=$(RUN_DIR) $(OUT_ARGS))
+
+plot: | $(RUNTIME) ## loss curve PNG of the run (out/<run>/loss.png)
+	@mkdir -p data out
+	$(call stage,plot,,out_dir=$(RUN_DIR) $(OUT_ARGS))
+
+report: | $(RUNTIME) ## text summary of the run
+	@mkdir -p data out
+	$(call stage,report,,out_dir=$(RUN_DIR) $(OUT_ARGS))
+
+# ---------------------------------------------------------------- compose (headless box)
+COMPOSE_ENV = UID=$(shell id -u) GID=$(shell id -g) MEM=$(MEM) SHM=$(SHM) IMAGE=$(IMAGE) CONFIG=$(CONFIG)
+
+up: ## docker compose up -d trainer (restarts on failure, resumes; docs/containers.md)
+	@mkdir -p data out
+	$(COMPOSE_ENV) $(COMPOSE) -f $(ROOT)/compose.yaml up -d trainer
+
+logs: ## follow the trainer's log
+	$(COMPOSE) -f $(ROOT)/compose.yaml logs -f trainer
+
+# ---------------------------------------------------------------- demo
+DEMO := $(MAKE) --no-print-directory RUN=local CONFIG=configs/demo.yaml
+
+demo: setup ## the whole chain on the CPU on the built-in sample (tiny GPT, a few minutes)
+	$(DEMO) train
+	$(DEMO) plot report
+	$(DEMO) sample ARGS="prompt='def read_config(path' max_new_tokens=100"
+
+# ---------------------------------------------------------------- benchmarks (host)
+bench: bench-tokenize bench-train bench-sample ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
+
+bench-tokenize: setup ## tokenize rate and peak memory -> docs/benchmarks/tokenize.md
+	cd $(ROOT) && $(PYTHON) bench/tokenize_bench.py $(ARGS)
+
+bench-train: setup ## training step time vs a plain baseline -> docs/benchmarks/train.md
+	cd $(ROOT) && $(PYTHON) bench/train_bench.py $(ARGS)
+
+bench-sample: setup ## sampling speed with and without the KV cache -> docs/benchmarks/sample.md
+	cd $(ROOT) && $(PYTHON) bench/sample_bench.py $(ARGS)
+
+# ---------------------------------------------------------------- cleaning
+clean-stamps: ## delete .stamps/ only: the next make re-runs each stage, which skips finished work itself
+	rm -rf $(STAMPS)
+	@echo "deleted $(STAMPS)/; data/, out/ and checkpoints untouched"
+
+clean: clean-stamps ## delete .stamps/, out/demo, data/shards/demo and data/sample (never data/raw or other runs)
+	rm -rf out/demo data/shards/demo data/sample
+	@echo "deleted out/demo data/shards/demo data/sample; data/raw, other shards and other runs' checkpoints untouched"
 
 clean-venv: ## delete .venv
 	rm -rf $(VENV)
+
+FORCE:
