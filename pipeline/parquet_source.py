@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
+from pipeline.tokenize_worker import Batch, BinaryColumn
 
 REPO_COLUMN = "repo_name"
 LANGUAGE_COLUMN = "language"
@@ -52,55 +53,24 @@ def _is_text_type(t: pa.DataType) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class BinaryColumn:
-    """n values as one bytes object: value i is data[offsets[i]:offsets[i + 1]]."""
+def binary_column(arr: pa.Array | pa.ChunkedArray) -> BinaryColumn:
+    """Copy any string/binary array into compact buffers without decoding it.
 
-    offsets: np.ndarray  # (n + 1,) int64, offsets[0] == 0
-    data: bytes
-    null: np.ndarray  # (n,) bool
-
-    def __len__(self) -> int:
-        return len(self.null)
-
-    def value(self, i: int) -> bytes:
-        return self.data[self.offsets[i] : self.offsets[i + 1]]
-
-    @staticmethod
-    def from_arrow(arr: pa.Array | pa.ChunkedArray) -> BinaryColumn:
-        """Copy any string/binary array into compact buffers without decoding it.
-
-        Casting string -> large_binary does not validate UTF-8, so invalid bytes
-        pass through untouched. The copy also cuts a slice loose from the
-        whole decoded page it may point into, so pickling it to a worker sends
-        only its own bytes.
-        """
-        if isinstance(arr, pa.ChunkedArray):
-            arr = pa.concat_arrays(arr.chunks) if arr.num_chunks != 1 else arr.chunk(0)
-        b = arr.cast(pa.large_binary())
-        n = len(b)
-        raw = np.frombuffer(b.buffers()[1], dtype=np.int64)[b.offset : b.offset + n + 1]
-        start, end = (int(raw[0]), int(raw[-1])) if n else (0, 0)
-        data_buf = b.buffers()[2]
-        data = data_buf.to_pybytes()[start:end] if data_buf is not None and n else b""
-        null = b.is_null().to_numpy(zero_copy_only=False).astype(bool, copy=False)
-        return BinaryColumn(offsets=(raw - start).astype(np.int64), data=data, null=null)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Rows [row, row + num_rows) of one row group of input file `file_index`."""
-
-    file_index: int
-    row_group: int
-    row: int
-    text: BinaryColumn
-    repo: BinaryColumn
-    keep: np.ndarray | None  # (n,) bool: passes the language filter; None = no filter
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.text)
+    Casting string -> large_binary does not validate UTF-8, so invalid bytes
+    pass through untouched. The copy also cuts a slice loose from the whole
+    decoded page it may point into, so pickling it to a worker sends only its
+    own bytes.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks != 1 else arr.chunk(0)
+    b = arr.cast(pa.large_binary())
+    n = len(b)
+    raw = np.frombuffer(b.buffers()[1], dtype=np.int64)[b.offset : b.offset + n + 1]
+    start, end = (int(raw[0]), int(raw[-1])) if n else (0, 0)
+    data_buf = b.buffers()[2]
+    data = data_buf[start:end].to_pybytes() if data_buf is not None and n else b""
+    null = b.is_null().to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    return BinaryColumn(offsets=(raw - start).astype(np.int64), data=data, null=null)
 
 
 @dataclass(frozen=True)
@@ -213,8 +183,8 @@ def _batch(
         file_index=fi,
         row_group=group,
         row=row,
-        text=BinaryColumn.from_arrow(rb.column(0)),
-        repo=BinaryColumn.from_arrow(rb.column(1)),
+        text=binary_column(rb.column(0)),
+        repo=binary_column(rb.column(1)),
         keep=keep,
     )
 

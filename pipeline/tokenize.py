@@ -19,6 +19,7 @@ how to resume (rerun the same command).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import multiprocessing
@@ -35,9 +36,9 @@ from typing import Any
 from pipeline import config as configlib
 from pipeline import manifest, parquet_source, shards, tokenizer
 from pipeline.errors import ConfigError, InputError, ResourceError, StateError
-from pipeline.parquet_source import Batch, FileError
+from pipeline.parquet_source import FileError
 from pipeline.tokenize_output import Progress, ShardWriter
-from pipeline.tokenize_worker import Encoded, encode_batch, split_threshold, warm_up
+from pipeline.tokenize_worker import Batch, Encoded, encode_batch, split_threshold, warm_up
 from pipeline.watchdog import MemoryWatchdog
 
 log = logging.getLogger(__name__)
@@ -263,15 +264,17 @@ def _encode_all(
     )
     drop = pos[3]  # tokens of the first document already in a shard
     try:
-        for item, enc in _results(cfg, items, dog):
-            dog.check(_resume_hint(cfg, writer))
-            if isinstance(item, FileError):
-                _file_error(cfg, item, writer)
-                continue
-            assert enc is not None
-            writer.consume(item, enc, drop)
-            drop = 0
-            progress.tick(writer)
+        # closing(): a failure here must stop the pool now, not when the generator is collected
+        with contextlib.closing(_results(cfg, items, dog)) as results:
+            for item, enc in results:
+                dog.check(_resume_hint(cfg, writer))
+                if isinstance(item, FileError):
+                    _file_error(cfg, item, writer)
+                    continue
+                assert enc is not None
+                writer.consume(item, enc, drop)
+                drop = 0
+                progress.tick(writer)
     except BrokenProcessPool:
         dog.check(_resume_hint(cfg, writer))
         raise ResourceError(

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from pipeline import manifest, shards
-from pipeline.parquet_source import Batch, FileError
-from pipeline.tokenize_worker import SKIP_REASONS, STATUS, Encoded
+from pipeline.parquet_source import FileError
+from pipeline.tokenize_worker import SKIP_REASONS, STATUS, Batch, Encoded
 
 log = logging.getLogger(__name__)
 

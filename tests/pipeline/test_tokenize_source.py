@@ -11,7 +11,8 @@ import pytest
 
 from pipeline import manifest, parquet_source
 from pipeline.errors import InputError
-from pipeline.parquet_source import Batch, FileError
+from pipeline.parquet_source import FileError
+from pipeline.tokenize_worker import Batch
 
 from .tokenize_fixtures import corpus, write_parquet
 
