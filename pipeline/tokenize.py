@@ -25,7 +25,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -300,7 +300,7 @@ def _file_error(cfg: TokenizeConfig, err: FileError, writer: ShardWriter) -> Non
 
 def _results(
     cfg: TokenizeConfig, items: Iterator[Batch | FileError], dog: MemoryWatchdog
-) -> Iterator[tuple[Batch | FileError, Encoded | None]]:
+) -> Generator[tuple[Batch | FileError, Encoded | None], None, None]:
     """(item, its encoding) in input order; at most 2 x workers batches in flight."""
     threshold = split_threshold(cfg.val_fraction)
     workers = cfg.n_workers()
