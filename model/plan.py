@@ -180,13 +180,14 @@ def eval_transient_bytes(w: Workload) -> int:
     N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
     block = 4 * N * C + s * N * C + 8 * s * N * C  # residual, its cast, c_fc and GELU outputs
     if w.loss == "plain":
-        loss = (
-            4 * N * C + s * V * C + (8 + (s if s < 4 else 0)) * N * V
-        )  # logits, fp32 copy, log_softmax
+        # the logits in s (under autocast), their fp32 copy and the fp32 log_softmax
+        loss = 4 * N * C + s * V * C + (8 + (s if s < 4 else 0)) * N * V
     else:
-        loss = (
-            4 * N * C + s * V * C + (4 + 4 + s) * c * V
-        )  # one chunk's logits, fp32, logsumexp temp
+        # a chunk's logits in s and in fp32, plus (from the second chunk on) the previous
+        # chunk's fp32 logits, still referenced while the next matmul runs
+        second = min(c, N - c)  # the next chunk's rows (0 when one chunk covers N)
+        chunks = max((s + 4) * c, 4 * c + (s + 4) * second if second > 0 else 0)
+        loss = 4 * N * C + s * V * C + chunks * V
     return max(block, loss)
 
 
@@ -302,7 +303,8 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
     about the tensors PyTorch creates in eager mode; it does not see
     torch.compile's graphs, CUDA kernels' private workspaces or the
     allocator's rounding. AdamW states are added from adamw_state_bytes
-    (the optimizer step itself does not run).
+    (the optimizer step itself does not run), and so are, with compile on,
+    the chunk logits the compiled lean loss keeps (loss_kept_bytes).
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -346,4 +348,6 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
             peak = tracker.get_tracker_snapshot("peak")[cpu]["Total"]
         return int(peak) + 16 * w.tokens  # + the batch, made before tracking
 
-    return step(True) + adamw_state_bytes(w), step(False) + adamw_state_bytes(w)
+    compiled_extra = loss_kept_bytes(w) - loss_kept_bytes(dataclasses.replace(w, compile=False))
+    train, evals = step(True), step(False)
+    return train + adamw_state_bytes(w) + compiled_extra, evals + adamw_state_bytes(w)

@@ -1,0 +1,327 @@
+"""`python -m pipeline plan [key=value ...]`: what a training config needs, before launching.
+
+Memory: the GPU memory of each part at the config's micro-batch (model/plan.py
+explains every formula), the peak of a training step and of an eval step,
+the largest micro-batch that fits `gpu_gb`, and the grad_accum that keeps the
+tokens per step. Time: FLOPs per token, the card's peak dense TFLOPS, the
+floor time at 100 % MFU, the time at an assumed MFU, and, once `make smoke`
+or training has run, the ETA from the measured step time.
+
+    python -m pipeline plan gpu_gb=12 gpu="NVIDIA GeForce RTX 4070"
+    python -m pipeline plan gpu_gb=12 loss=plain micro_batch=8     # the story's OOM
+    python -m pipeline plan format=json                            # on a machine with the GPU
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.config import TrainConfig
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(kw_only=True)
+class PlanConfig(TrainConfig):
+    gpu_gb: float = field(
+        default=0.0, metadata=_h("GPU memory in GiB (nvidia-smi's total); 0 = the present GPU's")
+    )
+    gpu: str = field(
+        default="", metadata=_h('device name for the peak TFLOPS, e.g. "NVIDIA GeForce RTX 4070"')
+    )
+    format: str = field(default="table", metadata=_h("table or json"))
+    mfu: float = field(default=0.35, metadata=_h("assumed MFU for the expected time"))
+    exact: bool = field(
+        default=False, metadata=_h("also trace the real model on fake tensors (slower, no GPU)")
+    )
+    loss: str = field(default="lean", metadata=_h("lean (chunked) or plain (full logits)"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.gpu_gb < 0:
+            problems.append(f"gpu_gb={self.gpu_gb} must be >= 0")
+        if self.format not in ("table", "json"):
+            problems.append(f"format={self.format!r} must be table or json")
+        if not 0 < self.mfu <= 1:
+            problems.append(f"mfu={self.mfu} must be in (0, 1], e.g. 0.35")
+        if self.loss not in ("lean", "plain"):
+            problems.append(f"loss={self.loss!r} must be lean or plain")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+CONFIG = PlanConfig
+DEFAULT_CONFIG = "configs/gpt2-124m.yaml"
+
+
+@dataclass
+class Card:
+    name: str  # device name ("" when unknown)
+    budget: int  # bytes the plan may use
+    nominal: bool  # budget is the marketed size (the driver's reserve is then counted)
+
+
+def _card(cfg: PlanConfig) -> Card:
+    import torch
+
+    from model.plan import GiB
+
+    present = torch.cuda.is_available()
+    if cfg.gpu_gb > 0:
+        name = cfg.gpu or (torch.cuda.get_device_name() if present else "")
+        return Card(name, int(cfg.gpu_gb * GiB), nominal=True)
+    if not present:
+        raise ConfigError(
+            "gpu_gb=0 means the present GPU's memory, but no CUDA GPU is visible; "
+            'pass the card\'s size, e.g. gpu_gb=12 gpu="NVIDIA GeForce RTX 4070"'
+        )
+    _free, total = torch.cuda.mem_get_info()
+    return Card(cfg.gpu or torch.cuda.get_device_name(), total, nominal=False)
+
+
+def _dtype(cfg: PlanConfig, card: Card) -> str:
+    """`auto` as the runtime resolves it: bf16, or fp16 on cards without bf16 (T4, V100)."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    from model.hardware import find_gpu
+
+    spec = find_gpu(card.name)
+    return "float16" if spec is not None and spec.tf32 is None else "bfloat16"
+
+
+def _measured(cfg: PlanConfig) -> tuple[float, str, int] | None:
+    """(ms per step, where from, steps done) from metrics.jsonl, else smoke.ok; None if neither."""
+    from model.metrics import read_metrics
+
+    run = Path(cfg.out_dir)
+    try:
+        steps = [r for r in read_metrics(run) if isinstance(r.get("ms"), (int, float))]
+    except (OSError, json.JSONDecodeError):
+        steps = []
+    if steps:
+        return float(steps[-1]["ms"]), str(run / "metrics.jsonl"), int(steps[-1].get("step", 0))
+    stamp = run / "smoke.ok"
+    try:
+        ms = json.loads(stamp.read_text(encoding="utf-8")).get("ms_per_step")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return (float(ms), str(stamp), 0) if isinstance(ms, (int, float)) and ms > 0 else None
+
+
+def build_plan(cfg: PlanConfig) -> dict[str, Any]:
+    """Everything the table shows, as one JSON-ready dict (byte counts are ints)."""
+    from model import plan
+
+    card = _card(cfg)
+    dtype = _dtype(cfg, card)
+    sequences = (
+        cfg.micro_batch * cfg.grad_accum if isinstance(cfg.micro_batch, int) else cfg.batch_size
+    )
+    base = plan.Workload(
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        block_size=cfg.block_size,
+        vocab_size=cfg.vocab_size,
+        micro_batch=1,
+        dtype=dtype,
+        compile=cfg.compile,
+        loss=cfg.loss,
+        loss_chunk=cfg.loss_chunk,
+        dropout=cfg.dropout,
+    )
+    overhead = plan.Overhead.for_card(cfg.compile, card.nominal)
+    sizes = plan.batch_candidates(sequences)
+    sweep = [plan.estimate(base.with_batch(m), overhead) for m in sizes]
+    best = plan.largest_fitting(base, overhead, card.budget, sizes)
+    shown_mb = cfg.micro_batch if isinstance(cfg.micro_batch, int) else None
+    if shown_mb is None:
+        shown_mb = best.workload.micro_batch if best is not None else 1
+    shown = plan.estimate(base.with_batch(shown_mb), overhead)
+    out: dict[str, Any] = {
+        "gpu": card.name or None,
+        "gpu_bytes": card.budget,
+        "gpu_bytes_nominal": card.nominal,
+        "dtype": dtype,
+        "compile": cfg.compile,
+        "loss": cfg.loss,
+        "params": shown.params,
+        "micro_batch": shown_mb,
+        "sequences_per_step": sequences,
+        "parts": shown.parts,
+        "cuda_context_bytes": overhead.context,
+        "workspace_bytes": overhead.workspace,
+        "fragmentation_bytes": shown.fragmentation,
+        "peak_train_bytes": shown.peak_train,
+        "peak_eval_bytes": shown.peak_eval,
+        "eval_after_train_bytes": shown.eval_after_train,
+        "eval_largest_tensor_bytes": plan.eval_largest_tensor(shown.workload),
+        "required_bytes": shown.required,
+        "fits": shown.fits(card.budget),
+        "lean_loss_keeps_logits_compiled": plan.compiled_loss_keeps_logits(),
+        "max_micro_batch": best.workload.micro_batch if best is not None else 0,
+        "grad_accum": sequences // best.workload.micro_batch if best is not None else 0,
+        "sweep": [
+            {
+                "micro_batch": e.workload.micro_batch,
+                "peak_train_bytes": e.peak_train,
+                "peak_eval_bytes": e.peak_eval,
+                "required_bytes": e.required,
+                "fits": e.fits(card.budget),
+            }
+            for e in sweep
+        ],
+    }
+    if cfg.exact:
+        train, evals = plan.trace_peaks(shown.workload)
+        out["exact"] = {"peak_train_bytes": train, "peak_eval_bytes": evals}
+    out.update(_time(cfg, card, dtype, shown.params, sequences))
+    return out
+
+
+def _time(cfg: PlanConfig, card: Card, dtype: str, params: int, sequences: int) -> dict[str, Any]:
+    from model import hardware
+
+    n_non_embedding = params - cfg.block_size * cfg.n_embd  # drop wpe, keep the tied wte
+    fpt = hardware.flops_per_token(n_non_embedding, cfg.n_layer, cfg.n_embd, cfg.block_size)
+    peak: float | None = cfg.peak_tflops if cfg.peak_tflops > 0 else None
+    if peak is None and card.name:
+        peak = hardware.peak_tflops(card.name, "float32" if dtype == "float32" else "bfloat16")
+    elif peak is None:
+        log.warning('no GPU name: pass gpu="NVIDIA ..." or peak_tflops=... for the time floor')
+    tokens = cfg.max_iters * sequences * cfg.block_size
+    floor = tokens * fpt / (peak * 1e12) / 3600 if peak else None
+    out: dict[str, Any] = {
+        "flops_per_token": fpt,
+        "peak_tflops": peak,
+        "tokens_per_step": sequences * cfg.block_size,
+        "total_tokens": tokens,
+        "floor_hours": floor,
+        "mfu_assumed": cfg.mfu,
+        "expected_hours": floor / cfg.mfu if floor is not None else None,
+        "measured_ms_per_step": None,
+        "measured_from": None,
+        "eta_hours": None,
+    }
+    measured = _measured(cfg)
+    if measured is not None:
+        ms, source, done = measured
+        out["measured_ms_per_step"] = ms
+        out["measured_from"] = source
+        out["eta_hours"] = max(cfg.max_iters - done, 0) * ms / 3.6e6
+    return out
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:8.2f}"
+
+
+def render(cfg: PlanConfig, p: dict[str, Any]) -> str:
+    return "\n".join([*_memory_lines(cfg, p), "", *_sweep_lines(p), "", *_time_lines(p)])
+
+
+def _memory_lines(cfg: PlanConfig, p: dict[str, Any]) -> list[str]:
+    mb, seq = p["micro_batch"], p["sequences_per_step"]
+    big = p["eval_largest_tensor_bytes"] / 2**30
+    lines = [
+        f"plan: {p['gpu'] or 'unnamed GPU'} with {p['gpu_bytes'] / 2**30:.2f} GiB, {p['dtype']}, "
+        f"compile {'on' if p['compile'] else 'off'}, {p['loss']} loss",
+        f"model: {p['params']:,} parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
+        f"{cfg.n_embd} wide, block {cfg.block_size}, vocab {cfg.vocab_size})",
+        "",
+        f"{'memory at micro_batch ' + str(mb) + f' (grad_accum {seq // mb})':<58}{'GiB':>8}",
+    ]
+    lines += [f"  {name:<56}{_gib(v)}" for name, v in p["parts"].items()]
+    lines += [
+        f"  {'CUDA context' + (' + driver reserve' if p['gpu_bytes_nominal'] else ''):<56}"
+        f"{_gib(p['cuda_context_bytes'])}",
+        f"  {'cuBLAS' + (' + compile' if p['compile'] else '') + ' workspace':<56}"
+        f"{_gib(p['workspace_bytes'])}",
+        f"  {'fragmentation reserve (5 % of the train peak)':<56}{_gib(p['fragmentation_bytes'])}",
+        f"  {'peak of a training micro-step (tensors)':<56}{_gib(p['peak_train_bytes'])}",
+        f"  {'peak of an eval step (tensors)':<56}{_gib(p['peak_eval_bytes'])}",
+        f"  {f'eval after training (+ its largest new tensor, {big:.2f})':<56}"
+        f"{_gib(p['eval_after_train_bytes'])}",
+    ]
+    if p["compile"] and p["loss"] == "lean" and p["lean_loss_keeps_logits_compiled"]:
+        lines.append("  (under compile the lean loss keeps its chunk logits: docs/plan.md)")
+    if "exact" in p:
+        ex = p["exact"]
+        lines.append(
+            f"  {'fake-tensor trace: train / eval peak':<56}"
+            f"{_gib(ex['peak_train_bytes'])} /{_gib(ex['peak_eval_bytes'])}"
+        )
+    verdict = "fits" if p["fits"] else "DOES NOT FIT"
+    needed = f"needed of {p['gpu_bytes'] / 2**30:.2f} GiB"
+    lines.append(f"  {needed:<56}{_gib(p['required_bytes'])}  {verdict}")
+    return lines
+
+
+def _sweep_lines(p: dict[str, Any]) -> list[str]:
+    seq = p["sequences_per_step"]
+    lines = [
+        f"micro-batches of {seq} sequences per step ({p['tokens_per_step']:,} tokens):",
+        f"  {'micro_batch':>11} {'grad_accum':>10} {'train GiB':>10} {'eval GiB':>9} "
+        f"{'needed GiB':>11}  fits",
+    ]
+    for s in p["sweep"]:
+        lines.append(
+            f"  {s['micro_batch']:>11} {seq // s['micro_batch']:>10} "
+            f"{s['peak_train_bytes'] / 2**30:>10.2f} {s['peak_eval_bytes'] / 2**30:>9.2f} "
+            f"{s['required_bytes'] / 2**30:>11.2f}  {'yes' if s['fits'] else 'no'}"
+        )
+    if p["max_micro_batch"]:
+        lines.append(
+            f"largest micro-batch that fits: {p['max_micro_batch']} "
+            f"(grad_accum {p['grad_accum']}, same tokens per step)"
+        )
+    else:
+        lines.append("no micro-batch fits: lower block_size or the model size, or use a bigger GPU")
+    return lines
+
+
+def _time_lines(p: dict[str, Any]) -> list[str]:
+    def row(label: str, value: str) -> str:
+        return f"  {label:<40}{value:>14}"
+
+    steps = p["total_tokens"] // p["tokens_per_step"]
+    lines = [
+        "time:",
+        row("FLOPs per token (6N + 12 L C T)", f"{p['flops_per_token'] / 1e6:,.1f} M"),
+        row(f"tokens ({steps:,} steps)", f"{p['total_tokens'] / 1e9:,.2f} B"),
+    ]
+    if p["peak_tflops"] is None:
+        lines.append("  peak TFLOPS unknown: set gpu=... or peak_tflops=... for the floor time")
+    else:
+        lines += [
+            row(f"peak dense TFLOPS ({p['dtype']})", f"{p['peak_tflops']:,.1f}"),
+            row("floor at 100 % MFU", f"{p['floor_hours']:,.1f} h"),
+            row(f"expected at {100 * p['mfu_assumed']:.0f} % MFU", f"{p['expected_hours']:,.1f} h"),
+        ]
+    if p["measured_ms_per_step"] is not None:
+        lines.append(
+            row(
+                f"ETA at the measured {p['measured_ms_per_step']:,.1f} ms/step",
+                f"{p['eta_hours']:,.1f} h",
+            )
+        )
+        lines.append(f"  (measured in {p['measured_from']})")
+    else:
+        lines.append("  measured: none yet (run `make smoke` for a measured ETA)")
+    return lines
+
+
+def run(cfg: PlanConfig) -> int:
+    p = build_plan(cfg)
+    print(json.dumps(p, indent=1) if cfg.format == "json" else render(cfg, p))
+    return 0

@@ -1,0 +1,124 @@
+"""`python -m pipeline plan`: the table, the JSON, the story's numbers, the measured ETA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.__main__ import REPO_ROOT, main
+
+RTX_4070 = "gpu=NVIDIA GeForce RTX 4070"
+KEYS = (
+    "params",
+    "peak_train_bytes",
+    "peak_eval_bytes",
+    "max_micro_batch",
+    "grad_accum",
+    "flops_per_token",
+    "peak_tflops",
+    "floor_hours",
+)
+
+
+def _plan(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    assert main(["plan", "gpu_gb=12", RTX_4070, "format=json", *args]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_json_keys_and_the_table_agree(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = f"out_dir={tmp_path}"
+    p = _plan(capsys, run)
+    for key in KEYS:
+        assert p[key] is not None, key
+    assert p["params"] == 124_475_904
+    assert p["max_micro_batch"] * p["grad_accum"] == 32  # 4 x 8 of the config
+    assert main(["plan", "gpu_gb=12", RTX_4070, run]) == 0
+    table = capsys.readouterr().out
+    assert f"largest micro-batch that fits: {p['max_micro_batch']} " in table
+    assert f"(grad_accum {p['grad_accum']}," in table
+    assert f"{p['peak_train_bytes'] / 2**30:.2f}" in table
+    assert f"{p['peak_eval_bytes'] / 2**30:.2f}" in table
+    assert f"{p['floor_hours']:,.1f} h" in table
+    assert f"{p['flops_per_token'] / 1e6:,.1f} M" in table
+
+
+def test_story_floor_and_the_12_gb_card(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = f"out_dir={tmp_path}"
+    p = _plan(capsys, run)
+    assert p["peak_tflops"] == pytest.approx(58.3)
+    assert p["total_tokens"] == pytest.approx(14.0e9, rel=0.01)
+    assert p["floor_hours"] == pytest.approx(57, abs=1.5)
+    assert p["expected_hours"] == pytest.approx(p["floor_hours"] / 0.35)
+    assert p["fits"] and p["micro_batch"] == 4
+    plain8 = _plan(capsys, run, "loss=plain", "micro_batch=8", "grad_accum=4")
+    assert not plain8["fits"]
+    assert plain8["eval_largest_tensor_bytes"] / 2**30 == pytest.approx(1.54, abs=0.01)
+    lean8 = _plan(capsys, run, "micro_batch=8", "grad_accum=4")
+    assert lean8["fits"] and lean8["max_micro_batch"] >= 8
+
+
+def test_auto_shows_the_largest_fitting_size(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    p = _plan(capsys, f"out_dir={tmp_path}", "micro_batch=auto", "batch_size=64")
+    assert p["micro_batch"] == p["max_micro_batch"] and p["fits"]
+    assert p["sequences_per_step"] == 64 == p["max_micro_batch"] * p["grad_accum"]
+    sweep = {s["micro_batch"]: s for s in p["sweep"]}
+    assert sweep[p["max_micro_batch"]]["fits"]
+    assert not sweep[2 * p["max_micro_batch"]]["fits"]
+
+
+def test_measured_eta_from_smoke_then_metrics(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = f"out_dir={tmp_path}"
+    assert _plan(capsys, run)["eta_hours"] is None
+    (tmp_path / "smoke.ok").write_text(json.dumps({"ms_per_step": 900.0}), encoding="utf-8")
+    p = _plan(capsys, run)
+    assert p["measured_ms_per_step"] == 900.0
+    assert p["eta_hours"] == pytest.approx(427_000 * 0.9 / 3600)
+    lines = [{"step": 0, "val_loss": 10.9}, {"step": 1000, "loss": 3.0, "ms": 720.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    p = _plan(capsys, run)
+    assert p["measured_from"].endswith("metrics.jsonl")
+    assert p["eta_hours"] == pytest.approx(426_000 * 0.72 / 3600)
+
+
+def test_unknown_gpu_has_no_peak(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    p = _plan(capsys, f"out_dir={tmp_path}", "gpu=Some Future GPU")
+    assert p["peak_tflops"] is None and p["floor_hours"] is None
+    p = _plan(capsys, f"out_dir={tmp_path}", "gpu=Some Future GPU", "peak_tflops=100")
+    assert p["peak_tflops"] == 100 and p["floor_hours"] is not None
+
+
+def test_exact_mode_traces_a_tiny_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    tiny = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "vocab_size=512"]
+    p = _plan(capsys, f"out_dir={tmp_path}", "exact=true", *tiny)
+    for key in ("peak_train_bytes", "peak_eval_bytes"):
+        assert abs(p["exact"][key] - p[key]) <= 0.10 * p["exact"][key]
+
+
+def test_bad_keys_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "gpu_gb=12", "format=xml", "loss=huge"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "format='xml'" in err and "loss='huge'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cli_without_gpu_gb_on_cpu_says_what_to_pass() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "plan", "--config", "configs/gpt2-124m.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "gpu_gb=12" in proc.stderr and "Traceback" not in proc.stderr
