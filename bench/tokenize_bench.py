@@ -183,11 +183,24 @@ def shard_tokens(folder: Path) -> int:
 
 
 def run_stage(src: Path, out: Path) -> dict[str, Any]:
+    """(c): the real stage as a user runs it; its manifest must agree with its shards."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline", "tokenize", f"input={src}", f"output={out}"]
-    cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}"]
+    # The memory limits stay at the stage's defaults (4 GB, 1 GB available):
+    # a trip would end the benchmark with exit 3, which is itself a finding.
+    cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}", "force=true"]
     wall, peak, nprocs, _ = measure(cmd)
-    return {"tokens": shard_tokens(out), "seconds": wall, "peak": peak, "procs": nprocs}
+    man = json.loads((out / "manifest.json").read_text())
+    counts, tokens = man["counts"], shard_tokens(out)
+    if not man["complete"] or sum(counts["tokens"].values()) != tokens:
+        raise SystemExit(f"bench: {out}: manifest disagrees with the shards ({counts})")
+    return {
+        "tokens": tokens,
+        "seconds": wall,
+        "peak": peak,
+        "procs": nprocs,
+        "docs": counts["read"],
+    }
 
 
 def run_child(part: str, src: Path, out: Path) -> dict[str, Any]:

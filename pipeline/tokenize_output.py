@@ -83,7 +83,11 @@ class SplitBuffer:
 
     def __init__(self, name: str, shard_tokens: int) -> None:
         self.name = name
-        self.buf = np.empty(shard_tokens, dtype=np.uint16)  # pages count in RSS once touched
+        # Touched now, not as it fills: the stage's memory is then a function of
+        # the config alone (flat in the input size), and a box without room for
+        # it trips the watchdog in the first second, not hours in.
+        self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.buf[:] = 0
         self.fill = 0
         self.persisted = 0
         self.shards: list[dict[str, Any]] = []
