@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +167,25 @@ def test_batch_candidates_respect_world_size() -> None:
     assert plan.batch_candidates(32) == [1, 2, 4, 8, 16, 32]
     assert plan.batch_candidates(32, 4) == [1, 2, 4, 8]  # grad_accum 32..4, divisible by 4
     assert plan.batch_candidates(6, 4) == []
+
+
+@pytest.mark.slow
+def test_gpu_memory_bench_dry_run_on_cpu() -> None:
+    """bench/memory_gpu.py --tiny runs both parts on the CPU and prints its tables."""
+    repo = Path(__file__).resolve().parents[2]
+    args = ["--tiny", "--micro-batches", "1,4", "--compile", "off", "--steps", "1"]
+    proc = subprocess.run(
+        [sys.executable, "bench/memory_gpu.py", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "### A. Predicted vs measured peak (MiB)" in out and "### B. The story" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 4 | off |")]
+    assert len(rows) == 1
+    error = float(rows[0].split("|")[5].strip().rstrip("%"))
+    assert abs(error) < 10  # the prediction against the fake-tensor trace
+    assert "| lean | 32 | 1 | fits | ran |" in out
