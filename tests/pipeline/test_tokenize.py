@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -121,3 +122,11 @@ def test_config_validation(tmp_path, capsys):
     for bad in ("workers=0", "workers=many", "val_fraction=1.5", "on_error=ignore"):
         assert tokenize(tmp_path, tmp_path / "o", **dict([bad.split("=")])) == 2
         assert bad.split("=")[0] in capsys.readouterr().err
+
+
+def test_progress_lines_on_stderr(src, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.tokenize_output")
+    assert tokenize(src, tmp_path / "out", progress_seconds=0) == 0
+    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert lines, "no progress line"
+    assert all(k in lines[-1] for k in ("docs", "tokens,", "MB/s", "M tokens/s", "%"))
