@@ -86,7 +86,7 @@ class TokenizeConfig:
         default_factory=list, metadata={"help": "keep only these `language` values; [] = all"}
     )
     batch_bytes: int = field(
-        default=4_000_000, metadata={"help": "text bytes per batch sent to a worker"}
+        default=1_000_000, metadata={"help": "text bytes per batch sent to a worker"}
     )
     on_error: str = field(
         default="fail",
