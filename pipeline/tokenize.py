@@ -222,17 +222,18 @@ def run(cfg: TokenizeConfig) -> int:
         "tokenizer": tokenizer_info(),
         "inputs": inputs,
     }
-    writer = ShardWriter(out, cfg.shard_tokens, header, [str(f) for f in files], old)
-    if old is None:
-        writer.checkpoint_empty()  # a manifest exists before any shard does
-    else:
-        log.info("resuming %s from %s", out, writer.position)
-    progress = Progress(total_bytes, writer.counts, cfg.progress_seconds)
+    writer: ShardWriter | None = None
     try:
+        writer = ShardWriter(out, cfg.shard_tokens, header, [str(f) for f in files], old)
+        if old is None:
+            writer.checkpoint_empty()  # a manifest exists before any shard does
+        else:
+            log.info("resuming %s from %s", out, writer.position)
+        progress = Progress(total_bytes, writer.counts, cfg.progress_seconds)
         with MemoryWatchdog(cfg.max_rss_gb, cfg.min_available_gb) as dog:
             _encode_all(cfg, files, writer, progress, dog)
         writer.finish()
-    except OSError as e:
+    except OSError as e:  # reading errors became FileError items: this is the output side
         raise _write_error(e, out, writer) from None
     finally:
         shards.remove_temporaries(out)
@@ -240,8 +241,8 @@ def run(cfg: TokenizeConfig) -> int:
     return 0
 
 
-def _write_error(e: OSError, out: Path, writer: ShardWriter) -> Exception:
-    kept = writer.complete_shards()
+def _write_error(e: OSError, out: Path, writer: ShardWriter | None) -> Exception:
+    kept = writer.complete_shards() if writer is not None else 0
     where = f"{e.filename}" if e.filename else str(out)
     if e.errno in DISK_FULL:
         return ResourceError(
