@@ -157,12 +157,15 @@ def clear(folder: Path) -> int:
     n = 0
     if not folder.is_dir():
         return 0
+    # The manifest goes first: a kill halfway leaves shards without a manifest,
+    # which a rerun refuses (or force=true clears), never a manifest whose
+    # shards are half gone.
+    path(folder).unlink(missing_ok=True)
+    shards.fsync_dir(folder)
     for split in shards.SPLITS:
         for p in folder.glob(f"{split}_*.npy"):
             p.unlink()
             n += 1
     remove_partials(folder)
     shards.remove_temporaries(folder)
-    path(folder).unlink(missing_ok=True)
-    shards.fsync_dir(folder)
     return n

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import manifest, shards
+from pipeline.errors import StateError
 from pipeline.parquet_source import FileError
 from pipeline.tokenize_worker import SKIP_REASONS, STATUS, Batch, Encoded
 
@@ -138,6 +139,12 @@ class ShardWriter:
         keep = set()
         for sb in self.splits:
             sb.shards = list(old["shards"][sb.name])
+            for e in sb.shards:
+                if not (self.out / e["name"]).is_file():
+                    raise StateError(
+                        f"{self.out / e['name']} is listed in {manifest.NAME} but missing; "
+                        "pass force=true to start over"
+                    )
             n = int(old["partial"][sb.name])
             if n:
                 sb.put(manifest.load_partial(self.out, sb.name, sb.index, n))

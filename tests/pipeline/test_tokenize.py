@@ -130,3 +130,15 @@ def test_progress_lines_on_stderr(src, tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert lines, "no progress line"
     assert all(k in lines[-1] for k in ("docs", "tokens,", "MB/s", "M tokens/s", "%"))
+
+
+def test_a_listed_shard_that_is_gone_is_named(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert tokenize(src, out) == 0
+    (out / "train_000001.npy").unlink()
+    capsys.readouterr()
+    assert tokenize(src, out) == 2
+    err = capsys.readouterr().err
+    assert "train_000001.npy is listed in manifest.json but missing" in err and "force=true" in err
+    assert tokenize(src, out, force=True) == 0
+    assert (out / "train_000001.npy").is_file()
