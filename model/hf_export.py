@@ -178,6 +178,9 @@ def export(model: GPT, cfg: TrainConfig, step: int, source: Path, dest: Path) ->
     tmp.mkdir()
     try:
         save_file(hf_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it owner-only
         files = {"config.json": json.dumps(hf_config(cfg), indent=2) + "\n"}
         files.update(tokenizer_files(cfg.block_size))
         files["README.md"] = _readme(cfg, step, source)

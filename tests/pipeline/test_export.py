@@ -50,6 +50,8 @@ def test_the_export_folder_is_complete(exported: Path) -> None:
     names = {p.name for p in hf.iterdir()}
     assert names >= {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
     assert not [p for p in exported.iterdir() if p.name.startswith(".hf")]  # no leftovers
+    modes = {p.name: p.stat().st_mode & 0o777 for p in hf.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"]  # readable like the rest
     cfg = json.loads((hf / "config.json").read_text())
     assert cfg["vocab_size"] == VOCAB_SIZE and cfg["n_positions"] == 256
     assert cfg["activation_function"] == "gelu_new" and cfg["tie_word_embeddings"] is True
