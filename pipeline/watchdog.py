@@ -1,10 +1,11 @@
 """A memory watchdog for the tokenize stage: stop cleanly before the machine thrashes.
 
 Why the whole process tree: the stage encodes in worker processes, and each
-worker holds its own memory (a document's text, a Python list of token ids at
-~28 bytes an id before it is packed into uint16). One early run had 16 workers
-each holding such a list; together they asked for 160 GB on a 62 GB box, the
-machine swapped until it stopped answering and had to be rebooted. No single
+worker holds its own memory (a document's text; a Python list of token ids,
+~36 bytes an id counting pointer and int object, where the shard needs 2). One
+early run had 16 workers each holding such a list; together they asked for
+160 GB on a 62 GB box, the machine swapped until it stopped answering and had
+to be rebooted. No single
 process looked large; only the sum did. So the limit `max_rss_gb` is checked
 on the sum of resident memory over the stage's process and all its
 descendants. Summed RSS counts pages shared after fork once per process, so
@@ -124,27 +125,35 @@ def _read_stat(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=1)
 def _cgroup_dirs() -> tuple[tuple[int, tuple[Path, ...]], ...]:
-    """The memory cgroup folders of this process, resolved once: ((version, dirs), ...).
-
-    v2: the process's own folder and its ancestors up to the mount (a limit may sit
-    on any of them). v1: the process's folder only, whose memory.stat already
-    carries the effective `hierarchical_memory_limit`.
-    """
+    """This process's memory cgroup folders, resolved once (membership does not change)."""
     try:
-        own = Path("/proc/self/cgroup").read_text().splitlines()
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
+        own = Path("/proc/self/cgroup").read_text()
+        mounts = Path("/proc/self/mountinfo").read_text()
+    except OSError:  # not Linux, or /proc hidden: the kernel's figure alone
         return ()
+    return memory_cgroups(own, mounts)
+
+
+def memory_cgroups(own: str, mounts: str) -> tuple[tuple[int, tuple[Path, ...]], ...]:
+    """The memory cgroup folders named by /proc/self/cgroup (`own`) and
+    /proc/self/mountinfo (`mounts`): ((version, folders), ...).
+
+    v2: the process's own folder and its ancestors up to the mount (a limit may
+    sit on any of them). v1: the process's folder only, whose memory.stat
+    already carries the effective `hierarchical_memory_limit`.
+    """
     v1_path = v2_path = None
-    for line in own:  # "hierarchy-id:controllers:path"
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            v2_path = path
-        elif "memory" in controllers.split(","):
-            v1_path = path
+    for line in own.splitlines():  # "hierarchy-id:controllers:path"
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[1] == "":
+            v2_path = parts[2]
+        elif "memory" in parts[1].split(","):
+            v1_path = parts[2]
     found: list[tuple[int, tuple[Path, ...]]] = []
-    for line in mounts:
-        # "id parent major:minor root mountpoint opts ... - fstype source superopts"
+    for line in mounts.splitlines():
+        # "id parent major:minor root mountpoint opts [optional...] - fstype source superopts"
         fields, _, tail = line.partition(" - ")
         parts, sup = fields.split(), tail.split()
         if len(parts) < 5 or len(sup) < 3:
@@ -152,9 +161,7 @@ def _cgroup_dirs() -> tuple[tuple[int, tuple[Path, ...]], ...]:
         root, mnt = parts[3], Path(parts[4])
         if sup[0] == "cgroup2" and v2_path is not None:
             leaf = _under(mnt, root, v2_path)
-            chain = [leaf, *leaf.parents]
-            dirs = tuple(d for d in chain if d == mnt or mnt in d.parents)
-            found.append((2, dirs))
+            found.append((2, (leaf, *(d for d in leaf.parents if mnt in (d, *d.parents)))))
         elif sup[0] == "cgroup" and v1_path is not None and "memory" in sup[2].split(","):
             found.append((1, (_under(mnt, root, v1_path),)))
     return tuple(found)
@@ -270,6 +277,7 @@ class MemoryWatchdog:
         pid: int | None = None,
         kill_on_trip: bool = True,
         on_trip: Callable[[Trip], None] | None = None,
+        kill_timeout: float = 1.0,
     ) -> None:
         self.max_rss_gb = max_rss_gb
         self.min_available_gb = min_available_gb
@@ -277,6 +285,9 @@ class MemoryWatchdog:
         self.pid = os.getpid() if pid is None else pid
         self.kill_on_trip = kill_on_trip
         self.on_trip = on_trip
+        # short: the workers keep no state worth a graceful exit, and every second
+        # of SIGTERM grace is a second more of a machine that may be swapping
+        self.kill_timeout = kill_timeout
         self._max_rss = int(max_rss_gb * GB) if max_rss_gb > 0 else 0
         self._min_avail = int(min_available_gb * GB) if min_available_gb > 0 else 0
         self._trip: Trip | None = None
@@ -324,10 +335,10 @@ class MemoryWatchdog:
             first = self._trip is None
             if first:
                 self._trip = trip
-        killed = kill_children(self.pid) if self.kill_on_trip else 0
+        killed = kill_children(self.pid, self.kill_timeout) if self.kill_on_trip else 0
         if not first:
             return
-        log.warning("memory watchdog: %s (stopped %d worker processes)", trip.message(), killed)
+        log.warning("memory watchdog: %s (stopped %d child processes)", trip.message(), killed)
         if self.on_trip is not None:
             self.on_trip(trip)
 

@@ -19,6 +19,7 @@ from pipeline.watchdog import (
     Trip,
     available_bytes,
     cgroup_headroom,
+    memory_cgroups,
     tree_rss,
 )
 
@@ -245,3 +246,40 @@ def test_cgroup_headroom_reads_limit_usage_and_cache(tmp_path: Path, version: in
         (tmp_path / "memory.stat").write_text("hierarchical_memory_limit 9223372036854771712\n")
     assert cgroup_headroom(version, tmp_path) is None
     assert cgroup_headroom(version, tmp_path / "absent") is None
+
+
+def _mount(mid: int, root: str, mnt: Path, fstype: str, superopts: str) -> str:
+    """One /proc/self/mountinfo line, as the kernel writes it."""
+    return (
+        f"{mid} 23 0:{mid} {root} {mnt} rw,nosuid,relatime shared:9 - {fstype} {fstype} {superopts}"
+    )
+
+
+def test_memory_cgroups_finds_the_folders_the_kernel_names(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "memory", tmp_path / "unified"
+    leaf = v2 / "user.slice" / "job.scope"
+    (v1 / "process_api" / "abc").mkdir(parents=True)
+    leaf.mkdir(parents=True)
+    mounts = "\n".join(
+        [
+            _mount(30, "/", tmp_path / "cpu", "cgroup", "rw,cpu"),
+            _mount(35, "/", v1, "cgroup", "rw,memory"),
+            _mount(41, "/", v2, "cgroup2", "rw,nsdelegate"),
+        ]
+    )
+    # a host with both hierarchies: the v1 leaf; the v2 leaf and its ancestors to the mount
+    own = "8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/user.slice/job.scope\n"
+    assert memory_cgroups(own, mounts) == (
+        (1, (v1 / "process_api" / "abc",)),
+        (2, (leaf, v2 / "user.slice", v2)),
+    )
+    # docker without a cgroup namespace: the mount root is the container's own cgroup
+    own = "4:memory:/docker/0123\n"
+    assert memory_cgroups(own, _mount(35, "/docker/0123", v1, "cgroup", "rw,memory")) == (
+        (1, (v1,)),
+    )
+    # docker with one (cgroup v2): everything is "/", the mount is the container's cgroup
+    assert memory_cgroups("0::/\n", _mount(41, "/", v2, "cgroup2", "rw")) == ((2, (v2,)),)
+    # a folder that is not there (another mount namespace): fall back to the mount
+    assert memory_cgroups("0::/gone\n", _mount(41, "/", v2, "cgroup2", "rw")) == ((2, (v2,)),)
+    assert memory_cgroups("garbage\n", "garbage\n") == ()
