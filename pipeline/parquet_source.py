@@ -80,7 +80,7 @@ class FileError:
     file_index: int
     path: str
     row_group: int
-    rows_not_read: int
+    rows_not_read: int | None  # None: the footer was unreadable, so the count is unknown
     message: str
 
 
@@ -104,7 +104,10 @@ def list_inputs(spec: str) -> list[Path]:
         return files
     if p.is_file():
         return [p]
-    raise InputError(f"input {spec}: no such folder or file; set input= to a folder of parquet")
+    raise InputError(
+        f"input {spec}: no such folder or file; set input= to a folder of parquet files "
+        "(e.g. input=data/sample after `make sample-data`)"
+    )
 
 
 def columns_for(languages: list[str], text_column: str) -> list[str]:
@@ -203,7 +206,7 @@ def read_file(
     try:
         pf = open_checked(path, text_column, languages)
     except READ_ERRORS as e:
-        yield FileError(file_index, str(path), 0, -1, _one_line(e))
+        yield FileError(file_index, str(path), 0, None, _one_line(e))
         return
     md = pf.metadata
     try:
