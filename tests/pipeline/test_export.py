@@ -19,6 +19,7 @@ from tests.model.train_fixtures import tiny_config, write_tiny_shards
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # trains a model over the full vocabulary first (~5 s)
 
 
 def real_code() -> str:
@@ -35,7 +36,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp / "run",
         vocab_size=50304,
         block_size=256,
-        micro_batch=2,
+        micro_batch=1,
         grad_accum=1,
         max_iters=3,
         dropout=0.1,

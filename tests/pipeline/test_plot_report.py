@@ -21,7 +21,7 @@ from tests.model.train_fixtures import tiny_config, write_tiny_shards
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("real")
-    cfg = tiny_config(write_tiny_shards(tmp / "shards"), tmp / "demo", max_iters=20)
+    cfg = tiny_config(write_tiny_shards(tmp / "shards"), tmp / "demo", max_iters=10)
     write_run_config(cfg, tmp / "demo")
     assert train(cfg) == 0
     return tmp / "demo"
@@ -68,10 +68,10 @@ def test_report_of_a_real_run(real_run: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     recs = read_records(real_run / "metrics.jsonl")
     best = min((r for r in recs if "val_loss" in r), key=lambda r: r["val_loss"])
-    assert "steps        20 / 20 (100.0%)" in out
+    assert "steps        10 / 10 (100.0%)" in out
     assert f"best {best['val_loss']:.4f} at step {best['step']}" in out
-    assert f"tokens seen  {20 * 4 * 2 * 32:,}" in out
-    assert "ETA          done" in out and "ckpt-00000020.pt" in out
+    assert f"tokens seen  {10 * 4 * 2 * 32:,}" in out
+    assert "ETA          done" in out and "ckpt-00000010.pt" in out
     assert "smoke        not run" in out
 
 
