@@ -108,22 +108,26 @@ TOK_FILES := $(if $(findstring *,$(TOK_INPUT))$(findstring ?,$(TOK_INPUT))$(find
 
 # ---------------------------------------------------------------- stamps
 # .stamps/<stage>@<config path with / as _>; touched after the stage succeeded.
-# Beside each, <stamp>.args holds the key=value overrides it ran with, rewritten only
-# when they change (at parse time, so `make -n` and `make -q` see it too).
+# Beside each, <stamp>.args holds the key=value overrides it last ran with: a change
+# re-runs the stage as a config edit does. It is written when the stage runs (not
+# under make -n), and compared at parse time, so `make -n` and `make -q` see it.
 STAMPS := .stamps
 stamp = $(STAMPS)/$(1)@$(subst /,_,$(patsubst $(CURDIR)/%,%,$(abspath $(2))))
 SAMPLE_DATA_STAMP := $(call stamp,sample-data,$(SAMPLE_DATA_CONFIG))
 TOKENIZE_STAMP := $(call stamp,tokenize,$(TOKENIZE_CONFIG))
 SMOKE_STAMP := $(call stamp,smoke,$(CONFIG))
 differ = $(subst $(1),,$(2))$(subst $(2),,$(1))
-track_args = $(if $(or $(if $(wildcard $(1).args),,new),$(call differ,$(strip $(2)),$(file <$(1).args))),$(file >$(1).args,$(strip $(2))))
+args_changed = $(or $(if $(wildcard $(1).args),,new),$(call differ,$(strip $(2)),$(file <$(1).args)))
+# $(call args_deps,STAMP,ARGS): prerequisites of STAMP for its ARGS
+args_deps = $(wildcard $(1).args) $(if $(call args_changed,$(1),$(2)),FORCE)
+# make -n, -q or -t: expand recipes without running them, so record nothing
+dry_run = $(strip $(foreach f,n q t,$(findstring $(f),$(firstword -$(MAKEFLAGS)))))
+# $(call record_args,STAMP,ARGS): first line of a stamp's recipe
+record_args = $(if $(call dry_run),,$(file >$(1).args,$(strip $(2))))
 # An output deleted by hand makes its stamp stale.
 missing = $(if $(wildcard $(1)),,FORCE)
 ifneq ($(filter $(STAGES),$(MAKECMDGOALS)),)
 $(shell mkdir -p $(STAMPS))
-$(call track_args,$(SAMPLE_DATA_STAMP),$(SAMPLE_DATA_ARGS))
-$(call track_args,$(TOKENIZE_STAMP),$(TOKENIZE_ARGS))
-$(call track_args,$(SMOKE_STAMP),$(TRAIN_ARGS))
 endif
 
 .PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
@@ -177,8 +181,8 @@ image-present:
 sample-data: $(SAMPLE_DATA_STAMP) ## write the built-in sample of real code to data/sample/*.parquet
 	@echo "sample-data: $(if $(RAN_sample-data),done,up to date, nothing to do) ($(SAMPLE_DATA_CONFIG) -> $(SAMPLE_OUT))"
 
-$(SAMPLE_DATA_STAMP): $(SAMPLE_DATA_CONFIG) $(SAMPLE_DATA_STAMP).args $(call missing,$(SAMPLE_OUT)/sample-data.json) | $(RUNTIME)
-	$(eval RAN_sample-data := 1)
+$(SAMPLE_DATA_STAMP): $(SAMPLE_DATA_CONFIG) $(call args_deps,$(SAMPLE_DATA_STAMP),$(SAMPLE_DATA_ARGS)) $(call missing,$(SAMPLE_OUT)/sample-data.json) | $(RUNTIME)
+	$(eval RAN_sample-data := 1)$(call record_args,$@,$(SAMPLE_DATA_ARGS))
 	@mkdir -p data out $(@D)
 	$(call stage,sample-data,,--config $(SAMPLE_DATA_CONFIG) $(SAMPLE_DATA_ARGS))
 	@touch $@
@@ -186,11 +190,12 @@ $(SAMPLE_DATA_STAMP): $(SAMPLE_DATA_CONFIG) $(SAMPLE_DATA_STAMP).args $(call mis
 tokenize: $(TOKENIZE_STAMP) ## parquet -> token shards + manifest (TOKENIZE_CONFIG, paired with CONFIG's data)
 	@echo "tokenize: $(if $(RAN_tokenize),done,up to date, nothing to do) ($(TOKENIZE_CONFIG) -> $(TOK_OUTPUT))"
 
-# The demo's input is sample-data's output: make it first when that is the case.
-$(TOKENIZE_STAMP): $(TOKENIZE_CONFIG) $(TOKENIZE_STAMP).args $(TOK_FILES) \
+# Each stamp depends on the stamp before it: a stage that re-ran re-runs the ones
+# after it. The demo's input is sample-data's output: make that first when it is so.
+$(TOKENIZE_STAMP): $(TOKENIZE_CONFIG) $(call args_deps,$(TOKENIZE_STAMP),$(TOKENIZE_ARGS)) $(TOK_FILES) \
 		$(if $(filter $(SAMPLE_OUT),$(TOK_INPUT)),$(SAMPLE_DATA_STAMP)) \
 		$(call missing,$(TOK_OUTPUT)/manifest.json) | $(RUNTIME)
-	$(eval RAN_tokenize := 1)
+	$(eval RAN_tokenize := 1)$(call record_args,$@,$(TOKENIZE_ARGS))
 	@mkdir -p data out $(@D)
 	$(call stage,tokenize,,--config $(TOKENIZE_CONFIG) $(TOKENIZE_ARGS))
 	@touch $@
@@ -202,8 +207,9 @@ plan: | $(RUNTIME) ## GPU memory and time the training config needs
 smoke: $(SMOKE_STAMP) ## 10 steps + eval + checkpoint round trip on the real shards; writes out/<run>/smoke.ok
 	@echo "smoke: $(if $(RAN_smoke),done,up to date, nothing to do) ($(CONFIG) -> $(RUN_DIR)/smoke.ok)"
 
-$(SMOKE_STAMP): $(CONFIG) $(SMOKE_STAMP).args $(TOKENIZE_STAMP) $(call missing,$(RUN_DIR)/smoke.ok) | $(RUNTIME)
-	$(eval RAN_smoke := 1)
+$(SMOKE_STAMP): $(CONFIG) $(call args_deps,$(SMOKE_STAMP),$(TRAIN_ARGS)) $(TOKENIZE_STAMP) \
+		$(call missing,$(RUN_DIR)/smoke.ok) | $(RUNTIME)
+	$(eval RAN_smoke := 1)$(call record_args,$@,$(TRAIN_ARGS))
 	@mkdir -p data out $(@D)
 	$(call stage,smoke,gpu,--config $(CONFIG) $(TRAIN_ARGS))
 	@touch $@
@@ -243,12 +249,12 @@ logs: ## follow the trainer's log
 	$(COMPOSE) -f $(ROOT)/compose.yaml logs -f trainer
 
 # ---------------------------------------------------------------- demo
-DEMO := $(MAKE) --no-print-directory RUN=local CONFIG=configs/demo.yaml
+DEMO := -f $(ROOT)/Makefile --no-print-directory RUN=local CONFIG=configs/demo.yaml
 
 demo: setup ## the whole chain on the CPU on the built-in sample (tiny GPT, a few minutes)
-	$(DEMO) train
-	$(DEMO) plot report
-	$(DEMO) sample ARGS="prompt='def read_config(path' max_new_tokens=100"
+	$(MAKE) $(DEMO) train
+	$(MAKE) $(DEMO) plot report
+	$(MAKE) $(DEMO) sample ARGS="prompt='def read_config(path' max_new_tokens=100"
 
 # ---------------------------------------------------------------- benchmarks (host)
 bench: bench-tokenize bench-train bench-sample ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)

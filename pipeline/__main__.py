@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config file (default: the stage's own)")
     parser.add_argument("--keys", action="store_true", help="list the stage's config keys")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # intermixed: `stage --config FILE key=value` (the Makefile's form) must reach the
+    # overrides; plain parse_args ends the `*` positional before --config and refuses them
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     module = importlib.import_module(STAGES[args.stage][0])
     if args.keys:
