@@ -135,7 +135,9 @@ def generate(
 
     `keep`: tokens kept when the context outgrows block_size (see the module
     docstring); `autocast`: makes the run's mixed-precision context (e.g.
-    `Precision.autocast`), entered around each forward only; `cache_dtype`: the KV cache's dtype (default: the model's).
+    `Precision.autocast`), entered around each forward only, not around the
+    caller's code between tokens; `cache_dtype`: the KV cache's dtype
+    (default: the model's).
     """
     if not prompt:
         raise ValueError("empty prompt: start from [EOT]")

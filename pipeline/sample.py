@@ -10,8 +10,10 @@ Generation and its KV cache live in model/generate.py.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,11 +94,30 @@ def checkpoint_target(cfg: SampleConfig) -> Path:
     return target
 
 
+def _one_sample(text: str, tokens: Iterator[int], what: str) -> None:
+    """Print the prompt, then each new token's text as soon as it is sampled."""
+    from model.generate import StreamDecoder
+
+    out = sys.stdout
+    out.write(text)
+    out.flush()
+    decoder = StreamDecoder()
+    t0, n = time.perf_counter(), 0
+    for tok in tokens:  # sampled lazily, one at a time
+        out.write(decoder.push(tok))
+        out.flush()
+        n += 1
+    out.write(decoder.flush() + "\n")
+    out.flush()
+    secs = time.perf_counter() - t0
+    log.info("%s: %d tokens, %.1f tokens/s", what, n, n / secs if secs > 0 else 0.0)
+
+
 def run(cfg: SampleConfig) -> int:
     import torch  # only when the stage runs
 
     from model.checkpoint import load_for_inference
-    from model.generate import Sampling, StreamDecoder, generate
+    from model.generate import Sampling, generate
     from model.runtime import replace, resolve_device, resolve_precision
     from pipeline.tokenizer import EOT, encode
 
@@ -116,28 +137,23 @@ def run(cfg: SampleConfig) -> int:
     gen.manual_seed(cfg.seed)
     cache_dtype = torch.float32 if precision.name == "float32" else getattr(torch, precision.name)
     log.info("step %d model on %s, %s; prompt %d tokens", step, device, precision.name, len(prompt))
-    out = sys.stdout
-    for i in range(cfg.num_samples):
-        if i:
-            out.write(SEPARATOR)
-        out.write(text)
-        out.flush()
-        decoder = StreamDecoder()
-        t0, n = time.perf_counter(), 0
-        for tok in generate(
-            model,
-            prompt,
-            cfg.max_new_tokens,
-            sampling,
-            generator=gen,
-            autocast=precision.autocast,
-            cache_dtype=cache_dtype,
-        ):
-            out.write(decoder.push(tok))
-            out.flush()
-            n += 1
-        out.write(decoder.flush() + "\n")
-        out.flush()
-        secs = time.perf_counter() - t0
-        log.info("sample %d/%d: %d tokens, %.1f tokens/s", i + 1, cfg.num_samples, n, n / secs)
+    try:
+        for i in range(cfg.num_samples):
+            if i:
+                sys.stdout.write(SEPARATOR)
+            _one_sample(
+                text,
+                generate(
+                    model,
+                    prompt,
+                    cfg.max_new_tokens,
+                    sampling,
+                    generator=gen,
+                    autocast=precision.autocast,
+                    cache_dtype=cache_dtype,
+                ),
+                f"sample {i + 1}/{cfg.num_samples}",
+            )
+    except BrokenPipeError:  # `... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
