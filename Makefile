@@ -88,7 +88,7 @@ arg_get = $(patsubst $(2)=%,%,$(lastword $(filter $(2)=%,$(1))))
 goal_args = $(if $(filter $(1),$(MAKECMDGOALS)),$(ARGS))
 
 SAMPLE_DATA_ARGS ?= $(call goal_args,sample-data)
-TRAIN_ARGS ?= $(if $(RUN_NAME),out_dir=out/$(RUN_NAME)) $(call goal_args,plan smoke train)
+TRAIN_ARGS ?= $(strip $(if $(RUN_NAME),out_dir=out/$(RUN_NAME)) $(call goal_args,plan smoke train))
 SAMPLE_ARGS ?= $(call goal_args,sample)
 OUT_ARGS ?= $(call goal_args,export plot report)
 
@@ -126,7 +126,7 @@ dry_run = $(strip $(foreach f,n q t,$(findstring $(f),$(firstword -$(MAKEFLAGS))
 record_args = $(if $(call dry_run),,$(file >$(1).args,$(strip $(2))))
 # An output deleted by hand makes its stamp stale.
 missing = $(if $(wildcard $(1)),,FORCE)
-ifneq ($(filter $(STAGES),$(MAKECMDGOALS)),)
+ifneq ($(filter $(STAGES) up,$(MAKECMDGOALS)),)
 $(shell mkdir -p $(STAMPS))
 endif
 
@@ -239,9 +239,11 @@ report: | $(RUNTIME) ## text summary of the run
 	$(call stage,report,,out_dir=$(RUN_DIR) $(OUT_ARGS))
 
 # ---------------------------------------------------------------- compose (headless box)
-COMPOSE_ENV = UID=$(shell id -u) GID=$(shell id -g) MEM=$(MEM) SHM=$(SHM) IMAGE=$(IMAGE) CONFIG=$(CONFIG)
+COMPOSE_ENV = env UID=$(shell id -u) GID=$(shell id -g) MEM=$(MEM) SHM=$(SHM) IMAGE=$(IMAGE) CONFIG=$(CONFIG)
 
-up: ## docker compose up -d trainer (restarts on failure, resumes; docs/containers.md)
+# The trainer refuses to start without smoke.ok, so smoke (in a container) comes first.
+# `env`: bash will not take UID=... before a command (UID is read-only there).
+up: $(SMOKE_STAMP) ## smoke, then docker compose up -d trainer (restarts on failure, resumes)
 	@mkdir -p data out
 	$(COMPOSE_ENV) $(COMPOSE) -f $(ROOT)/compose.yaml up -d trainer
 

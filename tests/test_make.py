@@ -8,10 +8,12 @@ split with shlex) and, where a docker CLI exists, through its own flag parser.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -406,3 +408,29 @@ def test_overrides_after_config_reach_the_stage(tmp_path: Path) -> None:
     assert main(["sample-data", "--config", str(cfg), f"output={out}", "max_bytes=20000"]) == 0
     assert list(out.glob("*.parquet"))
     assert not (tmp_path / "from-file").exists()
+
+
+def test_up_runs_smoke_then_compose_with_the_users_ids_and_memory(box: Path) -> None:
+    r = make(box, "-n", "RUN=docker", "MEM=5g", "up")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    smoke = next(i for i, ln in enumerate(lines) if ln.startswith("docker run") and " smoke " in ln)
+    up = next(i for i, ln in enumerate(lines) if "compose" in ln and ln.endswith("up -d trainer"))
+    assert smoke < up  # the trainer refuses to start without smoke.ok
+    words = shlex.split(lines[up])
+    assert words[0] == "env"  # bash refuses `UID=... cmd`: UID is read-only there
+    env = dict(w.split("=", 1) for w in words[1:] if "=" in w and not w.startswith("-"))
+    assert env["UID"] == str(os.getuid()) and env["GID"] == str(os.getgid())
+    # the same settings, through the engine-free compose binary, give the trainer's limits
+    compose = Path(sys.executable).parent / "docker-compose"
+    got = subprocess.run(
+        [str(compose), "-f", str(REPO / "compose.yaml"), "config", "--format", "json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0, got.stderr
+    trainer = json.loads(got.stdout)["services"]["trainer"]
+    assert trainer["user"] == f"{os.getuid()}:{os.getgid()}"
+    assert int(trainer["mem_limit"]) == int(trainer["memswap_limit"]) == 5 * 2**30
