@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 
 from pipeline import tokenizer
 
@@ -141,19 +142,26 @@ def encode_batch(batch: Batch, max_doc_bytes: int, threshold: int) -> Encoded:
     return Encoded(status, replaced, nbytes, split, ntok, (tokens[0], tokens[1]))
 
 
-def warm_up(parent: int | None = None) -> None:
-    """Pool initializer: build the encoding once, and exit if the main process dies.
+def warm_up(main_pid: int) -> None:
+    """Pool initializer: build the encoding once, and exit when the main process dies.
 
-    A SIGKILLed main process cannot stop its workers, and a worker blocked on
-    the task queue would wait for ever (it holds the queue's write end itself),
-    so each worker watches its parent.
+    A SIGKILLed main process cannot stop its workers. A worker blocked on the
+    task queue would then wait for ever (it holds the queue's write end
+    itself), and so would the forkserver (each worker holds the pipe whose
+    end tells it that the main process is gone), keeping the main process's
+    stdout open. So each worker polls the main process itself.
     """
     tokenizer.get_encoding()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
 
 
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
+def _exit_with(main_pid: int) -> None:
+    # psutil, not os.kill(pid, 0): a killed main process stays a zombie until
+    # its parent reaps it, and that parent may be waiting for our stdout to close.
+    try:
+        main = psutil.Process(main_pid)
+        while main.is_running() and main.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.5)
+    except psutil.Error:
+        pass
     os._exit(1)
