@@ -134,7 +134,7 @@ def layer_activation_bytes(w: Workload) -> int:
 def trunk_extra_bytes(w: Workload) -> int:
     """Outside the blocks: token ids for the embedding backward, ln_f's input and stats."""
     B, T, C = w.micro_batch, w.block_size, w.n_embd
-    extra = 8 * B * T + 8 * T + 4 * B * T * C + 8 * B * T
+    extra = 8 * B * T + 8 * T + 4 * B * T * C + 8 * B * T  # ids, positions, ln_f input, stats
     if w.dropout > 0:
         extra += B * T * C
     return extra

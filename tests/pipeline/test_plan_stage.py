@@ -122,3 +122,12 @@ def test_cli_without_gpu_gb_on_cpu_says_what_to_pass() -> None:
     )
     assert proc.returncode != 0
     assert "gpu_gb=12" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_present_gpu_is_the_default(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["plan", "format=json", f"out_dir={tmp_path}"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["gpu_bytes"] == torch.cuda.mem_get_info()[1]
+    assert p["gpu"] == torch.cuda.get_device_name()
