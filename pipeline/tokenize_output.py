@@ -327,7 +327,11 @@ class Progress:
         secs, mb_s, tok_s = self._rates(c)
         skipped = ", ".join(f"{k} {v:,}" for k, v in c.skipped.items() if v) or "none"
         n = {sb.name: sb.index for sb in writer.splits}
-        files = f"; {len(writer.files_skipped)} files skipped" if writer.files_skipped else ""
+        files = (
+            f"; unreadable files skipped: {len(writer.files_skipped)} (listed in {manifest.NAME})"
+            if writer.files_skipped
+            else ""
+        )
         return (
             f"tokenize: {c.read:,} documents read = {c.tokenized:,} tokenized + "
             f"{sum(c.skipped.values()):,} skipped ({skipped}); {c.replaced_utf8:,} with invalid "
