@@ -123,6 +123,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, None, None
 
 
+# Left to eager under torch.compile: AOTAutograd's partitioner would otherwise save every
+# chunk's logits for backward (B*T*V values, 0.77 GiB in bf16 at micro-batch 8) instead of
+# recomputing them, which undoes the point of chunking (model/plan.py checks for this).
+@torch.compiler.disable
 def chunked_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, a chunk of rows at a time.
 

@@ -56,6 +56,7 @@ HASHED_KEYS = (
     "dropout",
     "micro_batch",
     "grad_accum",
+    "batch_size",
     "dtype",
     "compile",
     "device",
