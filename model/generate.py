@@ -32,12 +32,11 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import Tensor
 
-from model.gpt import GPT, Block, KVCache
+from model.gpt import GPT, KVCache
 from pipeline.tokenizer import EOT, VOCAB_SIZE, get_encoding
 
 
@@ -100,23 +99,6 @@ class Head:
         return out
 
 
-def _hidden_cached(model: GPT, idx: Tensor, cache: KVCache) -> Tensor:
-    """`GPT.forward_cached` without the head: idx (B, T_new) -> (B, T_new, C) after ln_f.
-
-    The head then runs on the last position only, so rebuilding the cache from
-    `keep` tokens does not compute `keep` rows of logits nobody reads.
-    """
-    L, T = cache.length, idx.shape[1]
-    if L + T > cache.max_len:
-        raise ValueError(f"cache holds {cache.max_len} positions; {L} used, {T} more asked")
-    x = model._embed(idx, L)
-    for i, block in enumerate(model.transformer.h):
-        x = cast(Block, block).forward_cached(x, cache, i)  # (B, T_new, C)
-    cache.length = L + T
-    out: Tensor = model.transformer.ln_f(x)
-    return out
-
-
 @torch.no_grad()
 def generate(
     model: GPT,
@@ -166,7 +148,7 @@ def generate(
                 else:
                     todo = ctx[-1:]  # the newest token; the rest is cached
                 idx = torch.tensor([todo], dtype=torch.long, device=device)
-                logits = head(_hidden_cached(model, idx, cache)[:, -1, :])  # (1, V)
+                logits = head(model.hidden_cached(idx, cache)[:, -1, :])  # (1, V)
                 fresh = False
         tok = int(next_token(logits, sampling, generator).item())
         if tok == stop_token:

@@ -231,8 +231,8 @@ class GPT(nn.Module):
         )
         return None, loss
 
-    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
-        """idx (B, T_new) continuing at position cache.length -> logits (B, T_new, V)."""
+    def hidden_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """idx (B, T_new) continuing at position cache.length -> (B, T_new, C) after ln_f."""
         L, T = cache.length, idx.shape[1]
         if L + T > cache.max_len:
             raise ValueError(f"cache holds {cache.max_len} positions; {L} used, {T} more asked")
@@ -240,7 +240,12 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = cast(Block, block).forward_cached(x, cache, i)  # (B, T_new, C)
         cache.length = L + T
-        logits: Tensor = self.lm_head(self.transformer.ln_f(x))
+        out: Tensor = self.transformer.ln_f(x)
+        return out
+
+    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """idx (B, T_new) continuing at position cache.length -> logits (B, T_new, V)."""
+        logits: Tensor = self.lm_head(self.hidden_cached(idx, cache))
         return logits
 
     def num_params(self, non_embedding: bool = False) -> int:

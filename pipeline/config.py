@@ -29,7 +29,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     """Turn `["lr=3e-4", "compile=false"]` into `{"lr": 3e-4, "compile": False}`.
 
     Values are parsed as YAML scalars or flow lists, so `true`, `4`, `[python, go]`
-    and `null` mean what they mean in the config file.
+    and `null` mean what they mean in the config file. No config key takes a
+    mapping, so text that YAML would read as one (`prompt=def main():`) or
+    cannot read at all stays the string that was typed.
     """
     out: dict[str, Any] = {}
     bad: list[str] = []
@@ -41,6 +43,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
+            value = raw
+        if isinstance(value, dict):
             value = raw
         out[key.strip()] = value
     if bad:

@@ -77,3 +77,8 @@ def test_train_config_cross_checks_are_collected():
         configlib.load(TrainConfig, None, ["n_embd=100", "n_head=3", "dtype=fp8", "min_lr=1"])
     msg = str(e.value)
     assert "n_embd=100" in msg and "dtype='fp8'" in msg and "min_lr=1" in msg
+
+
+def test_override_text_that_yaml_reads_as_a_mapping_stays_text() -> None:
+    got = configlib.parse_overrides(["prompt=def main():", "languages=[Python, Go]", "x=a: b: c"])
+    assert got == {"prompt": "def main():", "languages": ["Python", "Go"], "x": "a: b: c"}
