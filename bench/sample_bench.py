@@ -1,17 +1,18 @@
 """`make bench-sample`: sampling speed with and without the KV cache, demo model, CPU.
 
 Generates `--tokens` (500) new tokens after a short prompt with the demo
-model's shape (configs/demo.yaml: 4 layers, 4 heads, width 128, context 128),
-greedily, so every variant's tokens can be compared. 500 tokens overflow the
-128-token context several times, so each variant says how it crops:
+model's shape (configs/demo.yaml: 4 layers, 4 heads, width 128, context 512),
+greedily, so every variant's tokens can be compared. When prompt + new tokens
+overflow the context (with `--tokens` above ~500, or a shorter-context
+config), each variant crops in its own way:
 
 - cache: model/generate.py as `make sample` runs it. When the context is
-  full it is cropped to its last `keep` = 64 tokens and the cache is rebuilt
+  full it is cropped to its last `keep` = block_size / 2 tokens and the cache is rebuilt
   from them in one forward; then one position per token again.
 - no cache, same window: the same crop policy, but the whole (cropped)
   context through the model for every token. Same tokens as the cached run
   (checked here), so this ratio is like for like: it isolates the cache.
-- no cache, nanoGPT window: the last 128 tokens through the model for every
+- no cache, nanoGPT window: the last block_size tokens through the model for every
   token, as nanoGPT's sample.py does, with the same decoding head as the
   cached run (model.generate.Head, last position only). It sees a longer
   context on average.
@@ -121,9 +122,18 @@ def _rest(secs: dict[str, float], name: str, head: float, n: int) -> float:
 
 
 def report(
-    secs: dict[str, float], head: float, n: int, weights: str, args: argparse.Namespace
+    secs: dict[str, float],
+    head: float,
+    n: int,
+    weights: str,
+    args: argparse.Namespace,
+    cfg: GPTConfig,
 ) -> str:
     names = list(secs)
+    shape = (
+        f"{cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, context {cfg.block_size}"
+    )
+    block, keep = cfg.block_size, cfg.block_size // 2
     base = secs[names[0]]
     rows = [
         f"| {k} | {n / s:,.0f} | {1000 * s / n:.2f} | {s / base:.1f}x |" for k, s in secs.items()
@@ -138,8 +148,7 @@ def report(
             f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
             f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}",
             f"- command: `{cmd.strip()}`",
-            f"- model: configs/demo.yaml shape (4 layers, 4 heads, width 128, context 128), "
-            f"{weights}; fp32, batch 1, greedy",
+            f"- model: {args.config.name} shape ({shape}), {weights}; fp32, batch 1, greedy",
             f"- work: {n} new tokens after a {len(encode(PROMPT))}-token prompt; "
             f"median of {args.rounds} rounds, variants alternating",
             "",
@@ -153,7 +162,8 @@ def report(
             f"**{secs[names[3]] / base:.1f}x** (target >= 5x).",
             "",
             f"Where the time goes: the output head and the pick take {head:.2f} ms per token in",
-            "every variant (a 128 x 50257 fp32 matrix-vector product, 6.4 MFLOP, and the argmax",
+            f"every variant (a {cfg.n_embd} x 50257 fp32 matrix-vector product, "
+            f"{2 * cfg.n_embd * 50257 / 1e6:.1f} MFLOP, and the argmax",
             "over 50257 logits); the cache removes only the trunk's re-run of the context. So no cache can make",
             f"this model more than {secs[names[2]] / n * 1000 / head:.1f}x faster than nanoGPT's loop here",
             "(its ms/token over the head's); on the 124M model the trunk dominates instead",
@@ -162,9 +172,11 @@ def report(
             f"{_rest(secs, names[2], head, n):.1f}x against nanoGPT's window.",
             "",
             "The crop: GPT-2's positions are absolute, so a cache cannot slide; when the",
-            "context is full it is cut to its last 64 tokens and the cache rebuilt in one",
-            "forward (model/generate.py). The nanoGPT variant re-runs the last 128 tokens",
-            "for every token, so its model sees 128 tokens of context, the cached one 64-128.",
+            f"context is full it is cut to its last {keep} tokens and the cache rebuilt in one",
+            f"forward (model/generate.py). The nanoGPT variant re-runs the last {block} tokens",
+            f"for every token, so its model sees up to {block} tokens of context, the cached one",
+            f"{keep}-{block} once the context has overflowed "
+            f"({'it does here' if n + len(encode(PROMPT)) > block else 'it does not here'}).",
             "",
         ]
     )
@@ -181,7 +193,7 @@ def main() -> int:
     with torch.no_grad():
         secs = measure(variants(model, encode(PROMPT), args.tokens), args.rounds)
         head = head_ms(model)
-    text = report(secs, head, args.tokens, weights, args)
+    text = report(secs, head, args.tokens, weights, args, model.cfg)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
