@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -32,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from pipeline.atomic import write_atomically
 from pipeline.errors import InputError
-from pipeline.shards import fsync_dir
 
 if TYPE_CHECKING:
     from model.config import TrainConfig
@@ -88,16 +87,7 @@ def save_checkpoint(
     state = {**state, STEP: int(step), FORMAT: FORMAT_VERSION}
     final = folder / checkpoint_name(step)
     tmp = folder / f"{_TMP_PREFIX}{final.name}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
+    write_atomically(final, lambda f: torch.save(state, f), tmp)
     if keep is None and isinstance(state.get(CONFIG), dict):
         keep = state[CONFIG].get("keep_ckpts")
     if keep is not None and keep > 0:

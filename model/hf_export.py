@@ -32,7 +32,7 @@ from torch import Tensor
 
 from model.config import TrainConfig
 from model.gpt import GPT
-from pipeline.shards import fsync_dir
+from pipeline.atomic import fsync_dir
 from pipeline.tokenizer import EOT, EOT_TEXT, VOCAB_SIZE, get_encoding
 
 # nn.Linear weights stored as HF Conv1D (transposed); the names are the same in both.

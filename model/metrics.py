@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.shards import fsync_dir
+from pipeline.atomic import fsync_dir
 
 FILE = "metrics.jsonl"
 

@@ -58,9 +58,9 @@ from model.runtime import (
 )
 from model.schedule import lr_at
 from model.signals import StopFlag
+from pipeline.atomic import fsync_dir
 from pipeline.config import dump_yaml
 from pipeline.errors import CheckFailed, StateError
-from pipeline.shards import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import shards
+from pipeline.atomic import write_atomically
 from pipeline.errors import InputError
 
 NAME = "manifest.json"
@@ -63,18 +64,12 @@ def write(folder: Path, data: dict[str, Any]) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = path(folder)
-    tmp = final.with_name(final.name + shards.TMP_SUFFIX)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    shards.fsync_dir(folder)
+    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+    write_atomically(
+        final,
+        lambda f: f.write(text.encode("utf-8")),
+        final.with_name(final.name + shards.TMP_SUFFIX),
+    )
 
 
 def input_entries(files: list[Path]) -> list[dict[str, Any]]:

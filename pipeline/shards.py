@@ -10,12 +10,13 @@ renamed into place, so no reader ever sees a partial one. Readers memory-map
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import fsync_dir as fsync_dir  # re-exported: callers fsync folders
+from pipeline.atomic import write_atomically
 from pipeline.errors import InputError
 
 SPLITS = ("train", "val")
@@ -30,38 +31,17 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.npy"
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the directory entry (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_shard(folder: Path, split: str, index: int, tokens: np.ndarray) -> Path:
     """Write `tokens` as shard `index` of `split`: temp name, fsync, rename."""
     if tokens.dtype != DTYPE or tokens.ndim != 1:
         raise ValueError(f"shard must be 1-D {DTYPE.__name__}, got {tokens.dtype} {tokens.shape}")
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / shard_name(split, index)
-    tmp = folder / (final.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, tokens, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
-    return final
+    return write_atomically(
+        final,
+        lambda f: np.save(f, tokens, allow_pickle=False),
+        final.with_name(final.name + TMP_SUFFIX),
+    )
 
 
 def open_shard(path: Path) -> np.ndarray:

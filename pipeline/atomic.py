@@ -1,0 +1,48 @@
+"""Durable, all-or-nothing file writes: the one way every output reaches its final name.
+
+`write_atomically(final, write)` lets `write` fill a temporary file, flushes
+and fsyncs it, renames it over `final` and fsyncs the folder, so a crash at
+any instant leaves either the old file or the new one, never a partial file
+under the final name. On any failure (a full disk included) the temporary
+file is removed and the error propagates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the directory entry (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(
+    final: Path, write: Callable[[IO[bytes]], object], tmp: Path | None = None
+) -> Path:
+    """Write `final` through `tmp` (default `<final>.tmp`, same folder): write, fsync, rename."""
+    final = Path(final)
+    tmp = tmp if tmp is not None else final.with_name(final.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    return final
