@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,7 +78,11 @@ def setup(info: DistInfo, device_type: str) -> torch.device | None:
 
 
 def teardown() -> None:
+    """Leave the process group. Callers free their DDP models first (see trainer.train)."""
     if dist.is_available() and dist.is_initialized():
+        # Gloo's worker threads release a finished collective's tensors under the GIL;
+        # sleeping (GIL released) lets them finish before the group's destructor joins them.
+        time.sleep(0.1)
         dist.destroy_process_group()
 
 

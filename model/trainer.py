@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -366,8 +367,15 @@ def train(cfg: TrainConfig) -> int:
                 info.world_size,
                 cfg.tokens_per_step,
             )
-        trainer = Trainer(cfg, device, run_dir, info)
+        trainer: Trainer | None = Trainer(cfg, device, run_dir, info)
+        assert trainer is not None
         trainer.resume()
         return trainer.fit()
     finally:
+        # DDP's Reducer holds the process group. Left to the end of this frame, it would
+        # destroy the gloo group from a destructor that holds the GIL and joins gloo's
+        # worker threads, which may need the GIL to drop their last work: a deadlock seen
+        # here about 1 run in 10. So free the model while the group is alive, then teardown.
+        trainer = None
+        gc.collect()
         distributed.teardown()
