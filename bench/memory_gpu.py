@@ -39,6 +39,7 @@ from model import hardware, plan  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.loss import plain_cross_entropy  # noqa: E402
 from model.runtime import enable_fast_math  # noqa: E402
+from pipeline.atomic import write_text  # noqa: E402
 
 GPT2: dict[str, Any] = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
 TINY: dict[str, Any] = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512)
@@ -285,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.out)
+        write_text(Path(args.out), text)
     return 0
 
 

@@ -49,6 +49,7 @@ from model.checkpoint import list_checkpoints, load_for_inference  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.generate import Head, Sampling, generate, next_token  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
+from pipeline.atomic import write_text  # noqa: E402
 from pipeline.config import load  # noqa: E402
 from pipeline.tokenizer import VOCAB_SIZE, encode  # noqa: E402
 
@@ -195,10 +196,7 @@ def main() -> int:
         head = head_ms(model)
     text = report(secs, head, args.tokens, weights, args, model.cfg)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, args.out)
+    write_text(args.out, text)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from model.config import TrainConfig  # noqa: E402
 from model.generate import Sampling, generate  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.runtime import device_name, replace, resolve_precision  # noqa: E402
+from pipeline.atomic import write_text  # noqa: E402
 from pipeline.config import load  # noqa: E402
 from pipeline.tokenizer import encode  # noqa: E402
 
@@ -130,10 +130,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, args.out)
+        write_text(args.out, text)
     return 0
 
 

@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from pipeline import tokenizer  # noqa: E402
+from pipeline.atomic import write_text  # noqa: E402
 
 SHARD_TOKENS = 100_000_000
 BATCH_ROWS = 1024  # the baseline's batch; sample rows are at most 1 MB, so <= ~1 GB worst case
@@ -364,11 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if wanted != {"a", "b", "c"}:
         return 0  # a partial run does not replace the recorded results
-    out = REPO / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(REPO / args.out, text)
     return 0
 
 

@@ -36,6 +36,7 @@ from model.config import TrainConfig  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.loader import ShardLoader  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
+from pipeline.atomic import write_text  # noqa: E402
 from pipeline.config import load  # noqa: E402
 from pipeline.shards import list_shards, write_shard  # noqa: E402
 
@@ -108,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = cfg.tokens_per_step
     report = render(cfg, data_desc, ms_o, ms_b, tok, args)
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = Path(args.out + ".tmp")
-    tmp_out.write_text(report, encoding="utf-8")
-    tmp_out.replace(args.out)
+    write_text(Path(args.out), report)
     return 0
 
 

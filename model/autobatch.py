@@ -45,18 +45,7 @@ def candidates(cfg: TrainConfig, world_size: int) -> list[int]:
 
 
 def workload(cfg: TrainConfig, micro_batch: int, dtype: str) -> plan.Workload:
-    return plan.Workload(
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_embd=cfg.n_embd,
-        block_size=cfg.block_size,
-        vocab_size=cfg.vocab_size,
-        micro_batch=micro_batch,
-        dtype=dtype,
-        compile=cfg.compile,
-        loss_chunk=cfg.loss_chunk,
-        dropout=cfg.dropout,
-    )
+    return plan.Workload.from_train(cfg, micro_batch, dtype)
 
 
 def _with_batch(cfg: TrainConfig, micro_batch: int) -> TrainConfig:

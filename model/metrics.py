@@ -17,13 +17,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.atomic import fsync_dir
+from pipeline.atomic import write_text
 
 FILE = "metrics.jsonl"
 
@@ -44,10 +43,7 @@ class MetricsLog:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
                 kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -36,8 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from model.loss import auto_chunk, chunked_cross_entropy
+
+if TYPE_CHECKING:
+    from model.config import TrainConfig
+    from model.gpt import GPTConfig
 
 GiB = 2**30
 # The CUDA context with cuBLAS handles and lazily loaded kernels (CUDA 12): 300-500 MiB.
@@ -93,6 +98,39 @@ class Workload:
 
     def with_batch(self, micro_batch: int) -> Workload:
         return dataclasses.replace(self, micro_batch=micro_batch)
+
+    @classmethod
+    def from_train(
+        cls, cfg: TrainConfig, micro_batch: int, dtype: str, loss: str = "lean"
+    ) -> Workload:
+        """The workload of a training config at `micro_batch`, in the resolved `dtype`."""
+        return cls(
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_embd=cfg.n_embd,
+            block_size=cfg.block_size,
+            vocab_size=cfg.vocab_size,
+            micro_batch=micro_batch,
+            dtype=dtype,
+            compile=cfg.compile,
+            loss=loss,
+            loss_chunk=cfg.loss_chunk,
+            dropout=cfg.dropout,
+        )
+
+    def gpt_config(self) -> GPTConfig:
+        """The model this workload runs (for traces on real or fake tensors)."""
+        from model.gpt import GPTConfig
+
+        return GPTConfig(
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            block_size=self.block_size,
+            vocab_size=self.vocab_size,
+            dropout=self.dropout,
+            loss_chunk=self.loss_chunk,
+        )
 
 
 # --- parameters and optimizer -------------------------------------------------
@@ -310,18 +348,10 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from model.gpt import GPT, GPTConfig
+    from model.gpt import GPT
     from model.loss import plain_cross_entropy
 
-    cfg = GPTConfig(
-        n_layer=w.n_layer,
-        n_head=w.n_head,
-        n_embd=w.n_embd,
-        block_size=w.block_size,
-        vocab_size=w.vocab_size,
-        dropout=w.dropout,
-        loss_chunk=w.loss_chunk,
-    )
+    cfg = w.gpt_config()
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(w.dtype)
     cpu = torch.device("cpu")
 

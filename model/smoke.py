@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from model.checkpoint import load_for_inference
 from model.config import TrainConfig
 from model.runtime import resolve_config, resolve_device
 from model.trainer import Trainer
+from pipeline.atomic import write_text
 from pipeline.config import to_dict
 from pipeline.errors import CheckFailed, StateError
 
@@ -194,8 +194,4 @@ def _write_stamp(cfg: TrainConfig, report: SmokeReport) -> Path:
         "ms_per_step": report.ms_per_step,
         "tokens_per_s": report.tokens_per_s,
     }
-    final = run_dir / STAMP
-    tmp = run_dir / (STAMP + ".tmp")
-    tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, final)
-    return final
+    return write_text(run_dir / STAMP, json.dumps(body, indent=1) + "\n")

@@ -19,7 +19,6 @@ import dataclasses
 import gc
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ from model.runtime import (
 )
 from model.schedule import lr_at
 from model.signals import StopFlag
-from pipeline.atomic import fsync_dir
+from pipeline.atomic import write_text
 from pipeline.config import dump_yaml
 from pipeline.errors import CheckFailed, StateError
 
@@ -335,13 +334,7 @@ class Trainer:
 
 def write_run_config(cfg: TrainConfig, run_dir: Path) -> Path:
     """out/<run>/config.yaml: the resolved config, written atomically."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / "config.yaml"
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(dump_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, final)
-    fsync_dir(run_dir)
-    return final
+    return write_text(run_dir / "config.yaml", dump_yaml(cfg))
 
 
 def open_device(cfg: TrainConfig, info: DistInfo) -> torch.device:

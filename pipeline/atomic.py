@@ -46,3 +46,11 @@ def write_atomically(
         raise
     fsync_dir(final.parent)
     return final
+
+
+def write_text(final: Path, text: str) -> Path:
+    """`final` holds `text` (UTF-8), all or nothing; its folder is created if needed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8")
+    return write_atomically(final, lambda f: f.write(data))

@@ -127,19 +127,7 @@ def build_plan(cfg: PlanConfig) -> dict[str, Any]:
     sequences = (
         cfg.micro_batch * cfg.grad_accum if isinstance(cfg.micro_batch, int) else cfg.batch_size
     )
-    base = plan.Workload(
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_embd=cfg.n_embd,
-        block_size=cfg.block_size,
-        vocab_size=cfg.vocab_size,
-        micro_batch=1,
-        dtype=dtype,
-        compile=cfg.compile,
-        loss=cfg.loss,
-        loss_chunk=cfg.loss_chunk,
-        dropout=cfg.dropout,
-    )
+    base = plan.Workload.from_train(cfg, 1, dtype, cfg.loss)
     overhead = plan.Overhead.for_card(cfg.compile, card.nominal)
     sizes = plan.batch_candidates(sequences)
     sweep = [plan.estimate(base.with_batch(m), overhead) for m in sizes]

@@ -8,11 +8,11 @@ name and renamed into place.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_atomically
 from pipeline.errors import InputError
 
 DEFAULT_CONFIG = None
@@ -137,10 +137,10 @@ def draw(run: Any, dest: Path) -> Path:
     progress = f"step {step:,}" + (f" of {max_iters:,}" if max_iters else "")
     ax.set_title(f"{run.name}: {progress}, {_tokens_label(tokens)} tokens{note}", fontsize=11)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, dest)
+    try:
+        write_atomically(dest, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return dest
 
 

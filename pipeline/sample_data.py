@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import config as configlib
+from pipeline.atomic import write_text
 from pipeline.errors import ConfigError, StateError
 
 log = logging.getLogger(__name__)
@@ -415,9 +416,7 @@ def run(cfg: SampleDataConfig) -> int:
         "repos": len({c.repo_name for c, _ in rows}),
         "skipped": dict(sorted(skipped.items())),
     }
-    tmp = out_dir / (STAMP + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / STAMP)
+    write_text(out_dir / STAMP, json.dumps(stamp, indent=1) + "\n")
     log.info(
         "wrote %d files, %d rows, %.1f MB of code from %d repos to %s in %.1fs",
         len(files),

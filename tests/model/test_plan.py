@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model import plan
-from model.gpt import GPT, GPTConfig
+from model.gpt import GPT
 from model.plan import GiB, Overhead, Workload
 
 TOLERANCE = 0.10  # the stated accuracy of the estimate against a trace
@@ -32,16 +32,7 @@ def _workload(shape: tuple[int, ...], **kw: Any) -> Workload:
 
 def _model(w: Workload) -> GPT:
     torch.manual_seed(0)
-    return GPT(
-        GPTConfig(
-            n_layer=w.n_layer,
-            n_head=w.n_head,
-            n_embd=w.n_embd,
-            block_size=w.block_size,
-            vocab_size=w.vocab_size,
-            loss_chunk=w.loss_chunk,
-        )
-    )
+    return GPT(w.gpt_config())
 
 
 def _saved_bytes(model: Any, w: Workload, params: set[int]) -> int:
