@@ -13,8 +13,11 @@ of text by default, built once under data/bench/ and reused):
       through symlinks), to show that its memory does not grow with the input.
 
 Each part runs as its own subprocess; a sampling thread here sums the resident
-memory (RSS) of that process and all its children every 20 ms and keeps the
-peak. RSS counts pages shared between a parent and its forked workers once per
+memory (RSS) of that process and all its children every 200 ms (the stage's
+own watchdog interval) and keeps the peak. One sample of five processes costs
+~5 ms of CPU, so sampling every 20 ms took a quarter of a core from the
+measured run on a 2-core box; memory here moves in steps of whole buffers, which
+200 ms still catches. RSS counts pages shared between a parent and its forked workers once per
 process, so the sum is an upper bound of what the tree really holds.
 
 Token counts include one end-of-text token per document in all three parts,
@@ -118,7 +121,7 @@ def part_b(files: list[str], out_dir: str) -> dict[str, Any]:
 class PeakRSS:
     """Samples the summed RSS of a process tree in a thread; `.peak` in bytes."""
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
@@ -304,7 +307,7 @@ def report(res: dict[str, dict[str, Any]], nbytes: int, cores: int, cmd: str) ->
         "",
         "(a) times only the encode loop; (b) and (c) are wall time of the whole process "
         "(start-up, reading, encoding, writing shards). Peak RSS is summed over the "
-        "process and its children, sampled every 20 ms; shared pages of forked workers "
+        "process and its children, sampled every 200 ms; shared pages of forked workers "
         "count once per process. Processes: how many were alive at the peak.",
     ]
     per_1x = {k: res[k]["tokens"] / (4 if k == "c4" else 1) for k in ("b", "c1", "c4") if k in res}
