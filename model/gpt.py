@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,24 @@ from torch import Tensor, nn
 
 from model.loss import auto_chunk, chunked_cross_entropy
 
-if TYPE_CHECKING:
-    from model.config import TrainConfig
+
+class ModelShape(Protocol):
+    """What a config needs to name a model: TrainConfig, the planner's Workload, ..."""
+
+    @property
+    def n_layer(self) -> int: ...
+    @property
+    def n_head(self) -> int: ...
+    @property
+    def n_embd(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def loss_chunk(self) -> int: ...
 
 
 @dataclass(kw_only=True)
@@ -43,7 +59,7 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
     @classmethod
-    def from_train(cls, cfg: TrainConfig) -> GPTConfig:
+    def from_train(cls, cfg: ModelShape) -> GPTConfig:
         return cls(
             n_layer=cfg.n_layer,
             n_head=cfg.n_head,

@@ -122,15 +122,7 @@ class Workload:
         """The model this workload runs (for traces on real or fake tensors)."""
         from model.gpt import GPTConfig
 
-        return GPTConfig(
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            block_size=self.block_size,
-            vocab_size=self.vocab_size,
-            dropout=self.dropout,
-            loss_chunk=self.loss_chunk,
-        )
+        return GPTConfig.from_train(self)
 
 
 # --- parameters and optimizer -------------------------------------------------
