@@ -35,9 +35,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject
     && pip install -r /tmp/requirements.txt
 # GPT-2's vocabulary, fetched now and checked against its sha256, so that the
 # container needs no network at run time.
-COPY pipeline/__init__.py pipeline/errors.py pipeline/tokenizer.py /src/pipeline/
+COPY model/__init__.py model/errors.py model/atomic.py model/tokenizer.py /src/model/
 WORKDIR /src
-RUN python -m pipeline.tokenizer fetch && python -m pipeline.tokenizer check
+RUN python -m model.tokenizer fetch && python -m model.tokenizer check
 
 # ---------------------------------------------------------------- runtime
 FROM ${CUDA_IMAGE}
@@ -53,7 +53,7 @@ WORKDIR /app
 COPY pipeline/ pipeline/
 COPY model/ model/
 COPY configs/ configs/
-COPY --from=build /src/pipeline/assets/gpt2.tiktoken pipeline/assets/gpt2.tiktoken
+COPY --from=build /src/model/assets/gpt2.tiktoken model/assets/gpt2.tiktoken
 # data/ and out/ are bind mounts in normal use; world-writable (sticky, like /tmp)
 # so that any --user can also run without them.
 RUN mkdir -p data out && chmod 1777 data out

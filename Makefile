@@ -21,7 +21,7 @@ PYTHON := $(VENV)/bin/python
 # A CPU box gets the local CPU wheel; a GPU host may set TORCH_SPEC to a cu128 build.
 TORCH_SPEC ?= torch==2.13.0
 SETUP_STAMP := $(VENV)/.setup.ok
-VOCAB := $(ROOT)/pipeline/assets/gpt2.tiktoken
+VOCAB := $(ROOT)/model/assets/gpt2.tiktoken
 
 # ---------------------------------------------------------------- knobs
 RUN ?= auto## docker, local, or auto (docker when `docker info` answers)
@@ -103,7 +103,7 @@ endif
 TOKENIZE_ARGS ?= $(call goal_args,tokenize)
 TOK_INPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),input),$(call yaml_get,$(TOKENIZE_CONFIG),input),data/raw)
 TOK_OUTPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),output),$(call yaml_get,$(TOKENIZE_CONFIG),output))
-# input is a folder (its *.parquet files) or a glob, as pipeline/parquet_source.py reads it
+# input is a folder (its *.parquet files) or a glob, as pipeline/tokenize/source.py reads it
 TOK_FILES := $(if $(findstring *,$(TOK_INPUT))$(findstring ?,$(TOK_INPUT))$(findstring [,$(TOK_INPUT)),$(wildcard $(TOK_INPUT)),$(wildcard $(TOK_INPUT)/*.parquet))
 
 # ---------------------------------------------------------------- stamps
@@ -150,7 +150,7 @@ $(SETUP_STAMP): $(ROOT)/pyproject.toml
 	touch $@
 
 $(VOCAB): | $(SETUP_STAMP)
-	$(PYTHON) -m pipeline.tokenizer fetch
+	$(PYTHON) -m model.tokenizer fetch
 
 lint: setup lint-containers ## ruff (lint + format check), mypy, hadolint, compose checks
 	cd $(ROOT) && $(PYTHON) -m ruff check .

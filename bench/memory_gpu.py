@@ -17,7 +17,7 @@ micro-batch 4.
     .venv/bin/python bench/memory_gpu.py --parts b --out docs/benchmarks/memory-gpu.md
 
 On the CPU (--tiny) there is no allocator to read: the "measured" columns are
-the fake-tensor trace (model.plan.trace_peaks) and part B has no memory cap.
+the fake-tensor trace (model.memory.trace_peaks) and part B has no memory cap.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model import hardware, plan  # noqa: E402
+from model import hardware  # noqa: E402
+from model import memory as plan  # noqa: E402
+from model.atomic import write_text  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.loss import plain_cross_entropy  # noqa: E402
 from model.runtime import enable_fast_math  # noqa: E402
-from pipeline.atomic import write_text  # noqa: E402
 
 GPT2: dict[str, Any] = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
 TINY: dict[str, Any] = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512)

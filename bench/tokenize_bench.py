@@ -49,8 +49,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from pipeline import tokenizer  # noqa: E402
-from pipeline.atomic import write_text  # noqa: E402
+from model import tokenizer  # noqa: E402
+from model.atomic import write_text  # noqa: E402
 
 SHARD_TOKENS = 100_000_000
 BATCH_ROWS = 1024  # the baseline's batch; sample rows are at most 1 MB, so <= ~1 GB worst case

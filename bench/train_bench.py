@@ -32,13 +32,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.config import TrainConfig  # noqa: E402
+from model.atomic import write_text  # noqa: E402
+from model.config import load  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.loader import ShardLoader  # noqa: E402
+from model.shards import list_shards, write_shard  # noqa: E402
+from model.train_config import TrainConfig  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
-from pipeline.atomic import write_text  # noqa: E402
-from pipeline.config import load  # noqa: E402
-from pipeline.shards import list_shards, write_shard  # noqa: E402
 
 CONFIG = REPO / "configs" / "demo.yaml"
 

@@ -31,11 +31,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.config import TrainConfig  # noqa: E402
+from model.config import load  # noqa: E402
 from model.runtime import device_name  # noqa: E402
+from model.shards import write_shard  # noqa: E402
+from model.train_config import TrainConfig  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
-from pipeline.config import load  # noqa: E402
-from pipeline.shards import write_shard  # noqa: E402
 
 TINY = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "device=cpu"]
 

@@ -3,7 +3,7 @@
 The run keeps `batch_size` sequences per optimizer step (all ranks), so
 `micro_batch x grad_accum = batch_size`, with grad_accum divisible by the
 number of processes (each rank runs grad_accum / world_size micro-steps,
-model/distributed.py). On a GPU the planner (model/plan.py) proposes the
+model/distributed.py). On a GPU the planner (model/memory.py) proposes the
 largest such micro-batch whose estimate fits the free memory; then a real
 trial, one training step (forward, backward, AdamW) and one eval forward at
 that size on the real model with the run's dtype and compile setting,
@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from model import distributed, plan
-from model.config import TrainConfig
+from model import distributed, memory
+from model.errors import ConfigError, ResourceError
 from model.gpt import GPT, GPTConfig
 from model.runtime import maybe_compile, replace, resolve_precision
-from pipeline.errors import ConfigError, ResourceError
+from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ CPU_MICRO_BATCH = 8  # CPU rule: the largest candidate micro-batch not above thi
 
 
 def candidates(cfg: TrainConfig, world_size: int) -> list[int]:
-    found = plan.batch_candidates(cfg.batch_size, world_size)
+    found = memory.batch_candidates(cfg.batch_size, world_size)
     if not found:
         raise ConfigError(
             f"batch_size={cfg.batch_size} cannot be split over {world_size} processes; "
@@ -44,8 +44,8 @@ def candidates(cfg: TrainConfig, world_size: int) -> list[int]:
     return found
 
 
-def workload(cfg: TrainConfig, micro_batch: int, dtype: str) -> plan.Workload:
-    return plan.Workload.from_train(cfg, micro_batch, dtype)
+def workload(cfg: TrainConfig, micro_batch: int, dtype: str) -> memory.Workload:
+    return memory.Workload.from_train(cfg, micro_batch, dtype)
 
 
 def _with_batch(cfg: TrainConfig, micro_batch: int) -> TrainConfig:
@@ -84,18 +84,10 @@ def trial(cfg: TrainConfig, device: torch.device, micro_batch: int) -> bool:
         torch.cuda.empty_cache()  # hand the trial's blocks back before the next size or the run
 
 
-def _agree(micro_batch: int, device: torch.device) -> int:
-    """The smallest micro-batch any rank found (all ranks must run the same one)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return micro_batch
-    t = torch.tensor([micro_batch], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-    return int(t.item())
-
-
 def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """A copy of `cfg` with an int micro_batch and grad_accum = batch_size / micro_batch."""
-    world = distributed.from_env().world_size
+    info = distributed.from_env()
+    world = info.world_size
     sizes = candidates(cfg, world)
     if device.type != "cuda":
         mb = max(m for m in sizes if m <= CPU_MICRO_BATCH)
@@ -112,18 +104,18 @@ def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     dtype = resolve_precision(cfg, device).name
     free, _total = torch.cuda.mem_get_info(device)
     budget = free + torch.cuda.memory_reserved(device)  # the context exists already: not counted
-    overhead = plan.Overhead(0, plan.Overhead.for_card(cfg.compile, nominal=False).workspace)
-    proposed = plan.largest_fitting(workload(cfg, 1, dtype), overhead, budget, sizes)
+    overhead = memory.Overhead(0, memory.Overhead.for_card(cfg.compile, nominal=False).workspace)
+    proposed = memory.largest_fitting(workload(cfg, 1, dtype), overhead, budget, sizes)
     start = proposed.workload.micro_batch if proposed is not None else min(sizes)
     log.info(
         "planner: micro_batch %d fits %.2f GiB free (estimate %.2f GiB); trying it",
         start,
-        budget / plan.GiB,
-        plan.estimate(workload(cfg, start, dtype), overhead).required / plan.GiB,
+        budget / memory.GiB,
+        memory.estimate(workload(cfg, start, dtype), overhead).required / memory.GiB,
     )
     for mb in sorted((m for m in sizes if m <= start), reverse=True):
         if trial(_with_batch(cfg, mb), device, mb):
-            chosen = _agree(mb, device)
+            chosen = distributed.min_over_ranks(mb, info, device)  # all ranks run one size
             log.info("micro_batch auto: trial at %d ran; using %d", mb, chosen)
             return _with_batch(cfg, chosen)
         log.warning("micro_batch %d ran out of GPU memory in the trial; trying smaller", mb)
@@ -131,3 +123,19 @@ def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         f"even micro_batch {min(sizes)} runs out of GPU memory on {torch.cuda.get_device_name(device)}; "
         "lower block_size or the model size, or free the GPU"
     )
+
+
+def resolve_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """The config a run actually uses: `micro_batch: auto` replaced by a number.
+
+    The one place where the smoke stage and training resolve it, before any
+    loader is built, so that both see the same micro-batch and accumulation.
+    """
+    if cfg.micro_batch == "auto":
+        resolved = resolve_micro_batch(cfg, device)
+        log.info(
+            "micro_batch auto -> %s (grad_accum %d)", resolved.micro_batch, resolved.grad_accum
+        )
+        cfg = resolved
+    assert isinstance(cfg.micro_batch, int)
+    return cfg

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline.atomic import write_atomically
-from pipeline.errors import InputError
+from model.atomic import write_atomically
+from model.errors import InputError
 
 if TYPE_CHECKING:
-    from model.config import TrainConfig
     from model.gpt import GPT
+    from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> No
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a checkpoint's CONFIG; keys this code no longer knows are dropped."""
-    from model.config import TrainConfig
-    from pipeline.config import build
+    from model.config import build
+    from model.train_config import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     dropped = sorted(set(values) - known)

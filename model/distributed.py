@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import ConfigError
+from model.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,25 @@ def teardown() -> None:
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True if `flag` is true on any rank (so all ranks stop at the same step)."""
+    return bool(max_over_ranks(int(flag), info, device))
+
+
+def max_over_ranks(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest `value` of any rank (the value itself in a single process)."""
+    return _reduce(value, info, device, dist.ReduceOp.MAX)
+
+
+def min_over_ranks(value: int, info: DistInfo, device: torch.device) -> int:
+    """The smallest `value` of any rank (the value itself in a single process)."""
+    return _reduce(value, info, device, dist.ReduceOp.MIN)
+
+
+def _reduce(value: int, info: DistInfo, device: torch.device, op: Any) -> int:
     if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=op)
+    return int(t.item())
 
 
 def gather(obj: Any, info: DistInfo) -> list[Any]:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from model.gpt import GPT, KVCache
-from pipeline.tokenizer import EOT, VOCAB_SIZE, get_encoding
+from model.tokenizer import EOT, VOCAB_SIZE, get_encoding
 
 
 @dataclass(frozen=True, kw_only=True)

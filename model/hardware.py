@@ -39,6 +39,17 @@ def flops_per_token(
     return 6.0 * n_params_non_embedding + 12.0 * n_layer * n_embd * block_size
 
 
+def auto_dtype(device_type: str, bf16_supported: bool) -> str:
+    """What `dtype: auto` means, the one rule for the trainer, the sampler and the planner.
+
+    float32 on the CPU (its bf16 matmuls are slow on most CPUs); on a GPU bf16
+    where the card has it, else float16 with a GradScaler (T4, V100).
+    """
+    if device_type != "cuda":
+        return "float32"
+    return "bfloat16" if bf16_supported else "float16"
+
+
 def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> float:
     """Achieved model FLOP/s over the peak, as a fraction (0.35 = 35 %)."""
     if peak_tflops <= 0:
@@ -52,6 +63,11 @@ class GpuSpec:
     half: float  # dense bf16/fp16 tensor TFLOPS, fp32 accumulate
     tf32: float | None  # dense TF32 tensor TFLOPS; None: no TF32 on this card
     source: str  # the datasheet the figures come from
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 arrived with TF32 (Ampere): a card without TF32 has no bf16 either."""
+        return self.tf32 is not None
 
 
 # torch.cuda.get_device_name() strings, normalised by _normalise: "NVIDIA GeForce

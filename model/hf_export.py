@@ -30,10 +30,10 @@ from typing import Any
 
 from torch import Tensor
 
-from model.config import TrainConfig
+from model.atomic import fsync_dir
 from model.gpt import GPT
-from pipeline.atomic import fsync_dir
-from pipeline.tokenizer import EOT, EOT_TEXT, VOCAB_SIZE, get_encoding
+from model.tokenizer import EOT, EOT_TEXT, VOCAB_SIZE, get_encoding
+from model.train_config import TrainConfig
 
 # nn.Linear weights stored as HF Conv1D (transposed); the names are the same in both.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.errors import InputError, StateError
-from pipeline.shards import list_shards, open_shard
+from model.errors import InputError, StateError
+from model.shards import list_shards, open_shard
 
 log = logging.getLogger(__name__)
 

@@ -9,25 +9,32 @@ One JSON object per line, appended and flushed:
 - an eval: `step`, `val_loss`, `tokens`.
 
 On resume from step k the lines with `step > k` are dropped first, so the
-file of a resumed run holds the same steps as an uninterrupted run's.
+file of a resumed run holds the same steps as an uninterrupted run's. This
+module is the file's one writer (`MetricsLog`) and one reader
+(`read_metrics`), which skips a line cut by a kill with a warning.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.atomic import write_text
+from model.atomic import write_text
+
+log = logging.getLogger(__name__)
 
 FILE = "metrics.jsonl"
 
 
 class MetricsLog:
+    """The one writer of metrics.jsonl."""
+
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / FILE
 
@@ -35,14 +42,7 @@ class MetricsLog:
         """Keep only the records with `step <= step` (all gone for step < 0)."""
         if not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
-                kept.append(line)
+        kept = [line for line, rec in _parse(self.path) if rec["step"] <= step]
         write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def append(self, record: dict[str, Any]) -> None:
@@ -51,11 +51,41 @@ class MetricsLog:
             f.flush()
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def _parse(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for every good line. A line cut short by a kill (or any line that
+    is not a JSON object with an integer `step`) is skipped with one warning naming it:
+    it never costs the good lines around it."""
+    good: list[tuple[str, dict[str, Any]]] = []
+    bad: list[int] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            good.append((line, rec))
+        else:
+            bad.append(n)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        log.warning(
+            "%s: skipped %d unreadable line(s) (line %s; cut by a kill?); kept the other %d",
+            path,
+            len(bad),
+            shown,
+            len(good),
+        )
+    return good
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The one reader of metrics.jsonl: its records in file order; [] when there is none."""
     path = Path(run_dir) / FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [rec for _, rec in _parse(path)]
 
 
 def peak_mem_gb(device: torch.device) -> float | None:

@@ -1,8 +1,8 @@
 """Where and how a run computes: device, precision, seeds, the resolved config.
 
 Shared by the smoke stage, training and the benchmarks, so that they all make
-the same choices from the same config keys (`device`, `dtype`, `compile`,
-`micro_batch: auto`).
+the same choices from the same config keys (`device`, `dtype`, `compile`).
+`micro_batch: auto` is model/autobatch.py's.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.config import TrainConfig
-from pipeline.errors import ConfigError
+from model.errors import ConfigError
+from model.hardware import auto_dtype
+from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,13 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
-    """`dtype: auto` is bf16 where the GPU supports it, fp16 (+ GradScaler) otherwise, fp32 on CPU."""
-    name = cfg.dtype
-    if device.type == "cpu":
-        if name == "float16":
-            raise ConfigError("dtype=float16 needs a CUDA GPU; use dtype=auto or float32 on CPU")
-        if name == "auto":
-            name = "float32"
-    elif name == "auto":
-        name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    """The `dtype` key on `device`; `auto` follows model.hardware.auto_dtype."""
+    name: str = cfg.dtype
+    if device.type == "cpu" and name == "float16":
+        raise ConfigError("dtype=float16 needs a CUDA GPU; use dtype=auto or float32 on CPU")
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        name = auto_dtype(device.type, bf16)
     return Precision(name=name, device_type=device.type)
 
 
@@ -76,24 +75,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def resolve_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """The config a run actually uses: `micro_batch: auto` replaced by a number.
-
-    The one place where the smoke stage and training resolve it, before any
-    loader is built, so that both see the same micro-batch and accumulation.
-    """
-    if cfg.micro_batch == "auto":
-        from model.autobatch import resolve_micro_batch  # the memory planner, only when asked
-
-        resolved = resolve_micro_batch(cfg, device)
-        log.info(
-            "micro_batch auto -> %s (grad_accum %d)", resolved.micro_batch, resolved.grad_accum
-        )
-        cfg = resolved
-    assert isinstance(cfg.micro_batch, int)
-    return cfg
 
 
 def maybe_compile(

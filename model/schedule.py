@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from model.config import TrainConfig
+from model.train_config import TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from model import config as configlib
 from model import distributed
+from model.autobatch import resolve_config
 from model.checkpoint import (
     CONFIG,
     LOADER,
@@ -43,29 +45,28 @@ from model.checkpoint import (
     save_checkpoint,
     step_of,
 )
-from model.config import TrainConfig
 from model.distributed import DistInfo
+from model.errors import CheckFailed, StateError
 from model.gpt import GPT, GPTConfig
 from model.loader import ShardLoader
 from model.metrics import MetricsLog, MfuMeter, peak_mem_gb, progress_line
+from model.rundir import write_config
 from model.runtime import (
     enable_fast_math,
     maybe_compile,
-    resolve_config,
     resolve_device,
     resolve_precision,
     seed_everything,
 )
 from model.schedule import lr_at
 from model.signals import StopFlag
-from pipeline.atomic import write_text
-from pipeline.config import dump_yaml
-from pipeline.errors import CheckFailed, StateError
+from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-# A checkpoint of a different shape cannot be resumed into this model.
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+# A checkpoint of a different shape cannot be resumed into this model: the keys
+# tagged `model` in model/train_config.py.
+SHAPE_KEYS = configlib.keys(TrainConfig, "model")
 
 
 @dataclass
@@ -332,11 +333,6 @@ class Trainer:
             log.info("step %d | val loss %.4f", self.step, val)
 
 
-def write_run_config(cfg: TrainConfig, run_dir: Path) -> Path:
-    """out/<run>/config.yaml: the resolved config, written atomically."""
-    return write_text(run_dir / "config.yaml", dump_yaml(cfg))
-
-
 def open_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
     """This rank's device; joins the DDP process group when torchrun started us."""
     want_cuda = cfg.device != "cpu" and torch.cuda.is_available()
@@ -353,7 +349,7 @@ def train(cfg: TrainConfig) -> int:
         cfg = resolve_config(cfg, device)
         run_dir = Path(cfg.out_dir)
         if info.is_main:
-            write_run_config(cfg, run_dir)
+            write_config(cfg, run_dir)
             log.info(
                 "training on %s, %d process(es): %d tokens per step",
                 device,

@@ -15,13 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline import config as configlib
-from pipeline.errors import CodegptError
+from model import config as configlib
+from model.errors import CodegptError
 
 # stage -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
-    "sample-data": ("pipeline.sample_data", "write the built-in sample of real code as parquet"),
-    "tokenize": ("pipeline.tokenize", "parquet files -> GPT-2 token shards + manifest"),
+    "sample-data": (
+        "pipeline.sample_data.stage",
+        "write the built-in sample of real code as parquet",
+    ),
+    "tokenize": ("pipeline.tokenize.stage", "parquet files -> GPT-2 token shards + manifest"),
     "plan": ("pipeline.plan", "GPU memory and time a training config needs"),
     "smoke": ("pipeline.smoke", "10 steps + eval + checkpoint round trip; writes smoke.ok"),
     "train": ("pipeline.train", "train (resumes from the newest good checkpoint)"),

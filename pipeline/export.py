@@ -8,19 +8,20 @@ model/hf_export.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
+from model.config import Config, option
+from model.errors import InputError
 
 DEFAULT_CONFIG = None
 
 
 @dataclass(kw_only=True)
-class ExportConfig:
-    out_dir: str = field(default="out/gpt2-124m", metadata={"help": "run folder to export"})
-    ckpt: str = field(default="", metadata={"help": "one checkpoint file instead of the newest"})
-    dest: str = field(default="", metadata={"help": "output folder; empty = hf/ in the run folder"})
+class ExportConfig(Config):
+    out_dir: str = option("out/gpt2-124m", "run folder to export")
+    ckpt: str = option("", "one checkpoint file instead of the newest")
+    dest: str = option("", "output folder; empty = hf/ in the run folder")
 
 
 CONFIG = ExportConfig

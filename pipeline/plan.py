@@ -1,6 +1,6 @@
 """`python -m pipeline plan [key=value ...]`: what a training config needs, before launching.
 
-Memory: the GPU memory of each part at the config's micro-batch (model/plan.py
+Memory: the GPU memory of each part at the config's micro-batch (model/memory.py
 explains every formula), the peak of a training step and of an eval step,
 the largest micro-batch that fits `gpu_gb`, and the grad_accum that keeps the
 tokens per step. Time: FLOPs per token, the card's peak dense TFLOPS, the
@@ -16,48 +16,27 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from model.config import TrainConfig
-from pipeline.errors import ConfigError
+from model.config import option
+from model.errors import ConfigError
+from model.train_config import Loss, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(kw_only=True)
 class PlanConfig(TrainConfig):
-    gpu_gb: float = field(
-        default=0.0, metadata=_h("GPU memory in GiB (nvidia-smi's total); 0 = the present GPU's")
+    gpu_gb: float = option(
+        0.0, "GPU memory in GiB (nvidia-smi's total); 0 = the present GPU's", ge=0
     )
-    gpu: str = field(
-        default="", metadata=_h('device name for the peak TFLOPS, e.g. "NVIDIA GeForce RTX 4070"')
-    )
-    format: str = field(default="table", metadata=_h("table or json"))
-    mfu: float = field(default=0.35, metadata=_h("assumed MFU for the expected time"))
-    exact: bool = field(
-        default=False, metadata=_h("also trace the real model on fake tensors (slower, no GPU)")
-    )
-    loss: str = field(default="lean", metadata=_h("lean (chunked) or plain (full logits)"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        problems = []
-        if self.gpu_gb < 0:
-            problems.append(f"gpu_gb={self.gpu_gb} must be >= 0")
-        if self.format not in ("table", "json"):
-            problems.append(f"format={self.format!r} must be table or json")
-        if not 0 < self.mfu <= 1:
-            problems.append(f"mfu={self.mfu} must be in (0, 1], e.g. 0.35")
-        if self.loss not in ("lean", "plain"):
-            problems.append(f"loss={self.loss!r} must be lean or plain")
-        if problems:
-            raise ConfigError("; ".join(problems))
+    gpu: str = option("", 'device name for the peak TFLOPS, e.g. "NVIDIA GeForce RTX 4070"')
+    format: Literal["table", "json"] = option("table", "table or json")
+    mfu: float = option(0.35, "assumed MFU for the expected time", gt=0, le=1)
+    exact: bool = option(False, "also trace the real model on fake tensors (slower, no GPU)")
+    loss: Loss = option("lean", "lean (chunked) or plain (full logits)")
 
 
 CONFIG = PlanConfig
@@ -74,7 +53,7 @@ class Card:
 def _card(cfg: PlanConfig) -> Card:
     import torch
 
-    from model.plan import GiB
+    from model.memory import GiB
 
     present = torch.cuda.is_available()
     if cfg.gpu_gb > 0:
@@ -90,52 +69,55 @@ def _card(cfg: PlanConfig) -> Card:
 
 
 def _dtype(cfg: PlanConfig, card: Card) -> str:
-    """`auto` as the runtime resolves it: bf16, or fp16 on cards without bf16 (T4, V100)."""
+    """`auto` as the runtime resolves it (model.hardware.auto_dtype), for the named card."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    from model.hardware import find_gpu
+    from model.hardware import auto_dtype, find_gpu
 
     spec = find_gpu(card.name)
-    return "float16" if spec is not None and spec.tf32 is None else "bfloat16"
+    return auto_dtype("cuda", spec is None or spec.bf16)  # an unknown card: assume bf16
 
 
 def _measured(cfg: PlanConfig) -> tuple[float, str, int] | None:
     """(ms per step, where from, steps done) from metrics.jsonl, else smoke.ok; None if neither."""
-    from model.metrics import read_metrics
+    from model.metrics import FILE, read_metrics
+    from model.rundir import SMOKE_FILE, read_smoke_stamp
 
     run = Path(cfg.out_dir)
-    try:
-        steps = [r for r in read_metrics(run) if isinstance(r.get("ms"), (int, float))]
-    except (OSError, json.JSONDecodeError):
-        steps = []
+    steps = [r for r in read_metrics(run) if isinstance(r.get("ms"), (int, float))]
     if steps:
-        return float(steps[-1]["ms"]), str(run / "metrics.jsonl"), int(steps[-1].get("step", 0))
-    stamp = run / "smoke.ok"
-    try:
-        ms = json.loads(stamp.read_text(encoding="utf-8")).get("ms_per_step")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    return (float(ms), str(stamp), 0) if isinstance(ms, (int, float)) and ms > 0 else None
+        return float(steps[-1]["ms"]), str(run / FILE), int(steps[-1]["step"])
+    stamp = read_smoke_stamp(run)
+    ms = stamp.ms_per_step if stamp is not None else None
+    return (
+        (float(ms), str(run / SMOKE_FILE), 0) if isinstance(ms, (int, float)) and ms > 0 else None
+    )
 
 
 def build_plan(cfg: PlanConfig) -> dict[str, Any]:
     """Everything the table shows, as one JSON-ready dict (byte counts are ints)."""
-    from model import plan
-
     card = _card(cfg)
     dtype = _dtype(cfg, card)
     sequences = (
         cfg.micro_batch * cfg.grad_accum if isinstance(cfg.micro_batch, int) else cfg.batch_size
     )
-    base = plan.Workload.from_train(cfg, 1, dtype, cfg.loss)
-    overhead = plan.Overhead.for_card(cfg.compile, card.nominal)
-    sizes = plan.batch_candidates(sequences)
-    sweep = [plan.estimate(base.with_batch(m), overhead) for m in sizes]
-    best = plan.largest_fitting(base, overhead, card.budget, sizes)
+    out = _memory_plan(cfg, card, dtype, sequences)
+    out.update(_time(cfg, card, dtype, out["params"], sequences))
+    return out
+
+
+def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dict[str, Any]:
+    """The memory half: the config's micro-batch, the sweep, the largest that fits."""
+    from model import memory
+
+    base = memory.Workload.from_train(cfg, 1, dtype, cfg.loss)
+    overhead = memory.Overhead.for_card(cfg.compile, card.nominal)
+    sizes = memory.batch_candidates(sequences)
+    best = memory.largest_fitting(base, overhead, card.budget, sizes)
     shown_mb = cfg.micro_batch if isinstance(cfg.micro_batch, int) else None
     if shown_mb is None:
         shown_mb = best.workload.micro_batch if best is not None else 1
-    shown = plan.estimate(base.with_batch(shown_mb), overhead)
+    shown = memory.estimate(base.with_batch(shown_mb), overhead)
     out: dict[str, Any] = {
         "gpu": card.name or None,
         "gpu_bytes": card.budget,
@@ -153,28 +135,28 @@ def build_plan(cfg: PlanConfig) -> dict[str, Any]:
         "peak_train_bytes": shown.peak_train,
         "peak_eval_bytes": shown.peak_eval,
         "eval_after_train_bytes": shown.eval_after_train,
-        "eval_largest_tensor_bytes": plan.eval_largest_tensor(shown.workload),
+        "eval_largest_tensor_bytes": memory.eval_largest_tensor(shown.workload),
         "required_bytes": shown.required,
         "fits": shown.fits(card.budget),
-        "lean_loss_keeps_logits_compiled": plan.compiled_loss_keeps_logits(),
+        "lean_loss_keeps_logits_compiled": memory.compiled_loss_keeps_logits(),
         "max_micro_batch": best.workload.micro_batch if best is not None else 0,
         "grad_accum": sequences // best.workload.micro_batch if best is not None else 0,
-        "sweep": [
-            {
-                "micro_batch": e.workload.micro_batch,
-                "peak_train_bytes": e.peak_train,
-                "peak_eval_bytes": e.peak_eval,
-                "required_bytes": e.required,
-                "fits": e.fits(card.budget),
-            }
-            for e in sweep
-        ],
+        "sweep": [_sweep_row(memory.estimate(base.with_batch(m), overhead), card) for m in sizes],
     }
     if cfg.exact:
-        train, evals = plan.trace_peaks(shown.workload)
+        train, evals = memory.trace_peaks(shown.workload)
         out["exact"] = {"peak_train_bytes": train, "peak_eval_bytes": evals}
-    out.update(_time(cfg, card, dtype, shown.params, sequences))
     return out
+
+
+def _sweep_row(e: Any, card: Card) -> dict[str, Any]:
+    return {
+        "micro_batch": e.workload.micro_batch,
+        "peak_train_bytes": e.peak_train,
+        "peak_eval_bytes": e.peak_eval,
+        "required_bytes": e.required,
+        "fits": e.fits(card.budget),
+    }
 
 
 def _time(cfg: PlanConfig, card: Card, dtype: str, params: int, sequences: int) -> dict[str, Any]:

@@ -8,12 +8,13 @@ name and renamed into place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_atomically
-from pipeline.errors import InputError
+from model.atomic import write_atomically
+from model.config import Config, option
+from model.errors import InputError
 
 DEFAULT_CONFIG = None
 FILE = "loss.png"
@@ -22,9 +23,9 @@ CLIP_FRACTION = 0.05  # long runs: the y axis fits the curve after this share of
 
 
 @dataclass(kw_only=True)
-class PlotConfig:
-    out_dir: str = field(default="out/gpt2-124m", metadata={"help": "run folder to plot"})
-    dest: str = field(default="", metadata={"help": "output PNG; empty = <out_dir>/loss.png"})
+class PlotConfig(Config):
+    out_dir: str = option("out/gpt2-124m", "run folder to plot")
+    dest: str = option("", "output PNG; empty = <out_dir>/loss.png")
 
 
 CONFIG = PlotConfig
@@ -69,7 +70,7 @@ def _clip_top(ax: Any, xs: list[float], ys: list[float]) -> str:
 
 
 def draw(run: Any, dest: Path) -> Path:
-    """`run`: a model.report.RunData. Writes the PNG atomically and returns its path."""
+    """`run`: a model.rundir.RunData. Writes the PNG atomically and returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a headless box
@@ -78,64 +79,25 @@ def draw(run: Any, dest: Path) -> Path:
 
     few = len(run.train) < 30  # a short run: mark each point so it shows at all
     fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
-    shown_x: list[float] = []
-    shown_y: list[float] = []
-    if run.train:
-        x = [r["tokens"] for r in run.train]
-        y = [r["loss"] for r in run.train]
-        if len(y) >= SMOOTH_FROM:  # a long run: the raw curve faint, a running mean on top
-            ax.plot(x, y, color="tab:blue", lw=0.6, alpha=0.25)
-            y = _running_mean(y, len(y) // 50)
-            ax.plot(x, y, color="tab:blue", lw=1.4, label="train loss (running mean)")
-        else:
-            ax.plot(x, y, color="tab:blue", lw=1.2, marker="." if few else None, label="train loss")
-        shown_x, shown_y = shown_x + x, shown_y + y
-    if run.evals:
-        x = [r["tokens"] for r in run.evals]
-        y = [r["val_loss"] for r in run.evals]
-        ax.plot(
-            x,
-            y,
-            color="tab:orange",
-            lw=1.5,
-            marker="o" if len(x) <= 40 else None,
-            ms=4,
-            label="val loss",
-        )
-        shown_x, shown_y = shown_x + x, shown_y + y
-    note = _clip_top(ax, shown_x, shown_y) if len(run.train) >= SMOOTH_FROM else ""
+    xs, ys = _plot_train(ax, run.train, few)
+    vx, vy = _plot_val(ax, run.evals)
+    note = _clip_top(ax, xs + vx, ys + vy) if len(run.train) >= SMOOTH_FROM else ""
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
     ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    lr = [r for r in run.train if r.get("lr") is not None]
-    if lr:
-        ax2 = ax.twinx()
-        ax2.plot(
-            [r["tokens"] for r in lr],
-            [r["lr"] for r in lr],
-            color="tab:gray",
-            lw=1,
-            ls="--",
-            marker="." if few else None,
-            label="learning rate",
-        )
-        ax2.set_ylabel("learning rate", color="tab:gray")
-        ax2.tick_params(axis="y", colors="tab:gray")
-        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.1e}"))
-        ax2.set_ylim(bottom=0)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
+    h2, l2 = _plot_lr(ax, run.train, few)
     # below the axes, where it hides no curve
     ax.legend(
-        handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False
+        handles + h2,
+        labels + l2,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncol=3,
+        frameon=False,
     )
-    step = max([r["step"] for r in run.train + run.evals], default=0)
-    max_iters = run.config.get("max_iters")
-    tokens = max([r["tokens"] for r in run.train + run.evals], default=0)
-    progress = f"step {step:,}" + (f" of {max_iters:,}" if max_iters else "")
-    ax.set_title(f"{run.name}: {progress}, {_tokens_label(tokens)} tokens{note}", fontsize=11)
+    ax.set_title(_title(run, note), fontsize=11)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         write_atomically(dest, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
@@ -144,8 +106,61 @@ def draw(run: Any, dest: Path) -> Path:
     return dest
 
 
+def _plot_train(ax: Any, train: list[dict[str, Any]], few: bool) -> tuple[list, list]:
+    """The train loss; a long run gets the raw curve faint and a running mean on top."""
+    if not train:
+        return [], []
+    x = [r["tokens"] for r in train]
+    y = [r["loss"] for r in train]
+    if len(y) >= SMOOTH_FROM:
+        ax.plot(x, y, color="tab:blue", lw=0.6, alpha=0.25)
+        y = _running_mean(y, len(y) // 50)
+        ax.plot(x, y, color="tab:blue", lw=1.4, label="train loss (running mean)")
+    else:
+        ax.plot(x, y, color="tab:blue", lw=1.2, marker="." if few else None, label="train loss")
+    return x, y
+
+
+def _plot_val(ax: Any, evals: list[dict[str, Any]]) -> tuple[list, list]:
+    if not evals:
+        return [], []
+    x = [r["tokens"] for r in evals]
+    y = [r["val_loss"] for r in evals]
+    marker = "o" if len(x) <= 40 else None
+    ax.plot(x, y, color="tab:orange", lw=1.5, marker=marker, ms=4, label="val loss")
+    return x, y
+
+
+def _plot_lr(ax: Any, train: list[dict[str, Any]], few: bool) -> tuple[list, list]:
+    """The learning rate on a second y axis (dashed); its legend handles and labels."""
+    from matplotlib.ticker import FuncFormatter
+
+    lr = [r for r in train if r.get("lr") is not None]
+    if not lr:
+        return [], []
+    ax2 = ax.twinx()
+    x, y = [r["tokens"] for r in lr], [r["lr"] for r in lr]
+    marker = "." if few else None
+    ax2.plot(x, y, color="tab:gray", lw=1, ls="--", marker=marker, label="learning rate")
+    ax2.set_ylabel("learning rate", color="tab:gray")
+    ax2.tick_params(axis="y", colors="tab:gray")
+    ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.1e}"))
+    ax2.set_ylim(bottom=0)
+    handles, labels = ax2.get_legend_handles_labels()
+    return handles, labels
+
+
+def _title(run: Any, note: str) -> str:
+    recs = run.train + run.evals
+    step = max([r["step"] for r in recs], default=0)
+    max_iters = run.config.get("max_iters")
+    tokens = max([r["tokens"] for r in recs], default=0)
+    progress = f"step {step:,}" + (f" of {max_iters:,}" if max_iters else "")
+    return f"{run.name}: {progress}, {_tokens_label(tokens)} tokens{note}"
+
+
 def run(cfg: PlotConfig) -> int:
-    from model.report import load_run
+    from model.rundir import load_run
 
     data = load_run(cfg.out_dir)
     if not data.train and not data.evals:

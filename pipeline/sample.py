@@ -14,10 +14,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigError, InputError
+from model.config import Config, option
+from model.errors import InputError
+from model.train_config import Device, DType
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +27,26 @@ DEFAULT_CONFIG = "configs/sample.yaml"
 SEPARATOR = "\n" + "-" * 40 + "\n"
 
 
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(kw_only=True)
-class SampleConfig:
-    out_dir: str = field(default="out/gpt2-124m", metadata=_h("run folder; its newest checkpoint"))
-    ckpt: str = field(default="", metadata=_h("one checkpoint file instead of out_dir's newest"))
-    prompt: str = field(default="", metadata=_h("text to continue; empty = from <|endoftext|>"))
-    prompt_file: str = field(default="", metadata=_h("read the prompt from this file instead"))
-    num_samples: int = field(default=1, metadata=_h("samples to draw, one after another"))
-    max_new_tokens: int = field(default=500, metadata=_h("new tokens per sample at most"))
-    temperature: float = field(default=0.8, metadata=_h("softmax temperature; 0 = greedy"))
-    top_k: int = field(default=200, metadata=_h("sample among the k likeliest tokens; 0 = all"))
-    top_p: float = field(default=1.0, metadata=_h("nucleus: smallest set with this mass; 1 = off"))
-    seed: int = field(default=1337, metadata=_h("random seed; the same seed gives the same text"))
-    device: str = field(default="auto", metadata=_h("auto, cuda or cpu"))
-    dtype: str = field(
-        default="auto", metadata=_h("auto (the run's dtype), bfloat16, float16 or float32")
-    )
+class SampleConfig(Config):
+    out_dir: str = option("out/gpt2-124m", "run folder; its newest checkpoint")
+    ckpt: str = option("", "one checkpoint file instead of out_dir's newest")
+    prompt: str = option("", "text to continue; empty = from <|endoftext|>")
+    prompt_file: str = option("", "read the prompt from this file instead")
+    num_samples: int = option(1, "samples to draw, one after another", ge=1)
+    max_new_tokens: int = option(500, "new tokens per sample at most", ge=1)
+    temperature: float = option(0.8, "softmax temperature; 0 = greedy", ge=0)
+    top_k: int = option(200, "sample among the k likeliest tokens; 0 = all", ge=0)
+    top_p: float = option(1.0, "nucleus: smallest set with this mass; 1 = off", gt=0, le=1)
+    seed: int = option(1337, "random seed; the same seed gives the same text")
+    device: Device = option("auto", "auto, cuda or cpu")
+    dtype: DType = option("auto", "auto (the run's dtype), bfloat16, float16 or float32")
 
-    def __post_init__(self) -> None:
-        problems = []
+    def problems(self) -> list[str]:
+        out = super().problems()
         if self.prompt and self.prompt_file:
-            problems.append("prompt and prompt_file are both set; give one")
-        if self.num_samples < 1:
-            problems.append(f"num_samples={self.num_samples} must be >= 1")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.temperature < 0:
-            problems.append(f"temperature={self.temperature} must be >= 0")
-        if self.top_k < 0:
-            problems.append(f"top_k={self.top_k} must be >= 0")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p={self.top_p} must be in (0, 1]")
-        if self.device not in ("auto", "cuda", "cpu"):
-            problems.append(f"device={self.device!r} must be auto, cuda or cpu")
-        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            problems.append(f"dtype={self.dtype!r} must be auto, bfloat16, float16 or float32")
-        if problems:
-            raise ConfigError("; ".join(problems))
+            out.append("prompt and prompt_file are both set; give one")
+        return out
 
 
 CONFIG = SampleConfig
@@ -119,7 +100,7 @@ def run(cfg: SampleConfig) -> int:
     from model.checkpoint import load_for_inference
     from model.generate import Sampling, generate
     from model.runtime import replace, resolve_device, resolve_precision
-    from pipeline.tokenizer import EOT, encode
+    from model.tokenizer import EOT, encode
 
     target = checkpoint_target(cfg)
     text = read_prompt(cfg)

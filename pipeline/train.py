@@ -8,18 +8,15 @@ The loop lives in model/trainer.py.
 
 from __future__ import annotations
 
-import os
-
-from model.config import TrainConfig
+from model.train_config import TrainConfig
 
 CONFIG = TrainConfig
 DEFAULT_CONFIG = "configs/gpt2-124m.yaml"
 
 
 def run(cfg: TrainConfig) -> int:
-    from model.smoke import SKIP_ENV, check_stamp
-    from model.trainer import train
+    from model.rundir import check_smoke_stamp
+    from model.trainer import train  # torch is imported only when the stage runs
 
-    if os.environ.get(SKIP_ENV) != "1":
-        check_stamp(cfg)
+    check_smoke_stamp(cfg)
     return train(cfg)

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 BIN = Path(sys.executable).parent
 COMPOSE_ENV = ("UID", "GID", "MEM", "SHM", "IMAGE", "CONFIG", "TOKENIZE_CONFIG", "SAMPLE_CONFIG")
 GB = 2**30
@@ -65,7 +66,7 @@ def test_dockerfile_cuda_base_entrypoint_user_and_vocabulary() -> None:
     assert args["TORCH_VERSION"] in {"2.8.0", "2.9.0", "2.9.1", "2.10.0"}
     runs = [a for k, a in ins if k == "RUN"]
     assert any('pip install "torch==${TORCH_VERSION}"' in a for a in runs)
-    assert any("python -m pipeline.tokenizer fetch" in a for a in runs)
+    assert any("python -m model.tokenizer fetch" in a for a in runs)
     final = ins[[i for i, (k, _) in enumerate(ins) if k == "FROM"][-1] :]
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
     final_runs = " ".join(a for k, a in final if k == "RUN")
@@ -130,7 +131,7 @@ def test_dockerignore_sends_the_code_and_nothing_else() -> None:
         ".venv/bin/python",
         ".git/HEAD",
         ".stamps/smoke@configs_demo.yaml",
-        "pipeline/assets/gpt2.tiktoken",  # fetched and checked in the image instead
+        "model/assets/gpt2.tiktoken",  # fetched and checked in the image instead
         "pipeline/__pycache__/config.cpython-312.pyc",
         "tests/test_make.py",
     ):

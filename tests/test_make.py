@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MAKEFILE = REPO / "Makefile"
 IMAGE = "codegpt-test"
 MEM = "6g"

@@ -9,18 +9,12 @@ import pytest
 import torch
 import yaml
 
-from model.autobatch import resolve_micro_batch
-from model.runtime import resolve_config
+from model.autobatch import resolve_config, resolve_micro_batch
+from model.errors import ConfigError
 from model.trainer import train
-from pipeline.errors import ConfigError
-from tests.model.train_fixtures import tiny_config, write_tiny_shards
+from tests.model.train_fixtures import tiny_config
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_shards(tmp_path_factory.mktemp("shards"))
 
 
 def test_cpu_says_it_does_nothing_and_gives_a_valid_config(

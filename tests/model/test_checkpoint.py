@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from model import checkpoint as ck
+from model.errors import InputError
 from model.trainer import Trainer
-from pipeline.errors import InputError
 from tests.model.train_fixtures import tiny_config, write_tiny_shards
 
 

@@ -12,14 +12,13 @@ import torch
 
 from model import distributed
 from model.checkpoint import MODEL, load_latest
-from model.config import TrainConfig
+from model.config import build
+from model.errors import ConfigError
 from model.metrics import read_metrics
+from model.train_config import TrainConfig
 from model.trainer import train
-from pipeline.config import build
-from pipeline.errors import ConfigError
+from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_from_env_reads_torchrun_variables() -> None:

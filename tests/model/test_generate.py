@@ -7,7 +7,7 @@ import torch
 
 from model.generate import Sampling, StreamDecoder, generate, next_token
 from model.gpt import GPT, GPTConfig
-from pipeline.tokenizer import EOT, VOCAB_SIZE, decode, encode, get_encoding
+from model.tokenizer import EOT, VOCAB_SIZE, decode, encode, get_encoding
 
 GREEDY = Sampling(temperature=0.0)
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from model.config import TrainConfig
 from model.gpt import GPT, GPTConfig, KVCache
+from model.train_config import TrainConfig
 
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=96)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,18 @@ def test_mfu_is_a_fraction() -> None:
         hardware.mfu(1.0, 1.0, 0.0)
     with pytest.raises(ValueError):
         hardware.peak_tflops("NVIDIA L4", "int8")
+
+
+def test_dtype_auto_is_one_rule_for_the_runtime_and_the_planner() -> None:
+    import torch
+
+    from model.runtime import resolve_precision
+    from tests.model.train_fixtures import tiny_config
+
+    assert hardware.auto_dtype("cpu", True) == "float32"
+    assert hardware.auto_dtype("cuda", True) == "bfloat16"
+    assert hardware.auto_dtype("cuda", False) == "float16"  # T4, V100: fp16 + GradScaler
+    cfg = tiny_config(Path("x"), Path("y"), dtype="auto")
+    assert resolve_precision(cfg, torch.device("cpu")).name == "float32"
+    assert hardware.find_gpu("Tesla T4").bf16 is False  # type: ignore[union-attr]
+    assert hardware.find_gpu("NVIDIA GeForce RTX 4070").bf16 is True  # type: ignore[union-attr]

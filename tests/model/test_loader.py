@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from model.errors import InputError, StateError
 from model.loader import ShardLoader
-from pipeline.errors import InputError, StateError
-from pipeline.shards import write_shard
+from model.shards import write_shard
 
 # three train shards of uneven length: 1000 + 1000 + 357 tokens, one stream 0..2356
 LENGTHS = (1000, 1000, 357)

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from model.checkpoint import MODEL, list_checkpoints, load_latest
-from model.config import TrainConfig
+from model.config import build
 from model.metrics import read_metrics
+from model.train_config import TrainConfig
 from model.trainer import train
-from pipeline.config import build
+from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
 
-REPO = Path(__file__).resolve().parents[2]
 TIMING = ("ms", "tokens_per_s")
 
 

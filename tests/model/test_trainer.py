@@ -13,18 +13,13 @@ import pytest
 import torch
 
 from model.checkpoint import MODEL, list_checkpoints, load_latest
+from model.errors import CheckFailed, StateError
 from model.metrics import read_metrics
 from model.schedule import lr_at
 from model.trainer import StepResult, Trainer, train
-from pipeline.errors import CheckFailed, StateError
-from tests.model.train_fixtures import tiny_config, write_tiny_shards
+from tests.model.train_fixtures import tiny_config
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_shards(tmp_path_factory.mktemp("shards"))
 
 
 def test_lr_schedule_warmup_peak_and_end(tmp_path: Path) -> None:

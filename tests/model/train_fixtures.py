@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from model.config import TrainConfig
-from pipeline.config import build
-from pipeline.shards import write_shard
+from model.config import build
+from model.shards import write_shard
+from model.train_config import TrainConfig
 
 VOCAB = 256
 

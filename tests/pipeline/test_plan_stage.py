@@ -131,3 +131,10 @@ def test_present_gpu_is_the_default(capsys: pytest.CaptureFixture[str], tmp_path
     p = json.loads(capsys.readouterr().out)
     assert p["gpu_bytes"] == torch.cuda.mem_get_info()[1]
     assert p["gpu"] == torch.cuda.get_device_name()
+
+
+def test_dtype_auto_follows_the_named_card(capsys: pytest.CaptureFixture[str]) -> None:
+    """The planner's `auto` is the runtime's rule: fp16 on a card without bf16."""
+    assert main(["plan", "gpu_gb=16", "gpu=Tesla T4", "format=json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dtype"] == "float16"
+    assert _plan(capsys)["dtype"] == "bfloat16"

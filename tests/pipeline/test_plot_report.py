@@ -9,12 +9,14 @@ import matplotlib.image
 import pytest
 import yaml
 
-from model import smoke
+from model import rundir
 from model.checkpoint import config_from_dict
-from model.report import read_records, summary_lines, train_seconds
-from model.trainer import train, write_run_config
+from model.metrics import read_metrics
+from model.rundir import write_config as write_run_config
+from model.trainer import train
 from pipeline.__main__ import main
 from pipeline.plot import _running_mean
+from pipeline.report import summary_lines, train_seconds
 from tests.model.train_fixtures import tiny_config, write_tiny_shards
 
 
@@ -66,7 +68,7 @@ def test_plot_of_a_real_run(real_run: Path, capsys: pytest.CaptureFixture[str]) 
 def test_report_of_a_real_run(real_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", f"out_dir={real_run}"]) == 0
     out = capsys.readouterr().out
-    recs = read_records(real_run / "metrics.jsonl")
+    recs = read_metrics(real_run)
     best = min((r for r in recs if "val_loss" in r), key=lambda r: r["val_loss"])
     assert "steps        10 / 10 (100.0%)" in out
     assert f"best {best['val_loss']:.4f} at step {best['step']}" in out
@@ -82,7 +84,7 @@ def test_report_time_eta_mfu_and_a_line_cut_by_a_kill(tmp_path: Path) -> None:
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 410, "loss": 1.')  # killed mid-write
     text = "\n".join(summary_lines(run))
-    assert train_seconds(read_records(run / "metrics.jsonl")) == pytest.approx(40.0)
+    assert train_seconds(read_metrics(run)) == pytest.approx(40.0)
     assert "time so far  0h00m40s" in text  # 400 steps x 100 ms
     assert "ETA          0h01m00s for 600 steps at 100.0 ms/step" in text
     assert "MFU 41.2%" in text and "peak memory 7.5 GB" in text
@@ -92,13 +94,16 @@ def test_report_time_eta_mfu_and_a_line_cut_by_a_kill(tmp_path: Path) -> None:
 def test_report_smoke_stamp_matches_or_not(real_run: Path) -> None:
     original = (real_run / "config.yaml").read_text()
     cfg = config_from_dict(yaml.safe_load(original))
-    smoke._write_stamp(cfg, smoke.SmokeReport([10.9, 9.0], 9.1, (1.0, 1.0), 1, 1, None, None, []))
+    stamp = rundir.SmokeStamp(
+        config_hash=rundir.smoke_fingerprint(cfg), first_loss=10.9, last_loss=9.0
+    )
+    rundir.write_smoke_stamp(real_run, stamp)
     try:
         assert "passed (loss 10.900 -> 9.000), matches" in "\n".join(summary_lines(real_run))
         (real_run / "config.yaml").write_text(original.replace("n_layer: 2", "n_layer: 3"))
         assert "different config" in "\n".join(summary_lines(real_run))
     finally:
-        (real_run / smoke.STAMP).unlink()
+        (real_run / rundir.SMOKE_FILE).unlink()
         (real_run / "config.yaml").write_text(original)
 
 

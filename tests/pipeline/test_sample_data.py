@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sample_data
+from model.errors import ConfigError, StateError
 from pipeline.__main__ import main
-from pipeline.errors import ConfigError, StateError
+from pipeline.sample_data import stage as sample_data
 
 GITHUB_CODE = pa.schema(
     [

@@ -14,12 +14,11 @@ import torch
 from model.checkpoint import CONFIG, MODEL, save_checkpoint
 from model.generate import Sampling, generate
 from model.gpt import GPT, GPTConfig
+from model.tokenizer import decode, encode
 from pipeline.__main__ import main
 from pipeline.sample import SEPARATOR
-from pipeline.tokenizer import decode, encode
+from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def test_num_samples_prompt_file_and_the_empty_prompt(
         (["out_dir={tmp}/nothing"], "no such checkpoint or run folder; train first"),
         (["out_dir={tmp}"], "no checkpoint (ckpt-*.pt); train first"),
         (["out_dir={tmp}", "prompt=a", "prompt_file=b"], "prompt and prompt_file are both set"),
-        (["out_dir={tmp}", "top_p=0"], "top_p=0.0 must be in (0, 1]"),
+        (["out_dir={tmp}", "top_p=0"], "top_p=0.0 must be > 0"),
     ],
 )
 def test_user_errors_are_one_line(

@@ -1,4 +1,4 @@
-"""The token shard format. The one module that owns it (see docs/design.md).
+"""The token shard folder: shards and the manifest's reader. The one module that owns them.
 
 A shard is a numpy `.npy` file: dtype uint16, one dimension, exactly
 `shard_tokens` long except the last shard of a split. Names are
@@ -6,23 +6,31 @@ A shard is a numpy `.npy` file: dtype uint16, one dimension, exactly
 renamed into place, so no reader ever sees a partial one. Readers memory-map
 (`np.load(path, mmap_mode="r")`) and never read a whole shard into RAM; plain
 `np.load(path)` works too, as build-nanogpt's loader does.
+
+`manifest.json` beside the shards is written by the tokenize stage
+(pipeline/tokenize/manifest.py) and read only here, by `read_manifest`: the
+tokenize rerun check and the trainer's data contract both go through it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import fsync_dir as fsync_dir  # re-exported: callers fsync folders
-from pipeline.atomic import write_atomically
-from pipeline.errors import InputError
+from model.atomic import fsync_dir as fsync_dir  # re-exported: callers fsync folders
+from model.atomic import write_atomically
+from model.errors import InputError
 
 SPLITS = ("train", "val")
 DTYPE = np.uint16
 TMP_SUFFIX = ".tmp"
 _NAME = re.compile(r"^(train|val)_(\d{6})\.npy$")
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
 
 
 def shard_name(split: str, index: int) -> str:
@@ -84,3 +92,25 @@ def remove_temporaries(folder: Path) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def manifest_path(folder: Path) -> Path:
+    return Path(folder) / MANIFEST
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of `folder`, or None when there is none."""
+    p = manifest_path(folder)
+    if not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{p}: unreadable manifest ({e}); pass force=true to start over in {folder}"
+        ) from None
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+        raise InputError(
+            f"{p}: not a version-{MANIFEST_VERSION} tokenize manifest; pass force=true to start over"
+        )
+    return data

@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from .tokenize_fixtures import (
+from tests.pipeline.tokenize.tokenize_fixtures import (
     REPO,
     args,
     corpus,

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from pipeline import manifest, tokenizer
-from pipeline.tokenize_worker import split_of, split_threshold
-
-from .tokenize_fixtures import corpus, expected, make_input, read_split, shard_bytes, tokenize
+from model import shards, tokenizer
+from pipeline.tokenize.worker import split_of, split_threshold
+from tests.conftest import REPO
+from tests.pipeline.tokenize.tokenize_fixtures import (
+    corpus,
+    expected,
+    make_input,
+    read_split,
+    shard_bytes,
+    tokenize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +69,38 @@ def test_round_trip(src, tmp_path, docs, capsys):
     assert f"{len(docs):,} documents read = {len(docs):,} tokenized + 0 skipped" in line
 
 
-def test_no_repository_in_both_splits(src, tmp_path, docs):
-    th = split_threshold(0.2)
-    by_repo = {d["repo_name"]: split_of(d["repo_name"].encode(), th) for d in docs}
-    assert set(by_repo.values()) == {0, 1}
-    # the hash is stable: the same name gives the same split in a fresh process too
-    assert split_of(b"org0/repo0", th) == split_of(b"org0/repo0", th)
+def test_no_repository_in_both_splits(tmp_path, docs):
+    """Read back from the shards: each repository's documents all sit in one split."""
+    tagged = [{**d, "code": f"# repo {d['repo_name']}\n{d['code']}"} for d in docs]
+    out = tmp_path / "out"
+    assert tokenize(make_input(tmp_path / "in", tagged), out) == 0
+    seen: dict[str, set[str]] = {}
+    for split in ("train", "val"):
+        got = read_split(out, split)
+        for ids in np.split(got, np.flatnonzero(got == tokenizer.EOT) + 1)[:-1]:
+            repo = tokenizer.decode(ids[:-1].tolist()).split("\n", 1)[0].removeprefix("# repo ")
+            seen.setdefault(repo, set()).add(split)
+    assert set(seen) == {d["repo_name"] for d in docs}  # every repository came back
+    assert all(len(splits) == 1 for splits in seen.values()), seen
+    assert {s for splits in seen.values() for s in splits} == {"train", "val"}
+
+
+def test_the_split_is_the_same_in_a_fresh_process(docs):
+    """blake2b, not hash(): another interpreter with another hash seed agrees on every repo."""
+    repos = sorted({d["repo_name"] for d in docs})
+    code = (
+        "import sys\n"
+        "from pipeline.tokenize.worker import split_of, split_threshold\n"
+        "th = split_threshold(0.2)\n"
+        "print(''.join(str(split_of(r.encode(), th)) for r in sys.argv[1:]))\n"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    done = subprocess.run(
+        [sys.executable, "-c", code, *repos], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    here = "".join(str(split_of(r.encode(), split_threshold(0.2))) for r in repos)
+    assert done.stdout.strip() == here and set(here) == {"0", "1"}
 
 
 @pytest.mark.slow
@@ -104,7 +139,7 @@ def test_changed_config_or_inputs_refused_then_force(src, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "part-1.parquet mtime_ns" in err and "part-3.parquet added" in err
     assert tokenize(src, out, shard_tokens=6000, force=True) == 0
-    m = manifest.read(out)
+    m = shards.read_manifest(out)
     assert m is not None and m["settings"]["shard_tokens"] == 6000
     assert all(e["tokens"] <= 6000 for e in m["shards"]["train"])
     assert len(list(out.glob("train_*.npy"))) == len(m["shards"]["train"])
@@ -125,7 +160,7 @@ def test_config_validation(tmp_path, capsys):
 
 
 def test_progress_lines_on_stderr(src, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.tokenize_output")
+    caplog.set_level(logging.INFO, logger="pipeline.tokenize.progress")
     assert tokenize(src, tmp_path / "out", progress_seconds=0) == 0
     lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert lines, "no progress line"

@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards, tokenizer
+from model import shards, tokenizer
 from pipeline.__main__ import main
-from pipeline.tokenize_worker import TRAIN, VAL, split_of, split_threshold
+from pipeline.tokenize.batches import TRAIN, VAL
+from pipeline.tokenize.worker import split_of, split_threshold
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SCHEMA = pa.schema(
     [
         ("code", pa.string()),

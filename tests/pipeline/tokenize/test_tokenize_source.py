@@ -9,12 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import manifest, parquet_source
-from pipeline.errors import InputError
-from pipeline.parquet_source import FileError
-from pipeline.tokenize_worker import Batch
-
-from .tokenize_fixtures import corpus, write_parquet
+from model import shards
+from model.errors import InputError
+from pipeline.tokenize import manifest, source
+from pipeline.tokenize.batches import Batch, FileError, Position
+from tests.pipeline.tokenize.tokenize_fixtures import corpus, write_parquet
 
 
 def _docs_of(items):
@@ -28,19 +27,19 @@ def _docs_of(items):
 def test_batches_are_bounded_by_bytes_not_rows(tmp_path):
     docs = corpus(200, max_chars=4000)
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=200)
-    items = list(parquet_source.read_file(f, 0, "code", [], batch_bytes=40_000))
+    items = list(source.read_file(f, 0, "code", [], batch_bytes=40_000))
     sizes = [len(b.text.data) for b in items]
     assert len(items) >= 15  # ~800 KB in ~40 KB batches, not one 200-row batch
     assert max(sizes) < 3 * 40_000
     assert _docs_of(items) == [d["code"] for d in docs]
-    big = list(parquet_source.read_file(f, 0, "code", [], batch_bytes=10**9))
+    big = list(source.read_file(f, 0, "code", [], batch_bytes=10**9))
     assert len(big) == 1
 
 
 def test_a_batch_pickles_only_its_own_bytes(tmp_path):
     docs = corpus(100, max_chars=4000)
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=100)
-    items = list(parquet_source.read_file(f, 0, "code", [], batch_bytes=20_000))
+    items = list(source.read_file(f, 0, "code", [], batch_bytes=20_000))
     b = items[len(items) // 2]
     assert len(pickle.dumps(b)) < 2 * len(b.text.data) + 10_000
 
@@ -50,7 +49,7 @@ def test_start_position_resumes_at_the_row(tmp_path):
     files = [
         write_parquet(tmp_path / f"{k}.parquet", docs[k * 60 : (k + 1) * 60], 25) for k in (0, 1)
     ]
-    items = list(parquet_source.stream(files, "code", [], 30_000, start=(1, 1, 7)))
+    items = list(source.stream(files, "code", [], 30_000, start=Position(1, 1, 7)))
     assert items[0].file_index == 1 and items[0].row_group == 1 and items[0].row == 7
     assert _docs_of(items) == [d["code"] for d in docs[60 + 25 + 7 :]]
 
@@ -61,7 +60,7 @@ def test_columns_are_read_in_our_order_and_languages_filter(tmp_path):
         [("language", pa.string()), ("repo_name", pa.string()), ("code", pa.string())]
     )
     f = write_parquet(tmp_path / "a.parquet", docs, schema=schema)
-    (b,) = list(parquet_source.read_file(f, 0, "code", ["Python"], 10**9))
+    (b,) = list(source.read_file(f, 0, "code", ["Python"], 10**9))
     assert b.text.value(0).decode() == docs[0]["code"]
     assert b.repo.value(0).decode() == docs[0]["repo_name"]
     assert b.keep is not None and b.keep.tolist() == [d["language"] == "Python" for d in docs]
@@ -70,14 +69,14 @@ def test_columns_are_read_in_our_order_and_languages_filter(tmp_path):
 def test_unreadable_file_becomes_a_file_error_item(tmp_path):
     f = write_parquet(tmp_path / "a.parquet", corpus(10))
     f.write_bytes(f.read_bytes()[:100])
-    (item,) = list(parquet_source.read_file(f, 3, "code", [], 10**6))
+    (item,) = list(source.read_file(f, 3, "code", [], 10**6))
     assert isinstance(item, FileError) and item.file_index == 3 and item.path == str(f)
 
 
 def test_nulls_survive_as_nulls(tmp_path):
     table = pa.table({"code": ["a", None, ""], "repo_name": ["r", "r", None]})
     pq.write_table(table, tmp_path / "a.parquet")
-    (b,) = list(parquet_source.read_file(tmp_path / "a.parquet", 0, "code", [], 10**6))
+    (b,) = list(source.read_file(tmp_path / "a.parquet", 0, "code", [], 10**6))
     assert b.text.null.tolist() == [False, True, False]
     assert np.diff(b.text.offsets).tolist() == [1, 0, 0]
 
@@ -85,27 +84,32 @@ def test_nulls_survive_as_nulls(tmp_path):
 def test_list_inputs_sorted_and_glob(tmp_path):
     for name in ("b.parquet", "a.parquet", "c.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in parquet_source.list_inputs(str(tmp_path))] == ["a.parquet", "b.parquet"]
-    assert [p.name for p in parquet_source.list_inputs(str(tmp_path / "b*"))] == ["b.parquet"]
+    assert [p.name for p in source.list_inputs(str(tmp_path))] == ["a.parquet", "b.parquet"]
+    assert [p.name for p in source.list_inputs(str(tmp_path / "b*"))] == ["b.parquet"]
     with pytest.raises(InputError, match="matches no files"):
-        parquet_source.list_inputs(str(tmp_path / "z*.parquet"))
+        source.list_inputs(str(tmp_path / "z*.parquet"))
 
 
 def test_manifest_write_read_and_differences(tmp_path):
     f = tmp_path / "x.parquet"
     f.write_bytes(b"1234")
     inputs = manifest.input_entries([f])
-    data = {"version": manifest.VERSION, "inputs": inputs, "settings": {"a": 1}, "tokenizer": {}}
+    data = {
+        "version": shards.MANIFEST_VERSION,
+        "inputs": inputs,
+        "settings": {"a": 1},
+        "tokenizer": {},
+    }
     manifest.write(tmp_path, data)
-    assert manifest.read(tmp_path) == data and not list(tmp_path.glob("*.tmp"))
+    assert shards.read_manifest(tmp_path) == data and not list(tmp_path.glob("*.tmp"))
     f.write_bytes(b"12345")
     g = tmp_path / "y.parquet"
     g.write_bytes(b"")
     changed = manifest.differences(data, manifest.input_entries([f, g]), {"a": 2}, {})
     assert changed == [f"input {g} added", f"input {f} size 4 -> 5", "a 1 -> 2"]
-    (tmp_path / manifest.NAME).write_text("{not json")
+    (tmp_path / shards.MANIFEST).write_text("{not json")
     with pytest.raises(InputError, match="force=true"):
-        manifest.read(tmp_path)
+        shards.read_manifest(tmp_path)
 
 
 def test_partial_file_survives_a_killed_append(tmp_path):

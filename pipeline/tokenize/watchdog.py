@@ -47,7 +47,7 @@ from types import TracebackType
 
 import psutil
 
-from pipeline.errors import ResourceError
+from model.errors import ResourceError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tiktoken
 
-from pipeline import tokenizer
+from model import tokenizer
 
 
 def test_known_ids():
@@ -48,7 +48,7 @@ def test_matches_tiktoken_pattern_constant():
 def test_missing_vocab_is_a_clear_error(tmp_path, monkeypatch):
     import pytest
 
-    from pipeline.errors import InputError
+    from model.errors import InputError
 
     monkeypatch.setenv("CODEGPT_GPT2_RANKS", str(tmp_path / "none.tiktoken"))
     tokenizer.get_encoding.cache_clear()

@@ -1,4 +1,4 @@
-"""The tokenize stage's output side: shard buffers, exact resume state, accounting, progress.
+"""The tokenize stage's output side: shard buffers, exact resume state, the accounting.
 
 `ShardWriter.consume` takes one batch's encoding (in input order) and copies
 each split's tokens into that split's preallocated uint16 buffer of
@@ -8,7 +8,7 @@ each split's tokens into that split's preallocated uint16 buffer of
     (file index, row group, row, token offset within the document);
   - the accounting of every document BEFORE that one;
   - the other split's partial buffer, which holds exactly the tokens of its
-    documents before that one (made durable by pipeline.manifest's partial
+    documents before that one (made durable by pipeline.tokenize.manifest's partial
     files, appended, never rewritten).
 
 A rerun reloads the partial buffers, reads from that document on, drops its
@@ -20,21 +20,18 @@ split's buffer is always cut at the right document.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import manifest, shards
-from pipeline.errors import StateError
-from pipeline.parquet_source import FileError
-from pipeline.tokenize_worker import SKIP_REASONS, STATUS, Batch, Encoded
+from model import shards
+from model.errors import StateError
+from pipeline.tokenize import manifest
+from pipeline.tokenize.batches import SKIP_REASONS, STATUS, Batch, Encoded, FileError, Position
 
 log = logging.getLogger(__name__)
-
-Position = tuple[int, int, int, int]  # file index, row group, row, token offset
 
 
 @dataclass
@@ -124,7 +121,7 @@ class ShardWriter:
         self.files = files
         self.splits = [SplitBuffer(name, shard_tokens, name == "train") for name in shards.SPLITS]
         self.counts = Counts()
-        self.position: Position = (0, 0, 0, 0)
+        self.position = Position()
         self.files_skipped: list[dict[str, Any]] = []
         if old is not None:
             self._restore(old)
@@ -132,7 +129,7 @@ class ShardWriter:
 
     def _restore(self, old: dict[str, Any]) -> None:
         p = old["position"]
-        self.position = (p["file_index"], p["row_group"], p["row"], p["token_offset"])
+        self.position = Position(p["file_index"], p["row_group"], p["row"], p["token_offset"])
         c = old["counts"]
         self.counts = Counts(**c)
         self.files_skipped = list(old.get("files_skipped", []))
@@ -142,7 +139,7 @@ class ShardWriter:
             for e in sb.shards:
                 if not (self.out / e["name"]).is_file():
                     raise StateError(
-                        f"{self.out / e['name']} is listed in {manifest.NAME} but missing; "
+                        f"{self.out / e['name']} is listed in {shards.MANIFEST} but missing; "
                         "pass force=true to start over"
                     )
             n = int(old["partial"][sb.name])
@@ -189,7 +186,7 @@ class ShardWriter:
             done[o] = upto
             counts = before.copy()
             counts.add(enc, row)
-            at = (
+            at = Position(
                 batch.file_index,
                 batch.row_group,
                 batch.row + row,
@@ -249,19 +246,19 @@ class ShardWriter:
 
     def _write_manifest(self, counts: Counts, complete: bool) -> None:
         assert counts.balanced(), f"accounting does not add up: {counts}"
-        f, g, r, t = self.position
+        pos = self.position
         data = {
-            "version": manifest.VERSION,
+            "version": shards.MANIFEST_VERSION,
             "complete": complete,
             **self.header,
             "shards": {sb.name: sb.shards for sb in self.splits},
             "partial": {sb.name: 0 if complete else sb.persisted for sb in self.splits},
             "position": {
-                "file_index": f,
-                "file": self.files[f] if f < len(self.files) else None,
-                "row_group": g,
-                "row": r,
-                "token_offset": t,
+                "file_index": pos.file_index,
+                "file": self.files[pos.file_index] if pos.file_index < len(self.files) else None,
+                "row_group": pos.row_group,
+                "row": pos.row,
+                "token_offset": pos.token_offset,
             },
             "counts": counts.to_dict(),
             "files_skipped": self.files_skipped,
@@ -276,66 +273,10 @@ class ShardWriter:
         for sb in self.splits:
             if sb.fill:
                 self._write_shard(sb)
-        self.position = (len(self.files), 0, 0, 0)
+        self.position = Position(len(self.files))
         self._write_manifest(self.counts, complete=True)
         manifest.remove_partials(self.out)
         written = {sb.name: sum(e["tokens"] for e in sb.shards) for sb in self.splits}
         assert written == self.counts.tokens, f"shards hold {written}, counted {self.counts.tokens}"
         if not self.splits[1].shards:
             log.warning("no document went to val (val_fraction too small for so few repositories)")
-
-
-class Progress:
-    """A line on stderr every `every` seconds: documents, tokens, MB/s, tokens/s, ETA."""
-
-    def __init__(self, total_bytes: int, counts: Counts, every: float) -> None:
-        self.total_bytes = total_bytes
-        self.every = every
-        self.t0 = self.last = time.monotonic()
-        self.bytes0 = counts.text_bytes
-        self.tokens0 = sum(counts.tokens.values())
-
-    def _rates(self, counts: Counts) -> tuple[float, float, float]:
-        secs = max(time.monotonic() - self.t0, 1e-9)
-        mb_s = (counts.text_bytes - self.bytes0) / secs / 1e6
-        tok_s = (sum(counts.tokens.values()) - self.tokens0) / secs
-        return secs, mb_s, tok_s
-
-    def tick(self, writer: ShardWriter) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        c = writer.counts
-        _, mb_s, tok_s = self._rates(c)
-        left = max(self.total_bytes - c.text_bytes, 0)
-        eta = f"{left / (mb_s * 1e6):.0f}s" if mb_s > 0 else "?"
-        pct = 100.0 * c.text_bytes / self.total_bytes if self.total_bytes else 0.0
-        log.info(
-            "%s docs, %s tokens, %d shards, %.1f MB/s, %.2f M tokens/s, %.0f%%, ETA %s",
-            f"{c.read:,}",
-            f"{sum(c.tokens.values()):,}",
-            writer.complete_shards(),
-            mb_s,
-            tok_s / 1e6,
-            pct,
-            eta,
-        )
-
-    def summary(self, writer: ShardWriter) -> str:
-        c = writer.counts
-        secs, mb_s, tok_s = self._rates(c)
-        skipped = ", ".join(f"{k} {v:,}" for k, v in c.skipped.items() if v) or "none"
-        n = {sb.name: sb.index for sb in writer.splits}
-        files = (
-            f"; unreadable files skipped: {len(writer.files_skipped)} (listed in {manifest.NAME})"
-            if writer.files_skipped
-            else ""
-        )
-        return (
-            f"tokenize: {c.read:,} documents read = {c.tokenized:,} tokenized + "
-            f"{sum(c.skipped.values()):,} skipped ({skipped}); {c.replaced_utf8:,} with invalid "
-            f"UTF-8 replaced{files}; {c.tokens['train']:,} train tokens in {n['train']} shards, "
-            f"{c.tokens['val']:,} val tokens in {n['val']} shards, in {writer.out} "
-            f"({secs:.1f}s, {mb_s:.1f} MB/s, {tok_s / 1e6:.2f} M tokens/s)"
-        )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import shards
-from pipeline.errors import InputError
+from model import shards
+from model.errors import InputError
 
 
 def test_write_then_plain_load(tmp_path):

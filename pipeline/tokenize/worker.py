@@ -1,13 +1,9 @@
 """What one tokenize worker process does with one batch: decode, filter, split, encode.
 
 Nothing here imports pyarrow: a worker holds only numpy, tiktoken and its
-batch (about 60 MB instead of 95 MB per process). `Batch` is what the reader
-(pipeline.parquet_source) hands over: raw UTF-8 bytes plus offsets.
-
-It returns compact numpy arrays (per row: status, replacement flag, text bytes,
-split, token count; per split: all the batch's tokens as one uint16 array),
-never Python lists of tokens, so the result is cheap to send back and the
-main process only copies it into its shard buffers.
+batch (about 60 MB instead of 95 MB per process). What it takes and returns
+(raw UTF-8 bytes plus offsets in; compact numpy arrays, never Python lists of
+tokens, out) is defined in batches.py.
 """
 
 from __future__ import annotations
@@ -16,60 +12,14 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import psutil
 
-from pipeline import tokenizer
+from model import tokenizer
+from pipeline.tokenize.batches import STATUS, TRAIN, VAL, Batch, Encoded
 
-
-@dataclass(frozen=True)
-class BinaryColumn:
-    """n values as one bytes object: value i is data[offsets[i]:offsets[i + 1]]."""
-
-    offsets: np.ndarray  # (n + 1,) int64, offsets[0] == 0
-    data: bytes
-    null: np.ndarray  # (n,) bool
-
-    def __len__(self) -> int:
-        return len(self.null)
-
-    def value(self, i: int) -> bytes:
-        return self.data[self.offsets[i] : self.offsets[i + 1]]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Rows [row, row + num_rows) of one row group of input file `file_index`."""
-
-    file_index: int
-    row_group: int
-    row: int
-    text: BinaryColumn
-    repo: BinaryColumn
-    keep: np.ndarray | None  # (n,) bool: passes the language filter; None = no filter
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.text)
-
-
-# Row status; index 0 is a tokenized document, the rest are skip reasons.
-STATUS = ("tokenized", "null", "empty", "language", "too_large", "tokenizer_error")
-SKIP_REASONS = STATUS[1:]
-TRAIN, VAL = 0, 1
 _NO_SPECIAL: frozenset[str] = frozenset()  # `<|endoftext|>` in code is plain text
-
-
-@dataclass(frozen=True)
-class Encoded:
-    status: np.ndarray  # (n,) int8, index into STATUS
-    replaced: np.ndarray  # (n,) bool: invalid UTF-8 decoded with U+FFFD
-    nbytes: np.ndarray  # (n,) int64: text bytes of the row (0 for null)
-    split: np.ndarray  # (n,) uint8: TRAIN or VAL
-    ntok: np.ndarray  # (n,) int64: tokens of the row incl. its EOT, 0 when skipped
-    tokens: tuple[np.ndarray, np.ndarray]  # per split: (sum of its rows' ntok,) uint16
 
 
 def split_threshold(val_fraction: float) -> int:

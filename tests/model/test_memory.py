@@ -1,4 +1,4 @@
-"""The memory planner (model/plan.py) against what PyTorch really allocates."""
+"""The memory planner (model/memory.py) against what PyTorch really allocates."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 import torch
 
-from model import plan
+from model import memory as plan
 from model.gpt import GPT
-from model.plan import GiB, Overhead, Workload
+from model.memory import GiB, Overhead, Workload
 
-TOLERANCE = 0.10  # the stated accuracy of the estimate against a trace
+# The accuracy docs/plan.md and the README state, with a little room (measured on
+# these shapes: activations within 0.18 % eager and 2.0 % compiled, peaks within 1.1 %).
+ACTIVATIONS = 0.005
+ACTIVATIONS_COMPILED = 0.025
+PEAKS = 0.015
 
 STORY = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
 SHAPES = [  # (n_layer, n_head, n_embd, block_size, vocab, micro_batch)
@@ -82,13 +86,13 @@ def test_param_count_124m() -> None:
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_activations_match_saved_tensors(shape: tuple[int, ...], dtype: str) -> None:
-    """Estimate vs the storages autograd really keeps (eager, lean loss), within 10 %."""
+    """Estimate vs the storages autograd really keeps (eager, lean loss), within 0.5 %."""
     w = _workload(shape, dtype=dtype)
     model = _model(w)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     real = _saved_bytes(model, w, params)
     predicted = plan.activation_bytes(w) + 8 * w.tokens  # + the targets, which the loss saves
-    assert abs(predicted - real) <= TOLERANCE * real, (predicted, real)
+    assert abs(predicted - real) <= ACTIVATIONS * real, (predicted, real)
 
 
 def test_compiled_model_keeps_what_the_plan_predicts() -> None:
@@ -105,7 +109,7 @@ def test_compiled_model_keeps_what_the_plan_predicts() -> None:
         torch._dynamo.reset()
     cw = Workload(**{**w.__dict__, "compile": True})
     predicted = plan.activation_bytes(cw) + 8 * w.tokens
-    assert abs(predicted - real) <= TOLERANCE * real, (predicted, real)
+    assert abs(predicted - real) <= ACTIVATIONS_COMPILED * real, (predicted, real)
     assert not plan.compiled_loss_keeps_logits()  # model/loss.py excludes it from compile
 
 
@@ -115,8 +119,8 @@ def test_peaks_match_fake_tensor_trace(shape: tuple[int, ...], loss: str) -> Non
     w = _workload(shape, dtype="bfloat16", loss=loss)
     e = plan.estimate(w, Overhead(0, 0))
     train, evals = plan.trace_peaks(w)
-    assert abs(e.peak_train - train) <= TOLERANCE * train, (e.peak_train, train)
-    assert abs(e.peak_eval - evals) <= TOLERANCE * evals, (e.peak_eval, evals)
+    assert abs(e.peak_train - train) <= PEAKS * train, (e.peak_train, train)
+    assert abs(e.peak_eval - evals) <= PEAKS * evals, (e.peak_eval, evals)
 
 
 def test_monotonic_in_micro_batch_and_block_size() -> None:

@@ -8,8 +8,8 @@ from the openai-whisper sdist on PyPI (which ships it as
 `whisper/assets/gpt2.tiktoken`) and checks its sha256; after that nothing is
 downloaded at run time.
 
-    python -m pipeline.tokenizer fetch     # what `make setup` runs
-    python -m pipeline.tokenizer check     # encodes "Hello world"
+    python -m model.tokenizer fetch     # what `make setup` runs
+    python -m model.tokenizer check     # encodes "Hello world"
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import tiktoken
 
-from pipeline.errors import InputError
+from model.atomic import write_atomically
+from model.errors import InputError
 
 NAME = "gpt2"
 VOCAB_SIZE = 50257  # 50000 merges + 256 bytes + <|endoftext|>
@@ -95,7 +96,7 @@ def decode(ids: list[int]) -> str:
 
 
 def fetch(dest: Path | None = None) -> Path:
-    """Download the whisper sdist with pip, extract gpt2.tiktoken, check, rename into place."""
+    """Download the whisper sdist with pip, extract gpt2.tiktoken, check it, write it atomically."""
     dest = dest or ranks_path()
     if dest.is_file() and _sha256(dest) == RANKS_SHA256:
         return dest
@@ -128,10 +129,7 @@ def fetch(dest: Path | None = None) -> Path:
         raise InputError(
             f"{WHISPER_SDIST}: gpt2.tiktoken has sha256 {digest}, expected {RANKS_SHA256}"
         )
-    part = dest.with_name(dest.name + ".part")
-    part.write_bytes(data)
-    os.replace(part, dest)
-    return dest
+    return write_atomically(dest, lambda f: f.write(data))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = encode("Hello world")
         print(f"Hello world -> {ids}")
         return 0 if ids == [15496, 995] else 1
-    print("usage: python -m pipeline.tokenizer fetch|check", file=sys.stderr)
+    print("usage: python -m model.tokenizer fetch|check", file=sys.stderr)
     return 2
 
 

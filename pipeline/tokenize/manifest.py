@@ -1,4 +1,4 @@
-"""The tokenize manifest: the one module that reads and writes it.
+"""The tokenize manifest: the one module that writes it (model/shards.py reads it).
 
 `manifest.json` sits beside the shards and is rewritten atomically (temporary
 name, fsync, rename) after every complete shard. It records what the output is
@@ -27,43 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import shards
-from pipeline.atomic import write_atomically
-from pipeline.errors import InputError
+from model import shards
+from model.atomic import write_atomically
+from model.errors import InputError
 
-NAME = "manifest.json"
-VERSION = 1
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_DTYPE = np.dtype("<u2")
-
-
-def path(folder: Path) -> Path:
-    return Path(folder) / NAME
-
-
-def read(folder: Path) -> dict[str, Any] | None:
-    """The manifest of `folder`, or None when there is none."""
-    p = path(folder)
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(
-            f"{p}: unreadable manifest ({e}); pass force=true to start over in {folder}"
-        ) from None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise InputError(
-            f"{p}: not a version-{VERSION} tokenize manifest; pass force=true to start over"
-        )
-    return data
 
 
 def write(folder: Path, data: dict[str, Any]) -> None:
     """Atomically replace the manifest: temporary name, fsync, rename, fsync the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    final = path(folder)
+    final = shards.manifest_path(folder)
     text = json.dumps(data, indent=1, sort_keys=False) + "\n"
     write_atomically(
         final,
@@ -155,7 +131,7 @@ def clear(folder: Path) -> int:
     # The manifest goes first: a kill halfway leaves shards without a manifest,
     # which a rerun refuses (or force=true clears), never a manifest whose
     # shards are half gone.
-    path(folder).unlink(missing_ok=True)
+    shards.manifest_path(folder).unlink(missing_ok=True)
     shards.fsync_dir(folder)
     for split in shards.SPLITS:
         for p in folder.glob(f"{split}_*.npy"):

@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import tokenizer
-
-from .tokenize_fixtures import (
+from model import tokenizer
+from tests.pipeline.tokenize.tokenize_fixtures import (
     SCHEMA,
     corpus,
     expected,
@@ -198,15 +197,15 @@ def test_tokenizer_panic_is_counted_and_the_run_goes_on(tmp_path):
 
 
 def test_the_panic_is_a_base_exception_and_the_guard_catches_it():
-    """Found by trying: encode_ordinary panics in Rust, which `except Exception` misses."""
-    from pipeline.tokenize_worker import encode_doc
+    """Found by trying: encode_ordinary panics in Rust with an exception that is not an
+    Exception (pyo3's PanicException derives from BaseException), which `except
+    Exception` would let through and kill the worker; encode_doc catches it."""
+    from pipeline.tokenize.worker import encode_doc
 
     doc = "def f():\n" + " " * 1_000_000 + "return 1"
-    try:
+    with pytest.raises(BaseException) as raised:
         tokenizer.get_encoding().encode_ordinary(doc)
-    except Exception:  # pragma: no cover - a tiktoken that raises an ordinary error
-        pass
-    except BaseException as e:  # the pyo3 PanicException this tiktoken raises
-        assert type(e).__name__ == "PanicException"
+    assert type(raised.value).__name__ == "PanicException"
+    assert not isinstance(raised.value, Exception)
     assert encode_doc(doc) is None
     assert encode_doc("x = 1\n").tolist() == [*tokenizer.encode("x = 1\n"), tokenizer.EOT]

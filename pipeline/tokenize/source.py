@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import InputError
-from pipeline.tokenize_worker import Batch, BinaryColumn
+from model.errors import InputError
+from pipeline.tokenize.batches import Batch, BinaryColumn, FileError, Position
 
 REPO_COLUMN = "repo_name"
 LANGUAGE_COLUMN = "language"
@@ -71,17 +70,6 @@ def binary_column(arr: pa.Array | pa.ChunkedArray) -> BinaryColumn:
     data = data_buf[start:end].to_pybytes() if data_buf is not None and n else b""
     null = b.is_null().to_numpy(zero_copy_only=False).astype(bool, copy=False)
     return BinaryColumn(offsets=(raw - start).astype(np.int64), data=data, null=null)
-
-
-@dataclass(frozen=True)
-class FileError:
-    """Reading `file_index` failed at `row_group`; rows from there on were not read."""
-
-    file_index: int
-    path: str
-    row_group: int
-    rows_not_read: int | None  # None: the footer was unreadable, so the count is unknown
-    message: str
 
 
 def list_inputs(spec: str) -> list[Path]:
@@ -242,9 +230,10 @@ def stream(
     text_column: str,
     languages: list[str],
     batch_bytes: int,
-    start: tuple[int, int, int] = (0, 0, 0),
+    start: Position | None = None,
 ) -> Iterator[Batch | FileError]:
-    """Every batch of every file, in input order, from (file, row group, row) = start."""
-    for fi in range(start[0], len(files)):
-        at = (start[1], start[2]) if fi == start[0] else (0, 0)
+    """Every batch of every file, in input order, from the start position's row on."""
+    start = start or Position()
+    for fi in range(start.file_index, len(files)):
+        at = (start.row_group, start.row) if fi == start.file_index else (0, 0)
         yield from read_file(files[fi], fi, text_column, languages, batch_bytes, at)

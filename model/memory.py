@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING
 from model.loss import auto_chunk, chunked_cross_entropy
 
 if TYPE_CHECKING:
-    from model.config import TrainConfig
     from model.gpt import GPTConfig
+    from model.train_config import TrainConfig
 
 GiB = 2**30
 # The CUDA context with cuBLAS handles and lazily loaded kernels (CUDA 12): 300-500 MiB.

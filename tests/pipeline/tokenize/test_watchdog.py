@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.errors import ResourceError
-from pipeline.watchdog import (
+from model.errors import ResourceError
+from pipeline.tokenize.watchdog import (
     GB,
     MemoryWatchdog,
     Trip,
@@ -22,8 +22,8 @@ from pipeline.watchdog import (
     memory_cgroups,
     tree_rss,
 )
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MB = 2**20
 
 # Waits for a line on stdin, then holds `n` MB of touched memory (bytes * n writes
@@ -140,7 +140,7 @@ def test_kill_children_leaves_zombies_to_their_parent() -> None:
     """A killed child's exit code still reaches Popen/multiprocessing (not reaped by us)."""
     code = (
         "import os, subprocess, sys, time\n"
-        "from pipeline.watchdog import kill_children\n"
+        "from pipeline.tokenize.watchdog import kill_children\n"
         "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
         " for _ in range(2)]\n"
         "time.sleep(0.3)\n"
@@ -157,7 +157,7 @@ def test_kill_children_escalates_to_sigkill() -> None:
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     code = (
         "import os, subprocess, sys, time\n"
-        "from pipeline.watchdog import kill_children\n"
+        "from pipeline.tokenize.watchdog import kill_children\n"
         f"k = subprocess.Popen([sys.executable, '-c', {stubborn!r}])\n"
         "time.sleep(0.3)\n"
         "t = time.monotonic(); n = kill_children(os.getpid(), timeout=0.5)\n"

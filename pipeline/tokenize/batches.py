@@ -1,0 +1,83 @@
+"""What travels between the parquet reader, the worker processes and the shard writer.
+
+The reader (source.py) turns rows into a `Batch` of raw UTF-8 bytes plus
+offsets, or a `FileError` where a file stopped being readable; a worker
+(worker.py) turns a Batch into an `Encoded`: compact numpy arrays, never
+Python lists of tokens, so the result is cheap to send back and the writer
+(writer.py) only copies it into its shard buffers. `Position` is where a
+resumed run starts reading. Only numpy here: workers import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BinaryColumn:
+    """n values as one bytes object: value i is data[offsets[i]:offsets[i + 1]]."""
+
+    offsets: np.ndarray  # (n + 1,) int64, offsets[0] == 0
+    data: bytes
+    null: np.ndarray  # (n,) bool
+
+    def __len__(self) -> int:
+        return len(self.null)
+
+    def value(self, i: int) -> bytes:
+        return self.data[self.offsets[i] : self.offsets[i + 1]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows [row, row + num_rows) of one row group of input file `file_index`."""
+
+    file_index: int
+    row_group: int
+    row: int
+    text: BinaryColumn
+    repo: BinaryColumn
+    keep: np.ndarray | None  # (n,) bool: passes the language filter; None = no filter
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.text)
+
+
+@dataclass(frozen=True)
+class FileError:
+    """Reading `file_index` failed at `row_group`; rows from there on were not read."""
+
+    file_index: int
+    path: str
+    row_group: int
+    rows_not_read: int | None  # None: the footer was unreadable, so the count is unknown
+    message: str
+
+
+# Row status; index 0 is a tokenized document, the rest are skip reasons.
+STATUS = ("tokenized", "null", "empty", "language", "too_large", "tokenizer_error")
+SKIP_REASONS = STATUS[1:]
+TRAIN, VAL = 0, 1
+
+
+@dataclass(frozen=True)
+class Encoded:
+    status: np.ndarray  # (n,) int8, index into STATUS
+    replaced: np.ndarray  # (n,) bool: invalid UTF-8 decoded with U+FFFD
+    nbytes: np.ndarray  # (n,) int64: text bytes of the row (0 for null)
+    split: np.ndarray  # (n,) uint8: TRAIN or VAL
+    ntok: np.ndarray  # (n,) int64: tokens of the row incl. its EOT, 0 when skipped
+    tokens: tuple[np.ndarray, np.ndarray]  # per split: (sum of its rows' ntok,) uint16
+
+
+class Position(NamedTuple):
+    """Where a run resumes: the document that supplied the last token in a shard."""
+
+    file_index: int = 0
+    row_group: int = 0
+    row: int = 0
+    token_offset: int = 0  # tokens of that document already in a shard

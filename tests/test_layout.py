@@ -1,0 +1,98 @@
+"""The codebase's layout rules (docs/design.md, "Layout"), checked on the source itself.
+
+- `model/` is the library and imports nothing from `pipeline/` (the stages);
+- no import circle among the project's modules, lazy imports inside functions included;
+- no module much over 400 lines and no function over 60 (STYLE.md, habit 1).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PACKAGES = ("model", "pipeline")
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def modules() -> dict[str, Path]:
+    """Dotted name -> file, for every module of the project's packages."""
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports, anywhere in the file (top level or in a function)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from model import config`: the submodule, when there is one
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in found if m in known}
+
+
+def test_model_imports_nothing_from_pipeline() -> None:
+    known = modules()
+    offenders = {
+        name: sorted(m for m in imports_of(path, known) if m.split(".")[0] == "pipeline")
+        for name, path in known.items()
+        if name.split(".")[0] == "model"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_import_circle() -> None:
+    known = modules()
+    graph = {name: imports_of(path, known) - {name} for name, path in known.items()}
+    # a package's __init__ importing its own submodules is not a circle of modules
+    graph = {n: {m for m in deps if not n.startswith(m + ".")} for n, deps in graph.items()}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    circles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                circles.append([*path[path.index(dep) :], dep])
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []
+
+
+def test_modules_and_functions_stay_small() -> None:
+    too_big = []
+    for name, path in modules().items():
+        source = path.read_text(encoding="utf-8")
+        lines = len(source.splitlines())
+        if lines > MAX_MODULE_LINES:
+            too_big.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_big.append(f"{name}.{node.name}: {length} lines")
+    assert too_big == []
+
+
+def test_the_checker_sees_an_import_from_pipeline(tmp_path: Path) -> None:
+    """The import scan itself: a lazy `from pipeline...` inside a function is found."""
+    known = modules()
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from pipeline.tokenize import stage\n    return stage\n")
+    assert imports_of(probe, known) == {"pipeline.tokenize", "pipeline.tokenize.stage"}
