@@ -35,10 +35,11 @@ sys.path.insert(0, str(REPO))
 from model.atomic import write_text  # noqa: E402
 from model.config import load  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from model.loader import ShardLoader  # noqa: E402
+from model.loader import TrainLoader, Windows, open_dataset  # noqa: E402
 from model.shards import list_shards, write_shard  # noqa: E402
 from model.train_config import TrainConfig  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
+from pipeline.tokenize import manifest  # noqa: E402
 
 CONFIG = REPO / "configs" / "demo.yaml"
 
@@ -50,6 +51,7 @@ def shard_folder(cfg: TrainConfig, tmp: Path) -> tuple[Path, str]:
     rng = np.random.default_rng(0)
     for split, n in (("train", 400_000), ("val", 50_000)):
         write_shard(tmp, split, 0, rng.integers(0, 50257, n, dtype=np.uint16))
+    manifest.write_for_shards(tmp, {"name": "random", "n_vocab": 50257})
     return tmp, "random tokens (no data/shards/demo)"
 
 
@@ -59,7 +61,10 @@ def baseline_step_fn(cfg: TrainConfig, data: Path) -> Callable[[], float]:
     model = GPT(GPTConfig.from_train(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     assert isinstance(cfg.micro_batch, int)
-    loader = ShardLoader(data, "train", cfg.micro_batch, cfg.block_size)
+    windows = Windows(
+        open_dataset(data, cfg.vocab_size).shards["train"], "train", cfg.block_size, cfg.vocab_size
+    )
+    loader = TrainLoader(windows, cfg.micro_batch, shuffle=cfg.shuffle, seed=cfg.seed)
 
     def step() -> float:
         for _ in range(cfg.grad_accum):

@@ -36,6 +36,7 @@ from model.runtime import device_name  # noqa: E402
 from model.shards import write_shard  # noqa: E402
 from model.train_config import TrainConfig  # noqa: E402
 from model.trainer import Trainer  # noqa: E402
+from pipeline.tokenize import manifest  # noqa: E402
 
 TINY = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "device=cpu"]
 
@@ -44,6 +45,7 @@ def make_shards(folder: Path, tokens: int) -> Path:
     rng = np.random.default_rng(0)
     write_shard(folder, "train", 0, rng.integers(0, 50257, tokens, dtype=np.uint16))
     write_shard(folder, "val", 0, rng.integers(0, 50257, 100_000, dtype=np.uint16))
+    manifest.write_for_shards(folder, {"name": "random", "n_vocab": 50257})
     return folder
 
 

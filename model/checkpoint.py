@@ -9,7 +9,9 @@ so `torch.load(path, weights_only=True)` reads it and no pickled code runs.
 - STEP: optimizer steps completed.
 - RNG: one dict per DDP rank (index = rank) of torch CPU/CUDA, numpy and
   python RNG states, stored as tensors and ints (see `capture_rng`).
-- LOADER: one `ShardLoader.state_dict()` per rank (ints).
+- LOADER: one `TrainLoader.state_dict()` per rank (ints and flags).
+- LOSS_WINDOW: the sum and count of the train losses since the last metrics
+  line, so a resumed run logs the same interval means.
 - CONFIG: the resolved TrainConfig as a plain dict.
 - FORMAT: the version of this layout.
 
@@ -17,14 +19,20 @@ File names are `ckpt-<step zero-padded to 8 digits>.pt`. A save goes to a
 temporary name, is fsynced and renamed into place (then the folder is
 fsynced), so a crash leaves either the old set or the new one, never a
 partial file under a final name; the newest `keep` checkpoints are kept.
+A full disk (ENOSPC, EDQUOT, or torch's zip writer failing for want of
+space) is a ResourceError that says what a checkpoint needs, what is free
+and which checkpoint is the last good one; `check_space` says it before a
+save is even tried.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +40,7 @@ import numpy as np
 import torch
 
 from model.atomic import write_atomically
-from model.errors import InputError
+from model.errors import InputError, ResourceError
 
 if TYPE_CHECKING:
     from model.gpt import GPT
@@ -46,12 +54,18 @@ SCALER = "scaler"
 STEP = "step"
 RNG = "rng"
 LOADER = "loader"
+LOSS_WINDOW = "loss_window"
 CONFIG = "config"
 FORMAT = "format"
 FORMAT_VERSION = 1
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# torch.save's zip writer turns a failed write into a RuntimeError, e.g. "[enforce fail at
+# inline_container.cc:672] . unexpected pos 123 vs 456" or "PytorchStreamWriter failed writing"
+_ZIP_WRITER_FAILED = ("inline_container", "PytorchStreamWriter", "unexpected pos")
+GiB = 2**30
 
 
 def checkpoint_name(step: int) -> str:
@@ -87,13 +101,68 @@ def save_checkpoint(
     state = {**state, STEP: int(step), FORMAT: FORMAT_VERSION}
     final = folder / checkpoint_name(step)
     tmp = folder / f"{_TMP_PREFIX}{final.name}"
-    write_atomically(final, lambda f: torch.save(state, f), tmp)
+    try:
+        write_atomically(final, lambda f: torch.save(state, f), tmp)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise disk_full(final, e.strerror or "no space left") from None
+    except RuntimeError as e:
+        if not any(m in str(e) for m in _ZIP_WRITER_FAILED):
+            raise
+        raise disk_full(final, "the zip writer could not write: no space left?") from None
     if keep is None and isinstance(state.get(CONFIG), dict):
         keep = state[CONFIG].get("keep_ckpts")
     if keep is not None and keep > 0:
         for old in list_checkpoints(folder)[:-keep]:
             old.unlink(missing_ok=True)
     return final
+
+
+# --- disk space -----------------------------------------------------------------
+
+
+def estimate_bytes(n_params: int, n_tensors: int) -> int:
+    """A checkpoint's size before one exists: fp32 weights (4 P) and AdamW's exp_avg and
+    exp_avg_sq (8 P), plus 64 KiB (RNG states, config) and 1 KiB per tensor (its step
+    scalar and zip entries). Measured here: 0.04 % over for the demo model, 9 % over for
+    the tests' 35 K-parameter one."""
+    return 12 * n_params + 64 * 2**10 + 2**10 * n_tensors
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Free bytes for an unprivileged writer on the filesystem of `folder` (or its parent)."""
+    p = Path(folder).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _last_good(folder: Path) -> str:
+    ckpts = list_checkpoints(folder)
+    return ckpts[-1].name if ckpts else "none yet"
+
+
+def size_text(n: int) -> str:
+    """Bytes as GiB, or MiB below 1 GiB."""
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / 2**20:.2f} MiB"
+
+
+def disk_full(final: Path, why: str, need: int | None = None) -> ResourceError:
+    free = free_bytes(final.parent)
+    needed = f"a checkpoint needs {size_text(need)}, " if need else ""
+    return ResourceError(
+        f"disk full writing {final} ({why}): {needed}{size_text(free)} free; the last good "
+        f"checkpoint is {_last_good(final.parent)}: free space (or lower keep_ckpts), then "
+        "rerun the same command to resume"
+    )
+
+
+def check_space(run_dir: str | Path, step: int, need: int) -> None:
+    """ResourceError unless the run's disk holds one more checkpoint of `need` bytes."""
+    folder = Path(run_dir)
+    if free_bytes(folder) < need:
+        raise disk_full(folder / checkpoint_name(step), "not enough space", need)
 
 
 def _read(path: Path, map_location: Any) -> dict[str, Any]:

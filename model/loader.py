@@ -1,79 +1,150 @@
-"""Serves (x, y) training windows from a split's token shards.
+"""What the trainer reads: the data contract, shuffled training windows, a fixed eval set.
 
-Semantics (docs/model.md has the long form):
-- Stream: the split's shards, concatenated in order, are one token stream of
-  `tokens` tokens. Shards are memory-mapped; a batch reads only its own span,
-  which may cross a shard boundary.
-- Batch: a span of B*T + 1 consecutive tokens, cut into B rows of T + 1;
-  x = row[:-1], y = row[1:] (the next token of each position).
-- Ranks: every call advances a shared `position` by world_size * B * T; rank r
-  takes the r-th B*T block of that stride. So world_size ranks with grad_accum
-  g / world_size see the same tokens per optimizer step as one rank with g.
-- Wrap: when the next stride does not fit (position + world_size*B*T + 1 >
-  tokens), position goes back to 0 and epoch += 1; the tail is skipped, the
-  same way every epoch.
-- Resume: state_dict() is {position, epoch, tokens}, plain ints; a loader given
-  it serves exactly the batches the original would have served next.
+Windows (docs/training.md has the long form). A split's shards, concatenated
+in order, are one stream of N tokens; window k is the T + 1 tokens from
+k * T, cut into x (the first T) and y (the last T, each the token after the
+same position of x), for k in [0, W) with W = (N - 1) // T. Consecutive
+windows share one token, so each token but the first is a target exactly
+once per pass. Shards are memory-mapped and a window reads only its own
+span, which may cross a shard boundary.
+
+Training (`TrainLoader`). A single counter, `served`, counts the windows the
+ranks have taken together. Position p of the run is window `order(p mod W)`
+of epoch p // W, where the order is model.order's keyed permutation of
+(seed, epoch) when `shuffle` is on and the stream order when it is off. A
+micro-batch of rank r takes positions [served + r * B, served + (r + 1) * B)
+and every call advances `served` by world_size * B, so world_size ranks with
+grad_accum g / world_size see the same windows per optimizer step as one
+rank with g, every window is visited once per epoch (a batch that crosses
+the end of an epoch finishes it and starts the next), and the whole state is
+`served`: a resumed run serves exactly the batches the original would have.
+
+Evaluation (`EvalSet`): eval_iters x world_size x B windows spread evenly
+over the whole val split, the same ones at every eval.
+
+The contract (`open_dataset`), checked before any step, each a one-line
+error naming the file and the fix: the folder's manifest.json exists and says
+`complete: true` (`allow_partial` trains on the listed shards and says so);
+its tokenizer fits the model's vocabulary; and every batch's token ids are
+below `vocab_size` (checked on the host before the copy, naming the shard
+and the offset).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from model import tokenizer
 from model.errors import InputError, StateError
-from model.shards import list_shards, open_shard
+from model.order import permute
+from model.shards import MANIFEST, SPLITS, list_shards, open_shard, read_manifest
+
+if TYPE_CHECKING:
+    from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+KNOWN_VOCABS = {tokenizer.NAME: tokenizer.VOCAB_SIZE}  # tokenizer name -> number of ids
+STATE_FORMAT = 2  # 1: {position, epoch, tokens} in tokens, stream order only
 
-class ShardLoader:
-    def __init__(
-        self,
-        folder: str | Path,
-        split: str,
-        micro_batch: int,
-        block_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        assert micro_batch >= 1 and block_size >= 1, (micro_batch, block_size)
-        assert 0 <= rank < world_size, (rank, world_size)
-        self.folder = Path(folder)
-        self.split = split
-        self.B, self.T = micro_batch, block_size
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device(device)
-        self._pin = self.device.type == "cuda"
-        paths = list_shards(self.folder, split)
+
+# ------------------------------------------------------------------ the data contract
+
+
+@dataclass(frozen=True)
+class Dataset:
+    folder: Path
+    shards: dict[str, list[Path]]  # split -> its shard files, in order
+    complete: bool  # the manifest says the whole input is in the shards
+
+
+def open_dataset(folder: str | Path, vocab_size: int, allow_partial: bool = False) -> Dataset:
+    """The shard folder, checked against its manifest and the model's vocabulary."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    fix = (
+        "run `make tokenize` to finish it, or pass allow_partial=true to train on the "
+        "shards that are there"
+    )
+    if manifest is None:
+        if not allow_partial:
+            raise InputError(
+                f"{folder / MANIFEST} not found: {folder} is not a finished `make tokenize` "
+                f"output; {fix}"
+            )
+        log.warning(
+            "%s has no %s: allow_partial=true, using its shards as they are", folder, MANIFEST
+        )
+        return Dataset(folder, {s: list_shards(folder, s) for s in SPLITS}, complete=False)
+    _check_tokenizer(folder, manifest, vocab_size)
+    complete = manifest.get("complete") is True
+    if not complete:
+        if not allow_partial:
+            raise InputError(
+                f"{folder / MANIFEST} says complete: false (tokenize was stopped or is still "
+                f"running); {fix}"
+            )
+        log.warning("%s is incomplete: allow_partial=true, training on the listed shards", folder)
+    shards = {s: [folder / e["name"] for e in manifest["shards"][s]] for s in SPLITS}
+    for paths in shards.values():
+        for p in paths:
+            if not p.is_file():
+                raise InputError(f"{p} is listed in {folder / MANIFEST} but missing; {fix}")
+    return Dataset(folder, shards, complete)
+
+
+def _check_tokenizer(folder: Path, manifest: dict[str, Any], vocab_size: int) -> None:
+    tok = manifest.get("tokenizer") or {}
+    name = tok.get("name")
+    where = folder / MANIFEST
+    if name == tokenizer.NAME and tok.get("vocab_sha256") != tokenizer.RANKS_SHA256:
+        raise InputError(
+            f"{where}: the shards were made with another {name} vocabulary file "
+            f"(sha256 {str(tok.get('vocab_sha256'))[:12]}..., this code's is "
+            f"{tokenizer.RANKS_SHA256[:12]}...); tokenize again with this vocabulary"
+        )
+    n_vocab = tok.get("n_vocab", KNOWN_VOCABS.get(str(name)))
+    if not isinstance(n_vocab, int):
+        raise InputError(
+            f"{where}: tokenizer {name!r} is not one this code knows; tokenize the data with "
+            "`make tokenize` (GPT-2)"
+        )
+    if n_vocab > vocab_size:
+        raise InputError(
+            f"{where}: tokenizer {name!r} has {n_vocab:,} ids but the model has vocab_size="
+            f"{vocab_size:,} rows; set vocab_size >= {n_vocab} (50304 for GPT-2)"
+        )
+
+
+# ------------------------------------------------------------------ windows of a split
+
+
+class Windows:
+    """The T + 1 token windows of one split's shards, read on demand from memory maps."""
+
+    def __init__(self, paths: list[Path], split: str, block_size: int, vocab_size: int) -> None:
         if not paths:
             raise InputError(
-                f"{self.folder}: no {split} shards ({split}_000000.npy ...); "
-                "run `make tokenize` first (or point `data` at a shard folder)"
+                f"no {split} shards ({split}_000000.npy ...); run `make tokenize` first "
+                "(or point `data` at a shard folder)"
             )
+        self.paths, self.split = paths, split
+        self.T, self.vocab_size = block_size, vocab_size
         self._shards = [open_shard(p) for p in paths]  # memory maps, nothing read yet
         lengths = np.array([len(s) for s in self._shards], dtype=np.int64)
         # _starts[i] = stream offset of shard i's first token; _starts[-1] = total
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
         self.tokens = int(self._starts[-1])
-        self._stride = world_size * self.B * self.T
-        need = self._stride + 1
-        if self.tokens < need:
-            raise InputError(
-                f"{self.folder}: the {split} split has {self.tokens:,} tokens, fewer than the "
-                f"{need:,} one step needs (micro_batch {self.B} x block_size {self.T} x "
-                f"{world_size} rank(s) + 1); tokenize more data, lower micro_batch or "
-                "block_size, or use fewer GPUs"
-            )
-        self.position = 0
-        self.epoch = 0
+        self.count = max(0, (self.tokens - 1) // block_size)  # W
 
-    def _read(self, start: int, n: int) -> np.ndarray:
+    def read(self, start: int, n: int) -> np.ndarray:
         """Tokens [start, start + n) of the stream as int64, copying only that span."""
         out = np.empty(n, dtype=np.int64)
         i = int(np.searchsorted(self._starts, start, side="right")) - 1  # shard holding `start`
@@ -86,51 +157,173 @@ class ShardLoader:
             i += 1
         return out
 
-    def _to_device(self, a: np.ndarray) -> Tensor:
-        t = torch.from_numpy(a)
-        if self._pin:
-            # pinned host memory lets the copy run asynchronously; the caching host
-            # allocator keeps the buffer alive until the copy has finished
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
+    def batch(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x, y (B, T) int64 for window indices (B,), token ids checked against vocab_size."""
+        rows = np.stack([self.read(int(k) * self.T, self.T + 1) for k in windows])  # (B, T + 1)
+        if rows.max() >= self.vocab_size:
+            self._bad_id(windows, rows)
+        return rows[:, :-1], rows[:, 1:]
+
+    def _bad_id(self, windows: np.ndarray, rows: np.ndarray) -> None:
+        b, t = np.argwhere(rows >= self.vocab_size)[0]
+        at = int(windows[b]) * self.T + int(t)  # stream offset of the bad token
+        i = int(np.searchsorted(self._starts, at, side="right")) - 1
+        raise InputError(
+            f"{self.paths[i]}: token id {int(rows[b, t])} at offset {at - int(self._starts[i]):,} "
+            f"is >= vocab_size={self.vocab_size}; the shard is damaged or from another "
+            "tokenizer: tokenize again (force=true) or raise vocab_size"
+        )
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type == "cuda":
+        # pinned host memory lets the copy run asynchronously; the caching host
+        # allocator keeps the buffer alive until the copy has finished
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class TrainLoader:
+    """Shuffled (or stream-order) training batches for one rank; resumable from `served`."""
+
+    def __init__(
+        self,
+        windows: Windows,
+        micro_batch: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        assert micro_batch >= 1 and 0 <= rank < world_size, (micro_batch, rank, world_size)
+        self.windows, self.B = windows, micro_batch
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        if windows.count < world_size * micro_batch:
+            raise InputError(
+                f"the {windows.split} split has {windows.tokens:,} tokens, fewer than one step "
+                f"needs ({world_size} rank(s) x micro_batch {micro_batch} x block_size "
+                f"{windows.T} + 1); tokenize more data, lower micro_batch or block_size, "
+                "or use fewer GPUs"
+            )
+        self.served = 0  # windows taken by all ranks together
+
+    @property
+    def epoch(self) -> int:
+        return self.served // self.windows.count
+
+    def indices(self, start: int, n: int) -> np.ndarray:
+        """Window indices at run positions [start, start + n) (they may span two epochs)."""
+        pos = np.arange(start, start + n, dtype=np.int64)
+        W = self.windows.count
+        epoch, i = pos // W, pos % W
+        if not self.shuffle:
+            return i
+        out = np.empty_like(i)
+        for e in np.unique(epoch):
+            sel = epoch == e
+            out[sel] = permute(i[sel], W, self.seed, int(e))
+        return out
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """x, y: (B, T) int64 on the device; y[b, t] is the token after x[b, t]."""
-        if self.position + self._stride + 1 > self.tokens:
-            self.position = 0
-            self.epoch += 1
-        start = self.position + self.rank * self.B * self.T
-        span = self._read(start, self.B * self.T + 1)  # (B*T + 1,)
-        x = span[:-1].reshape(self.B, self.T)
-        y = span[1:].reshape(self.B, self.T)
-        self.position += self._stride
-        return self._to_device(x), self._to_device(y)
+        ks = self.indices(self.served + self.rank * self.B, self.B)
+        self.served += self.world_size * self.B
+        x, y = self.windows.batch(ks)
+        return _to_device(x, self.device), _to_device(y, self.device)
 
-    def reset(self) -> None:
-        """Back to the start of the stream (a fixed validation set reads the same batches)."""
-        self.position = 0
-        self.epoch = 0
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "served": self.served,
+            "windows": self.windows.count,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+        }
 
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self.position, "epoch": self.epoch, "tokens": self.tokens}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        position, epoch = int(state["position"]), int(state["epoch"])
-        if not 0 <= position <= self.tokens or epoch < 0:
-            raise StateError(
-                f"{self.folder}: loader state position={position} epoch={epoch} does not fit the "
-                f"{self.split} split ({self.tokens:,} tokens); the shards changed since the "
-                "checkpoint: restore them or start a new run (another out_dir)"
-            )
-        saved = state.get("tokens")
-        if saved is not None and int(saved) != self.tokens:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        W = self.windows.count
+        if state.get("format") != STATE_FORMAT:  # an older checkpoint: stream positions
+            self.served = int(state["epoch"]) * W + int(state["position"]) // self.windows.T
             log.warning(
-                "%s: the %s split has %d tokens, the checkpoint saw %d; resuming at position "
-                "%d, but the batches will differ from the original run's",
-                self.folder,
-                self.split,
-                self.tokens,
-                int(saved),
-                position,
+                "checkpoint from an older loader (stream positions); continuing at window %d "
+                "of epoch %d in this loader's order",
+                self.served % W,
+                self.epoch,
             )
-        self.position, self.epoch = position, epoch
+            return
+        served = int(state["served"])
+        if served < 0:
+            raise StateError(f"loader state served={served} is negative; the checkpoint is damaged")
+        changed = [
+            f"{k} {state.get(k)} -> {v}"
+            for k, v in (("windows", W), ("shuffle", self.shuffle), ("seed", self.seed))
+            if state.get(k) != v
+        ]
+        if changed:
+            log.warning(
+                "%s split changed since the checkpoint (%s): resuming after %d windows, but the "
+                "batches will differ from the original run's",
+                self.windows.split,
+                ", ".join(changed),
+                served,
+            )
+        self.served = served
+
+
+class EvalSet:
+    """`iters` batches of fixed windows, spread evenly over the split, split among the ranks."""
+
+    def __init__(
+        self,
+        windows: Windows,
+        micro_batch: int,
+        iters: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if windows.count < 1:
+            raise InputError(
+                f"the {windows.split} split has {windows.tokens:,} tokens, fewer than one window "
+                f"of block_size {windows.T} + 1; tokenize more data or lower block_size"
+            )
+        self.windows, self.B, self.iters = windows, micro_batch, iters
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        n = iters * world_size * micro_batch
+        # window j of n evenly over [0, W); a split with fewer windows repeats some
+        self.all = (np.arange(n, dtype=np.int64) * windows.count) // n
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        """Batch i (0 <= i < iters) of this rank."""
+        start = (i * self.world_size + self.rank) * self.B
+        x, y = self.windows.batch(self.all[start : start + self.B])
+        return _to_device(x, self.device), _to_device(y, self.device)
+
+    def __iter__(self) -> Any:
+        return (self.batch(i) for i in range(self.iters))
+
+
+def make_loaders(
+    cfg: TrainConfig, rank: int, world: int, device: torch.device
+) -> tuple[TrainLoader, EvalSet]:
+    """The data contract (model/loader.py), then this rank's train loader and the val set."""
+    assert isinstance(cfg.micro_batch, int)
+    data = open_dataset(cfg.data, cfg.vocab_size, cfg.allow_partial)
+    train = Windows(data.shards["train"], "train", cfg.block_size, cfg.vocab_size)
+    val = Windows(data.shards["val"], "val", cfg.block_size, cfg.vocab_size)
+    loader = TrainLoader(
+        train,
+        cfg.micro_batch,
+        shuffle=cfg.shuffle,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        device=device,
+    )
+    return loader, EvalSet(val, cfg.micro_batch, cfg.eval_iters, rank, world, device)

@@ -26,6 +26,12 @@ class TrainConfig(Config):
     # data and run folder
     data: str = option("data/shards/github-code", "shard folder (tokenize output)", affects=SMOKE)
     out_dir: str = option("out/gpt2-124m", "run folder: checkpoints, metrics, config")
+    shuffle: bool = option(
+        True, "visit the train windows in a shuffled order, a new one each epoch; false = stream"
+    )
+    allow_partial: bool = option(
+        False, "train on a shard folder whose tokenize has not finished (says so)"
+    )
     # model shape (GPT-2 124M by default)
     n_layer: int = option(12, "transformer blocks", affects=MODEL, ge=1)
     n_head: int = option(12, "attention heads", affects=MODEL, ge=1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import math
 import time
@@ -29,16 +28,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import config as configlib
 from model import distributed
-from model.autobatch import resolve_config
 from model.checkpoint import (
     CONFIG,
     LOADER,
+    LOSS_WINDOW,
     MODEL,
     OPTIMIZER,
     RNG,
     SCALER,
     STEP,
     capture_rng,
+    check_space,
+    estimate_bytes,
     list_checkpoints,
     load_latest,
     restore_rng,
@@ -48,13 +49,11 @@ from model.checkpoint import (
 from model.distributed import DistInfo
 from model.errors import CheckFailed, StateError
 from model.gpt import GPT, GPTConfig
-from model.loader import ShardLoader
+from model.loader import make_loaders
 from model.metrics import MetricsLog, MfuMeter, peak_mem_gb, progress_line
-from model.rundir import write_config
 from model.runtime import (
     enable_fast_math,
     maybe_compile,
-    resolve_device,
     resolve_precision,
     seed_everything,
 )
@@ -74,6 +73,37 @@ class StepResult:
     loss: float  # mean over the step's micro-batches (and ranks)
     grad_norm: float  # before clipping
     ok: bool  # False: non-finite, the update was skipped
+
+
+@dataclass
+class LossWindow:
+    """The finite train losses since the last metrics line: their sum and count.
+
+    The logged `loss` is their mean, so the curve shows the interval, not the one
+    batch that happened to be last; it is in the checkpoint, so a resumed run logs
+    the same means.
+    """
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, r: StepResult) -> None:
+        if r.ok:
+            self.total += r.loss
+            self.count += 1
+
+    def mean(self, fallback: float) -> float:
+        """The mean, then an empty window; `fallback` when no step of it was finite."""
+        value = self.total / self.count if self.count else fallback
+        self.total, self.count = 0.0, 0
+        return value
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        state = state or {}  # checkpoints from before the window: start it empty
+        self.total, self.count = float(state.get("total", 0.0)), int(state.get("count", 0))
 
 
 class Trainer:
@@ -100,11 +130,11 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.model = DistributedDataParallel(self.compiled, device_ids=ids)
         seed_everything(cfg.seed + self.info.rank)  # dropout masks differ between ranks
-        rank, world = self.info.rank, self.info.world_size
-        args = (cfg.micro_batch, cfg.block_size, rank, world, str(device))
-        self.train_loader = ShardLoader(cfg.data, "train", *args)
-        self.val_loader = ShardLoader(cfg.data, "val", *args)
+        self.train_loader, self.val_set = make_loaders(
+            cfg, self.info.rank, self.info.world_size, device
+        )
         self.step = 0
+        self.window = LossWindow()  # the train losses since the last metrics line
         self.bad_streak = 0
         self.bad_total = 0
         self.metrics = MetricsLog(self.run_dir)
@@ -159,12 +189,10 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss of the first `eval_iters` val batches (the same ones every time)."""
+        """Mean loss over the fixed val windows (model/loader.py's EvalSet, the same every time)."""
         self.compiled.eval()
-        self.val_loader.reset()
         total = torch.zeros((), device=self.device)
-        for _ in range(self.cfg.eval_iters):
-            x, y = self.val_loader.next_batch()
+        for x, y in self.val_set:
             with self.precision.autocast():
                 _, loss = self.compiled(x, y)
             total += loss.float()
@@ -185,12 +213,24 @@ class Trainer:
             STEP: self.step,
             RNG: distributed.gather(capture_rng(self.device), self.info),
             LOADER: distributed.gather(self.train_loader.state_dict(), self.info),
+            LOSS_WINDOW: self.window.state_dict(),
             CONFIG: dataclasses.asdict(self.cfg),
         }
 
+    def checkpoint_bytes(self) -> int:
+        """What one more checkpoint takes: the newest one's size, else the estimate."""
+        ckpts = list_checkpoints(self.run_dir)
+        if ckpts:
+            return ckpts[-1].stat().st_size
+        n_tensors = len(list(self.raw_model.parameters()))
+        return estimate_bytes(self.raw_model.num_params(), n_tensors)
+
     def save(self) -> Path | None:
         state = self.state()
-        path = save_checkpoint(self.run_dir, self.step, state) if self.info.is_main else None
+        path = None
+        if self.info.is_main:
+            check_space(self.run_dir, self.step, self.checkpoint_bytes())
+            path = save_checkpoint(self.run_dir, self.step, state)
         distributed.barrier(self.info)
         if path is not None:
             log.info("checkpoint %s", path)
@@ -215,6 +255,7 @@ class Trainer:
         if self.scaler.is_enabled() and state[SCALER]:
             self.scaler.load_state_dict(state[SCALER])
         self.step = int(state[STEP])
+        self.window.load_state_dict(state.get(LOSS_WINDOW))
         self._restore_rank_state(state)
         if self.info.is_main:
             self._set_aside_newer(self.step)
@@ -230,7 +271,7 @@ class Trainer:
         else:
             log.warning(
                 "checkpoint was written by %d processes, this run has %d: the data order "
-                "and random streams will differ from an uninterrupted run",
+                "is the same, but the random streams (dropout) differ from an uninterrupted run",
                 len(loaders),
                 self.info.world_size,
             )
@@ -262,6 +303,7 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 self._guard(result)
+                self.window.add(result)
                 last = self.step == cfg.max_iters
                 if self.step % cfg.log_interval == 0 or last:
                     ms = 1000 * (time.perf_counter() - window_start) / window_steps
@@ -308,7 +350,8 @@ class Trainer:
         tps = self.cfg.tokens_per_step * 1000.0 / ms if ms > 0 else 0.0
         rec: dict[str, Any] = {
             "step": self.step,
-            "loss": r.loss,
+            "loss": self.window.mean(r.loss),  # the mean over the steps since the last line
+            "loss_step": r.loss,  # this step's alone
             "lr": lr_at(self.step - 1, self.cfg),
             "tokens": tokens,
             "ms": round(ms, 3),
@@ -331,40 +374,3 @@ class Trainer:
             tokens = self.step * self.cfg.tokens_per_step
             self.metrics.append({"step": self.step, "val_loss": val, "tokens": tokens})
             log.info("step %d | val loss %.4f", self.step, val)
-
-
-def open_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
-    """This rank's device; joins the DDP process group when torchrun started us."""
-    want_cuda = cfg.device != "cpu" and torch.cuda.is_available()
-    local = distributed.setup(info, "cuda" if want_cuda else "cpu")
-    return local if local is not None else resolve_device(cfg)
-
-
-def train(cfg: TrainConfig) -> int:
-    """The train stage: resolve, resume if possible, fit. Returns the exit code."""
-    info = distributed.from_env()
-    distributed.per_rank_accum(cfg.grad_accum, info.world_size)  # fail before any work
-    device = open_device(cfg, info)
-    try:
-        cfg = resolve_config(cfg, device)
-        run_dir = Path(cfg.out_dir)
-        if info.is_main:
-            write_config(cfg, run_dir)
-            log.info(
-                "training on %s, %d process(es): %d tokens per step",
-                device,
-                info.world_size,
-                cfg.tokens_per_step,
-            )
-        trainer: Trainer | None = Trainer(cfg, device, run_dir, info)
-        assert trainer is not None
-        trainer.resume()
-        return trainer.fit()
-    finally:
-        # DDP's Reducer holds the process group. Left to the end of this frame, it would
-        # destroy the gloo group from a destructor that holds the GIL and joins gloo's
-        # worker threads, which may need the GIL to drop their last work: a deadlock seen
-        # here about 1 run in 10. So free the model while the group is alive, then teardown.
-        trainer = None
-        gc.collect()
-        distributed.teardown()

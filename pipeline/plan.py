@@ -103,7 +103,23 @@ def build_plan(cfg: PlanConfig) -> dict[str, Any]:
     )
     out = _memory_plan(cfg, card, dtype, sequences)
     out.update(_time(cfg, card, dtype, out["params"], sequences))
+    out.update(_disk(cfg))
     return out
+
+
+def _disk(cfg: PlanConfig) -> dict[str, Any]:
+    """What the checkpoints take on out_dir's disk: keep_ckpts of them plus the one being
+    written (the oldest is deleted only after the new one is complete)."""
+    from model import memory
+    from model.checkpoint import estimate_bytes, free_bytes
+
+    w = memory.Workload.from_train(cfg, 1, "float32")  # the shape is all that matters here
+    one = estimate_bytes(memory.param_count(w), memory.param_tensors(w))
+    return {
+        "checkpoint_bytes": one,
+        "checkpoints_disk_bytes": (cfg.keep_ckpts + 1) * one,
+        "disk_free_bytes": free_bytes(cfg.out_dir),
+    }
 
 
 def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dict[str, Any]:
@@ -197,7 +213,19 @@ def _gib(n: int) -> str:
 
 
 def render(cfg: PlanConfig, p: dict[str, Any]) -> str:
-    return "\n".join([*_memory_lines(cfg, p), "", *_sweep_lines(p), "", *_time_lines(p)])
+    parts = [_memory_lines(cfg, p), _sweep_lines(p), _time_lines(p), _disk_lines(cfg, p)]
+    return "\n\n".join("\n".join(lines) for lines in parts)
+
+
+def _disk_lines(cfg: PlanConfig, p: dict[str, Any]) -> list[str]:
+    need, free = p["checkpoints_disk_bytes"], p["disk_free_bytes"]
+    verdict = "fits" if need <= free else "DOES NOT FIT: free space or lower keep_ckpts"
+    return [
+        f"{f'disk of {cfg.out_dir}':<58}{'GiB':>8}",
+        f"  {'one checkpoint (fp32 weights + AdamW moments)':<56}{_gib(p['checkpoint_bytes'])}",
+        f"  {f'keep_ckpts {cfg.keep_ckpts} + the one being written':<56}{_gib(need)}",
+        f"  {'free now':<56}{_gib(free)}  {verdict}",
+    ]
 
 
 def _memory_lines(cfg: PlanConfig, p: dict[str, Any]) -> list[str]:

@@ -117,7 +117,14 @@ def _plot_train(ax: Any, train: list[dict[str, Any]], few: bool) -> tuple[list, 
         y = _running_mean(y, len(y) // 50)
         ax.plot(x, y, color="tab:blue", lw=1.4, label="train loss (running mean)")
     else:
-        ax.plot(x, y, color="tab:blue", lw=1.2, marker="." if few else None, label="train loss")
+        ax.plot(
+            x,
+            y,
+            color="tab:blue",
+            lw=1.2,
+            marker="." if few else None,
+            label="train loss (interval mean)",
+        )
     return x, y
 
 

@@ -35,6 +35,7 @@ from model.autobatch import resolve_config
 from model.checkpoint import load_for_inference
 from model.errors import CheckFailed
 from model.generate import Sampling, generate
+from model.lock import exclusive
 from model.rundir import SMOKE_FILE, SmokeStamp, smoke_fingerprint, write_smoke_stamp
 from model.runtime import resolve_device
 from model.train_config import TrainConfig
@@ -99,7 +100,7 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     work = run_dir / "smoke"
     shutil.rmtree(work, ignore_errors=True)
     trainer = Trainer(resolved, device, work)
-    x, y = (t.clone() for t in trainer.val_loader.next_batch())  # the fixed batch
+    x, y = (t.clone() for t in trainer.val_set.batch(0))  # the fixed batch
     losses: list[float] = []
     times: list[float] = []
     for _ in range(cfg.smoke_steps):
@@ -145,7 +146,8 @@ def _write_stamp(cfg: TrainConfig, report: SmokeReport) -> Path:
 
 
 def run(cfg: TrainConfig) -> int:
-    r = run_smoke(cfg)
+    with exclusive(cfg.out_dir, "smoke"):  # not while a trainer uses the run folder
+        r = run_smoke(cfg)
     print(f"smoke: loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f} in {len(r.losses)} steps")
     print(f"smoke: val loss {r.val_loss:.4f}; checkpoint round trip {r.roundtrip[0]:.6f} ok")
     rate = f"smoke: {r.ms_per_step:.1f} ms/step, {r.tokens_per_s:,.0f} tokens/s"

@@ -140,3 +140,28 @@ def clear(folder: Path) -> int:
     remove_partials(folder)
     shards.remove_temporaries(folder)
     return n
+
+
+def write_for_shards(folder: Path, tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """A complete manifest for shards made by other means (tests, benchmarks), listing them.
+
+    `tokenizer` is what the shards were made with: {"name", "vocab_sha256"} for GPT-2,
+    or {"name", "n_vocab"} for anything else, so the trainer can check its vocabulary.
+    """
+    listed: dict[str, list[dict[str, Any]]] = {
+        s: [
+            {"name": p.name, "tokens": len(shards.open_shard(p))}
+            for p in shards.list_shards(folder, s)
+        ]
+        for s in shards.SPLITS
+    }
+    tokens = {s: sum(int(e["tokens"]) for e in listed[s]) for s in shards.SPLITS}
+    data = {
+        "version": shards.MANIFEST_VERSION,
+        "complete": True,
+        "tokenizer": tokenizer,
+        "shards": listed,
+        "counts": {"tokens": tokens},
+    }
+    write(folder, data)
+    return data

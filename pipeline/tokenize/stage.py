@@ -32,6 +32,7 @@ from model import config as configlib
 from model import shards, tokenizer
 from model.config import Config, option
 from model.errors import InputError, ResourceError, StateError
+from model.lock import exclusive
 from pipeline.tokenize import manifest, source
 from pipeline.tokenize.batches import FileError
 from pipeline.tokenize.pool import encoded_in_order
@@ -168,6 +169,11 @@ def run(cfg: TokenizeConfig) -> int:
     out = Path(cfg.output)
     files = source.list_inputs(cfg.input)
     total_bytes = check_inputs(files, cfg)
+    with exclusive(out, "tokenize"):  # one writer per shard folder
+        return _tokenize(cfg, out, files, total_bytes)
+
+
+def _tokenize(cfg: TokenizeConfig, out: Path, files: list[Path], total_bytes: int) -> int:
     inputs = manifest.input_entries(files)
     settings = settings_of(cfg)
     old = previous_state(out, inputs, settings, cfg.force)

@@ -11,7 +11,7 @@ import yaml
 
 from model.autobatch import resolve_config, resolve_micro_batch
 from model.errors import ConfigError
-from model.trainer import train
+from pipeline.train import train
 from tests.model.train_fixtures import tiny_config
 
 CPU = torch.device("cpu")

@@ -68,9 +68,23 @@ def test_trainer_checkpoint_loads_weights_only_and_for_inference(tmp_path: Path)
     path = trainer.save()
     assert path is not None
     raw = torch.load(path, weights_only=True)  # plain data only
-    assert set(raw) >= {ck.MODEL, ck.OPTIMIZER, ck.SCALER, ck.STEP, ck.RNG, ck.LOADER, ck.CONFIG}
+    assert set(raw) >= {
+        ck.MODEL,
+        ck.OPTIMIZER,
+        ck.SCALER,
+        ck.STEP,
+        ck.RNG,
+        ck.LOADER,
+        ck.LOSS_WINDOW,
+        ck.CONFIG,
+    }
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in raw[ck.MODEL])
-    assert raw[ck.CONFIG]["n_embd"] == 32 and raw[ck.LOADER][0]["position"] > 0
+    assert (
+        raw[ck.CONFIG]["n_embd"] == 32 and raw[ck.LOADER][0]["served"] == cfg.grad_accum * 4
+    )  # 2 micro-batches of 4 windows
+    n_tensors = len(list(trainer.raw_model.parameters()))
+    estimate = ck.estimate_bytes(trainer.raw_model.num_params(), n_tensors)
+    assert path.stat().st_size <= estimate <= 1.15 * path.stat().st_size  # never under
     model, cfg2, step = ck.load_for_inference(tmp_path / "run")
     assert step == 1 and cfg2 == cfg and not model.training
     for name, p in trainer.raw_model.state_dict().items():

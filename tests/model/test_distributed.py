@@ -16,7 +16,7 @@ from model.config import build
 from model.errors import ConfigError
 from model.metrics import read_metrics
 from model.train_config import TrainConfig
-from model.trainer import train
+from pipeline.train import train
 from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
 
@@ -58,6 +58,8 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert loss1 == pytest.approx(loss2, rel=1e-4)
     w1, w2 = (load_latest(tmp_path / run) for run in ("one", "two"))
     assert w1 is not None and w2 is not None
-    assert len(w2[0]["loader"]) == 2  # one loader state per rank
+    states = w2[0]["loader"]  # one loader state per rank, one shuffled order for both
+    assert len(states) == 2 and all(st["shuffle"] for st in states)
+    assert states[0]["served"] == states[1]["served"] == w1[0]["loader"][0]["served"]
     for name, t in w1[0][MODEL].items():
         torch.testing.assert_close(w2[0][MODEL][name], t, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ from model.checkpoint import MODEL, list_checkpoints, load_latest
 from model.config import build
 from model.metrics import read_metrics
 from model.train_config import TrainConfig
-from model.trainer import train
+from pipeline.train import train
 from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
 
@@ -32,7 +32,12 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
     data = write_tiny_shards(tmp_path / "shards")
-    values = tiny_values(data, tmp_path / "killed", max_iters=150, ckpt_interval=10, keep_ckpts=2)
+    # log_interval 7 does not divide ckpt_interval 10: a resume starts mid-interval, so the
+    # logged interval means need the checkpoint's loss window; shuffle is on (the default)
+    values = tiny_values(
+        data, tmp_path / "killed", max_iters=150, ckpt_interval=10, keep_ckpts=2, log_interval=7
+    )
+    assert build(TrainConfig, values).shuffle
     config = write_config_yaml(tmp_path / "killed.yaml", values)
     env = {**os.environ, "CODEGPT_SKIP_SMOKE_CHECK": "1", "CODEGPT_LOG": "WARNING"}
     proc = subprocess.Popen(

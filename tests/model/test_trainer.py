@@ -16,7 +16,8 @@ from model.checkpoint import MODEL, list_checkpoints, load_latest
 from model.errors import CheckFailed, StateError
 from model.metrics import read_metrics
 from model.schedule import lr_at
-from model.trainer import StepResult, Trainer, train
+from model.trainer import StepResult, Trainer
+from pipeline.train import train
 from tests.model.train_fixtures import tiny_config
 
 CPU = torch.device("cpu")
@@ -48,6 +49,27 @@ def test_train_logs_metrics_evals_and_checkpoints(shards: Path, tmp_path: Path) 
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # it learns
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt-00000020.pt"]
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_logged_train_loss_is_the_mean_of_its_interval(shards: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(shards, tmp_path, max_iters=12, log_interval=4, eval_interval=100)
+    trainer = Trainer(cfg, CPU, tmp_path)
+    step = trainer.train_step
+    losses: list[float] = []
+
+    def recording(lr: float) -> StepResult:
+        r = step(lr)
+        losses.append(r.loss)
+        return r
+
+    trainer.train_step = recording  # type: ignore[method-assign]
+    assert trainer.fit() == 0
+    logged = [r for r in read_metrics(tmp_path) if "loss" in r]
+    assert [r["step"] for r in logged] == [4, 8, 12]
+    for i, rec in enumerate(logged):
+        window = losses[4 * i : 4 * i + 4]
+        assert rec["loss"] == pytest.approx(sum(window) / 4, rel=1e-12)
+        assert rec["loss_step"] == window[-1]
 
 
 def test_eval_reads_the_same_batches_every_time(shards: Path, tmp_path: Path) -> None:

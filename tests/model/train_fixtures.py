@@ -11,8 +11,10 @@ import yaml
 from model.config import build
 from model.shards import write_shard
 from model.train_config import TrainConfig
+from pipeline.tokenize import manifest
 
 VOCAB = 256
+TOKENIZER = {"name": "counting", "n_vocab": 200}  # the stream's ids are < 200
 
 
 def write_tiny_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int = 4_000) -> Path:
@@ -29,6 +31,7 @@ def write_tiny_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int 
     write_shard(folder, "train", 0, stream[: train_tokens // 2])
     write_shard(folder, "train", 1, stream[train_tokens // 2 : train_tokens])
     write_shard(folder, "val", 0, stream[train_tokens : train_tokens + val_tokens])
+    manifest.write_for_shards(folder, TOKENIZER)
     return folder
 
 

@@ -12,8 +12,8 @@ import torch
 from model.checkpoint import load_for_inference
 from model.hf_export import byte_alphabet
 from model.tokenizer import VOCAB_SIZE, encode
-from model.trainer import train
 from pipeline.__main__ import main
+from pipeline.train import train
 from tests.model.train_fixtures import tiny_config, write_tiny_shards
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the network

@@ -138,3 +138,12 @@ def test_dtype_auto_follows_the_named_card(capsys: pytest.CaptureFixture[str]) -
     assert main(["plan", "gpu_gb=16", "gpu=Tesla T4", "format=json"]) == 0
     assert json.loads(capsys.readouterr().out)["dtype"] == "float16"
     assert _plan(capsys)["dtype"] == "bfloat16"
+
+
+def test_the_disk_the_checkpoints_need(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    p = _plan(capsys, f"out_dir={tmp_path}", "keep_ckpts=3")
+    assert p["checkpoints_disk_bytes"] == 4 * p["checkpoint_bytes"]  # 3 kept + 1 being written
+    assert p["checkpoint_bytes"] == pytest.approx(12 * p["params"], rel=0.01)
+    assert p["disk_free_bytes"] > 0
+    assert main(["plan", "gpu_gb=12", RTX_4070, f"out_dir={tmp_path}"]) == 0
+    assert "keep_ckpts 3 + the one being written" in capsys.readouterr().out

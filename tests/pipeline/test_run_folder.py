@@ -17,8 +17,8 @@ import pytest
 from model import rundir
 from model.checkpoint import list_checkpoints
 from model.metrics import FILE, read_metrics
-from model.trainer import train
 from pipeline.__main__ import main
+from pipeline.train import train
 from tests.model.train_fixtures import tiny_config, tiny_values
 
 TIMING = ("ms", "tokens_per_s")
