@@ -39,7 +39,7 @@ RUN_NAME ?= ## run folder out/$(RUN_NAME) instead of the config's out_dir
 ARGS ?= ## key=value overrides for the stage(s) named on the command line
 COMPOSE ?= docker compose
 
-STAGES := sample-data tokenize plan smoke train sample export plot report
+STAGES := sample-data dedup tokenize plan smoke train sample export plot report
 
 # ---------------------------------------------------------------- where stages run
 ifeq ($(RUN),auto)
@@ -104,7 +104,17 @@ TOKENIZE_ARGS ?= $(call goal_args,tokenize)
 TOK_INPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),input),$(call yaml_get,$(TOKENIZE_CONFIG),input),data/raw)
 TOK_OUTPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),output),$(call yaml_get,$(TOKENIZE_CONFIG),output))
 # input is a folder (its *.parquet files) or a glob, as pipeline/tokenize/source.py reads it
-TOK_FILES := $(if $(findstring *,$(TOK_INPUT))$(findstring ?,$(TOK_INPUT))$(findstring [,$(TOK_INPUT)),$(wildcard $(TOK_INPUT)),$(wildcard $(TOK_INPUT)/*.parquet))
+input_files = $(if $(findstring *,$(1))$(findstring ?,$(1))$(findstring [,$(1)),$(wildcard $(1)),$(wildcard $(1)/*.parquet))
+TOK_FILES := $(call input_files,$(TOK_INPUT))
+# The near-dedup decision tokenize reads (its `near_dedup:`), and the dedup config that
+# writes it: the configs/*.yaml whose `output:` is that folder, else configs/dedup.yaml.
+TOK_NEAR := $(or $(call arg_get,$(TOKENIZE_ARGS),near_dedup),$(call yaml_get,$(TOKENIZE_CONFIG),near_dedup))
+ifeq ($(origin DEDUP_CONFIG),undefined)
+DEDUP_CONFIG := $(or $(if $(TOK_NEAR),$(firstword $(shell grep -l -E "^output:[[:space:]]*['\"]?$(TOK_NEAR)['\"]?[[:space:]]*(\#.*)?$$" configs/*.yaml 2>/dev/null))),configs/dedup.yaml)
+endif
+DEDUP_ARGS ?= $(call goal_args,dedup)
+DEDUP_INPUT := $(or $(call arg_get,$(DEDUP_ARGS),input),$(call yaml_get,$(DEDUP_CONFIG),input),data/raw)
+DEDUP_OUT := $(or $(call arg_get,$(DEDUP_ARGS),output),$(call yaml_get,$(DEDUP_CONFIG),output))
 
 # ---------------------------------------------------------------- stamps
 # .stamps/<stage>@<config path with / as _>; touched after the stage succeeded.
@@ -114,6 +124,7 @@ TOK_FILES := $(if $(findstring *,$(TOK_INPUT))$(findstring ?,$(TOK_INPUT))$(find
 STAMPS := .stamps
 stamp = $(STAMPS)/$(1)@$(subst /,_,$(patsubst $(CURDIR)/%,%,$(abspath $(2))))
 SAMPLE_DATA_STAMP := $(call stamp,sample-data,$(SAMPLE_DATA_CONFIG))
+DEDUP_STAMP := $(call stamp,dedup,$(DEDUP_CONFIG))
 TOKENIZE_STAMP := $(call stamp,tokenize,$(TOKENIZE_CONFIG))
 SMOKE_STAMP := $(call stamp,smoke,$(CONFIG))
 differ = $(subst $(1),,$(2))$(subst $(2),,$(1))
@@ -187,13 +198,25 @@ $(SAMPLE_DATA_STAMP): $(SAMPLE_DATA_CONFIG) $(call args_deps,$(SAMPLE_DATA_STAMP
 	$(call stage,sample-data,,--config $(SAMPLE_DATA_CONFIG) $(SAMPLE_DATA_ARGS))
 	@touch $@
 
+dedup: $(DEDUP_STAMP) ## near-duplicate decision for tokenize's input (DEDUP_CONFIG, paired with its near_dedup)
+	@echo "dedup: $(if $(RAN_dedup),done,up to date, nothing to do) ($(DEDUP_CONFIG) -> $(DEDUP_OUT))"
+
+$(DEDUP_STAMP): $(DEDUP_CONFIG) $(call args_deps,$(DEDUP_STAMP),$(DEDUP_ARGS)) $(call input_files,$(DEDUP_INPUT)) \
+		$(if $(filter $(SAMPLE_OUT),$(DEDUP_INPUT)),$(SAMPLE_DATA_STAMP)) \
+		$(call missing,$(DEDUP_OUT)/dedup.json) | $(RUNTIME)
+	$(eval RAN_dedup := 1)$(call record_args,$@,$(DEDUP_ARGS))
+	@mkdir -p data out $(@D)
+	$(call stage,dedup,,--config $(DEDUP_CONFIG) $(DEDUP_ARGS))
+	@touch $@
+
 tokenize: $(TOKENIZE_STAMP) ## parquet -> token shards + manifest (TOKENIZE_CONFIG, paired with CONFIG's data)
 	@echo "tokenize: $(if $(RAN_tokenize),done,up to date, nothing to do) ($(TOKENIZE_CONFIG) -> $(TOK_OUTPUT))"
 
 # Each stamp depends on the stamp before it: a stage that re-ran re-runs the ones
-# after it. The demo's input is sample-data's output: make that first when it is so.
+# after it. The demo's input is sample-data's output: make that first when it is so;
+# with near_dedup set, the dedup decision comes first too.
 $(TOKENIZE_STAMP): $(TOKENIZE_CONFIG) $(call args_deps,$(TOKENIZE_STAMP),$(TOKENIZE_ARGS)) $(TOK_FILES) \
-		$(if $(filter $(SAMPLE_OUT),$(TOK_INPUT)),$(SAMPLE_DATA_STAMP)) \
+		$(if $(filter $(SAMPLE_OUT),$(TOK_INPUT)),$(SAMPLE_DATA_STAMP)) $(if $(TOK_NEAR),$(DEDUP_STAMP)) \
 		$(call missing,$(TOK_OUTPUT)/manifest.json) | $(RUNTIME)
 	$(eval RAN_tokenize := 1)$(call record_args,$@,$(TOKENIZE_ARGS))
 	@mkdir -p data out $(@D)
@@ -275,9 +298,9 @@ clean-stamps: ## delete .stamps/ only: the next make re-runs each stage, which s
 	rm -rf $(STAMPS)
 	@echo "deleted $(STAMPS)/; data/, out/ and checkpoints untouched"
 
-clean: clean-stamps ## delete .stamps/, out/demo, data/shards/demo and data/sample (never data/raw or other runs)
-	rm -rf out/demo data/shards/demo data/sample
-	@echo "deleted out/demo data/shards/demo data/sample; data/raw, other shards and other runs' checkpoints untouched"
+clean: clean-stamps ## delete .stamps/, out/demo, data/shards/demo, data/dedup/demo and data/sample (never data/raw or other runs)
+	rm -rf out/demo data/shards/demo data/dedup/demo data/sample
+	@echo "deleted out/demo data/shards/demo data/dedup/demo data/sample; data/raw, other shards and other runs' checkpoints untouched"
 
 clean-venv: ## delete .venv
 	rm -rf $(VENV)

@@ -8,9 +8,15 @@ of text by default, built once under data/bench/ and reused):
   (b) baseline: what a careful single-process script does: stream parquet
       batches of the `code` column, encode, fill a preallocated uint16 buffer,
       write a .npy shard when it is full.
-  (c) the stage: `python -m pipeline tokenize workers=auto shard_tokens=1e8`,
-      on the 1x input and on a 4x input (the same files listed four times
-      through symlinks), to show that its memory does not grow with the input.
+  (c) the stage with every rule off (dedup=none, no filters, no near-dedup):
+      `python -m pipeline tokenize workers=auto shard_tokens=1e8`, on the 1x
+      input and on a 4x input (the same files listed four times through
+      symlinks), to show that its memory does not grow with the input.
+  (d) the stage with exact dedup and the quality filters on (their defaults),
+      1x and 4x: what they cost in throughput and memory, and what they remove
+      (at 4x the three later copies of every file are exact duplicates).
+  (e) the near-dedup stage (`python -m pipeline dedup`, MinHash + LSH), 1x and
+      4x, in MB/s of text against (c)'s.
 
 Each part runs as its own subprocess; a sampling thread here sums the resident
 memory (RSS) of that process and all its children every 200 ms (the stage's
@@ -29,7 +35,6 @@ so (b) and (c) must agree exactly; the script says so when they do not.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -37,18 +42,17 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
+from bench.common import machine, measure, version  # noqa: E402
 from model import tokenizer  # noqa: E402
 from model.atomic import write_text  # noqa: E402
 
@@ -118,52 +122,6 @@ def part_b(files: list[str], out_dir: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- measuring
 
 
-class PeakRSS:
-    """Samples the summed RSS of a process tree in a thread; `.peak` in bytes."""
-
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.proc = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.peak_procs = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                procs = [self.proc, *self.proc.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            total = 0
-            for p in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):  # a worker that just exited
-                    total += p.memory_info().rss
-            if total > self.peak:
-                self.peak, self.peak_procs = total, len(procs)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def measure(cmd: list[str]) -> tuple[float, int, int, str]:
-    """Run cmd; return (wall seconds, peak summed RSS, processes at the peak, stdout)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    with PeakRSS(proc.pid) as rss:
-        stdout, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}")
-    return wall, rss.peak, rss.peak_procs, stdout
-
-
 def ensure_inputs(bench: Path, nbytes: int) -> tuple[Path, Path, int]:
     """The 1x sample (built once by the sample-data stage) and a 4x folder of symlinks."""
     one = bench / "sample-1x"
@@ -186,13 +144,24 @@ def shard_tokens(folder: Path) -> int:
     return sum(int(np.load(p, mmap_mode="r").shape[0]) for p in folder.glob("*.npy"))
 
 
-def run_stage(src: Path, out: Path) -> dict[str, Any]:
-    """(c): the real stage as a user runs it; its manifest must agree with its shards."""
+RULES_OFF = [
+    "dedup=none",
+    "near_dedup=",
+    "max_line_chars=0",
+    "max_mean_line_chars=0",
+    "min_alnum_fraction=0",
+    "drop_generated=false",
+]
+RULES_ON = ["dedup=exact", "near_dedup="]  # the filters at their defaults
+
+
+def run_stage(src: Path, out: Path, rules: list[str]) -> dict[str, Any]:
+    """(c), (d): the real stage as a user runs it; its manifest must agree with its shards."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline", "tokenize", f"input={src}", f"output={out}"]
     # The memory limits stay at the stage's defaults (4 GB, 1 GB available):
     # a trip would end the benchmark with exit 3, which is itself a finding.
-    cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}", "force=true"]
+    cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}", "force=true", *rules]
     wall, peak, nprocs, _ = measure(cmd)
     man = json.loads((out / "manifest.json").read_text())
     counts, tokens = man["counts"], shard_tokens(out)
@@ -204,6 +173,23 @@ def run_stage(src: Path, out: Path) -> dict[str, Any]:
         "peak": peak,
         "procs": nprocs,
         "docs": counts["read"],
+        "removed": sum(counts["skipped"].values()) / max(counts["read"], 1),
+    }
+
+
+def run_dedup(src: Path, out: Path) -> dict[str, Any]:
+    """(e): the near-dedup stage; no tokens, so its rate is MB/s of text."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline", "dedup", f"input={src}", f"output={out}"]
+    wall, peak, nprocs, _ = measure([*cmd, "workers=auto", "force=true"])
+    counts = json.loads((out / "dedup.json").read_text())["counts"]
+    return {
+        "tokens": 0,
+        "seconds": wall,
+        "peak": peak,
+        "procs": nprocs,
+        "docs": counts["read"],
+        "removed": counts["dropped"] / max(counts["read"], 1),
     }
 
 
@@ -218,25 +204,14 @@ def run_child(part: str, src: Path, out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- reporting
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0))
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{cores} cores ({model}), {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
 def row(name: str, procs: str, r: dict[str, Any], nbytes: int) -> str:
     s = r["seconds"]
+    tok = f"{r['tokens'] / 1e6:.1f} M" if r["tokens"] else "-"
+    rate = f"{r['tokens'] / s / 1e6:.2f}" if r["tokens"] else "-"
+    removed = f"{100 * r['removed']:.1f} %" if "removed" in r else "-"
     return (
-        f"| {name} | {procs} | {r['tokens'] / 1e6:.1f} M | {s:.1f} | "
-        f"{r['tokens'] / s / 1e6:.2f} | {nbytes / s / 1e6:.1f} | {r['peak'] / 2**20:,.0f} MiB |"
+        f"| {name} | {procs} | {tok} | {s:.1f} | {rate} | {nbytes / s / 1e6:.1f} | "
+        f"{r['peak'] / 2**20:,.0f} MiB | {removed} |"
     )
 
 
@@ -253,17 +228,26 @@ def _header(res: dict[str, dict[str, Any]], nbytes: int, cmd: str) -> list[str]:
         f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- machine: {machine()}",
         f"- load average (1, 5, 15 min) after the run: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}",
-        f"- python {platform.python_version()}, tiktoken {_version('tiktoken')}, "
-        f"pyarrow {_version('pyarrow')}",
+        f"- python {platform.pythonversion()}, tiktoken {version('tiktoken')}, "
+        f"pyarrow {version('pyarrow')}",
         f"- input: the built-in sample (`pipeline sample-data`), {nbytes / 1e6:.0f} MB of "
         f"code{f', {docs:,} documents' if docs else ''}; 4x = the same files listed four times",
         f"- command: `{cmd}`",
     ]
 
 
-def _ratios(res: dict[str, dict[str, Any]], cores: int) -> list[str]:
+def _memory_ratios(res: dict[str, dict[str, Any]], part: str) -> list[str]:
+    one, four = res[part + "1"], res[part + "4"]
+    peak, flat = max(one["peak"], four["peak"]), four["peak"] / one["peak"]
+    return [
+        f"| peak RSS ({part}), 1x and 4x | {peak / 1e9:.2f} GB | < 1 GB | {verdict(peak < 1e9)} |",
+        f"| peak RSS ({part}) 4x / 1x | {flat:.2f} | within 10 % | "
+        f"{verdict(abs(flat - 1) <= 0.1)} |",
+    ]
+
+
+def _ratios(res: dict[str, dict[str, Any]], cores: int, nbytes: int) -> list[str]:
     rate = {k: v["tokens"] / v["seconds"] for k, v in res.items()}
-    c1, c4 = res["c1"], res["c4"]
     out = ["", "| ratio | measured | target | |", "| --- | --- | --- | --- |"]
     if "a" in rate:
         ca = rate["c1"] / rate["a"]
@@ -274,41 +258,53 @@ def _ratios(res: dict[str, dict[str, Any]], cores: int) -> list[str]:
     if "b" in rate:
         target = f"about {0.9 * cores * rate['a'] / rate['b']:.1f}x" if "a" in rate else ""
         out.append(f"| (c)/(b) | {rate['c1'] / rate['b']:.2f}x | {target} | |")
-    peak = max(c1["peak"], c4["peak"])
-    flat = c4["peak"] / c1["peak"]
-    out.append(
-        f"| peak RSS (c), 1x and 4x | {peak / 1e9:.2f} GB | < 1 GB | {verdict(peak < 1e9)} |"
-    )
-    out.append(
-        f"| peak RSS (c) 4x / 1x | {flat:.2f} | within 10 % | {verdict(abs(flat - 1) <= 0.1)} |"
-    )
+    out += _memory_ratios(res, "c")
+    if "d1" in res:  # the rules' cost: documents read per second, 1x
+        dc = res["c1"]["seconds"] / res["d1"]["seconds"]
+        out.append(
+            f"| (d)/(c) throughput (text read per second) | {dc:.2f}x | >= 0.90x | "
+            f"{verdict(dc >= 0.9)} |"
+        )
+        out += _memory_ratios(res, "d")
+    if "e1" in res:
+        ec = res["c1"]["seconds"] / res["e1"]["seconds"]  # same text bytes: MB/s ratio
+        out.append(f"| (e)/(c) MB/s, 1x | {ec:.2f}x | >= 1.0x | {verdict(ec >= 1.0)} |")
+        out += _memory_ratios(res, "e")
     return out
 
 
+NAMES = {
+    "a": ("(a) tiktoken alone, texts in memory", 1),
+    "b": ("(b) baseline: stream + uint16 buffer", 1),
+    "c1": ("(c) stage, every rule off, 1x input", 1),
+    "c4": ("(c) stage, every rule off, 4x input", 4),
+    "d1": ("(d) stage, exact dedup + filters, 1x", 1),
+    "d4": ("(d) stage, exact dedup + filters, 4x", 4),
+    "e1": ("(e) dedup stage (MinHash + LSH), 1x", 1),
+    "e4": ("(e) dedup stage (MinHash + LSH), 4x", 4),
+}
+
+
 def report(res: dict[str, dict[str, Any]], nbytes: int, cores: int, cmd: str) -> str:
-    names = {
-        "a": ("(a) tiktoken alone, texts in memory", 1),
-        "b": ("(b) baseline: stream + uint16 buffer", 1),
-        "c1": ("(c) stage, workers=auto, 1x input", 1),
-        "c4": ("(c) stage, workers=auto, 4x input", 4),
-    }
     lines = _header(res, nbytes, cmd)
     lines += [
         "",
-        "| what | processes | tokens | seconds | M tokens/s | MB/s | peak RSS, all processes |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| what | processes | tokens | seconds | M tokens/s | MB/s | peak RSS, all processes "
+        "| documents removed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, r in res.items():
-        name, times = names[key]
+        name, times = NAMES[key]
         lines.append(row(name, str(r["procs"]), r, times * nbytes))
     if "c1" in res and "c4" in res:
-        lines += _ratios(res, cores)
+        lines += _ratios(res, cores, nbytes)
     lines += [
         "",
-        "(a) times only the encode loop; (b) and (c) are wall time of the whole process "
-        "(start-up, reading, encoding, writing shards). Peak RSS is summed over the "
-        "process and its children, sampled every 200 ms; shared pages of forked workers "
-        "count once per process. Processes: how many were alive at the peak.",
+        "(a) times only the encode loop; (b) to (e) are wall time of the whole process "
+        "(start-up, reading, the work, writing). Peak RSS is summed over the process and "
+        "its children, sampled every 200 ms; shared pages of forked workers count once per "
+        "process. Processes: how many were alive at the peak. Removed: the share of the "
+        "documents read that the rules skipped, or (e) that near-dedup drops.",
     ]
     per_1x = {k: res[k]["tokens"] / (4 if k == "c4" else 1) for k in ("b", "c1", "c4") if k in res}
     if len(set(per_1x.values())) > 1:
@@ -316,18 +312,12 @@ def report(res: dict[str, dict[str, Any]], nbytes: int, cores: int, cmd: str) ->
     return "\n".join(lines) + "\n"
 
 
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(dist)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bytes", type=int, default=250_000_000, help="code bytes in the 1x sample")
     ap.add_argument("--bench-dir", default="data/bench", help="inputs and scratch outputs")
     ap.add_argument("--out", default="docs/benchmarks/tokenize.md", help="markdown report")
-    ap.add_argument("--parts", default="a,b,c", help="which parts to run (default a,b,c)")
+    ap.add_argument("--parts", default="a,b,c,d,e", help="which parts to run (default all)")
     ap.add_argument("--child", choices=["a", "b"], help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -344,8 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     steps = [
         ("a", lambda: run_child("a", one, bench / "out-a")),
         ("b", lambda: run_child("b", one, bench / "out-b")),
-        ("c1", lambda: run_stage(one, bench / "out-c1")),
-        ("c4", lambda: run_stage(four, bench / "out-c4")),
+        ("c1", lambda: run_stage(one, bench / "out-c1", RULES_OFF)),
+        ("c4", lambda: run_stage(four, bench / "out-c4", RULES_OFF)),
+        ("d1", lambda: run_stage(one, bench / "out-d1", RULES_ON)),
+        ("d4", lambda: run_stage(four, bench / "out-d4", RULES_ON)),
+        ("e1", lambda: run_dedup(one, bench / "out-e1")),
+        ("e4", lambda: run_dedup(four, bench / "out-e4")),
     ]
     wanted = set(args.parts.split(","))
     for key, step in steps:
@@ -356,17 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         r = res[key]
         print(
             f"bench: ({key}) {r['tokens'] / 1e6:.1f} M tokens in {r['seconds']:.1f}s, "
-            f"peak {r['peak'] / 2**20:,.0f} MiB",
+            f"peak {r['peak'] / 2**20:,.0f} MiB, removed {100 * r.get('removed', 0):.1f} %",
             file=sys.stderr,
             flush=True,
         )
-    for key in ("b", "c1", "c4"):
+    for key in ("b", "c1", "c4", "d1", "d4", "e1", "e4"):
         shutil.rmtree(bench / f"out-{key}", ignore_errors=True)  # ~0.1-0.5 GB of shards each
     shown = argv if argv is not None else sys.argv[1:]
     cmd = " ".join(["python bench/tokenize_bench.py", *shown])
     text = report(res, nbytes, cores, cmd)
     print(text)
-    if wanted != {"a", "b", "c"}:
+    if wanted != {"a", "b", "c", "d", "e"}:
         return 0  # a partial run does not replace the recorded results
     write_text(REPO / args.out, text)
     return 0

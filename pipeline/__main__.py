@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
         "pipeline.sample_data.stage",
         "write the built-in sample of real code as parquet",
     ),
+    "dedup": ("pipeline.dedup.stage", "near-duplicate removal before tokenize (MinHash + LSH)"),
     "tokenize": ("pipeline.tokenize.stage", "parquet files -> GPT-2 token shards + manifest"),
     "plan": ("pipeline.plan", "GPU memory and time a training config needs"),
     "smoke": ("pipeline.smoke", "10 steps + eval + checkpoint round trip; writes smoke.ok"),

@@ -18,6 +18,8 @@ from model.config import Config, option
 from model.errors import CodegptError
 from model.metrics import format_eta
 from model.rundir import SMOKE_FILE, load_run, read_smoke_stamp, smoke_fingerprint
+from model.shards import read_manifest
+from pipeline.tokenize.progress import rule_shares, top_languages
 
 DEFAULT_CONFIG = None
 RECENT = 5  # logged steps whose mean ms/step gives the ETA
@@ -105,6 +107,32 @@ def summary_lines(run_dir: str | Path) -> list[str]:
         lines.append(f"ETA          {_eta(run.train, max_iters)}")
     lines.append(f"checkpoints  {_checkpoints(folder)}")
     lines.append(f"smoke        {_smoke_status(folder, run.config)}")
+    return lines + _data_lines(run.config)
+
+
+def _data_lines(config: dict[str, Any]) -> list[str]:
+    """What the model sees: the shard folder's account, from its manifest."""
+    data = config.get("data")
+    if not data:
+        return []
+    try:
+        m = read_manifest(Path(data))
+    except CodegptError as e:
+        return [f"data         {data}: {e}"]
+    if m is None:
+        return [f"data         {data}: no manifest.json"]
+    c = m.get("counts", {})
+    state = "" if m.get("complete") else " (tokenize not finished)"
+    tokens = c.get("tokens", {})
+    lines = [
+        f"data         {data}{state}: {c.get('read', 0):,} documents read, "
+        f"{c.get('tokenized', 0):,} kept; {tokens.get('train', 0):,} train and "
+        f"{tokens.get('val', 0):,} val tokens"
+    ]
+    if "skipped" in c:
+        lines.append(f"removed      {rule_shares(c)}")
+    if "languages" in c:
+        lines.append(f"languages    {top_languages(c)}")
     return lines
 
 

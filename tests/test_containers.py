@@ -167,7 +167,13 @@ def compose_model(*profiles: str, env: dict[str, str] | None = None) -> dict[str
 
 def test_plain_up_starts_only_the_trainer() -> None:
     assert sorted(compose_model()["services"]) == ["trainer"]
-    assert sorted(compose_model("*")["services"]) == ["sample", "smoke", "tokenize", "trainer"]
+    assert sorted(compose_model("*")["services"]) == [
+        "dedup",
+        "sample",
+        "smoke",
+        "tokenize",
+        "trainer",
+    ]
 
 
 def test_trainer_limits_user_mounts_and_restart() -> None:

@@ -27,13 +27,13 @@ IMAGE = "codegpt-test"
 MEM = "6g"
 SHM = "1g"
 GPU_STAGES = {"plan", "smoke", "train", "sample"}
-CPU_STAGES = {"sample-data", "tokenize", "export", "plot", "report"}
+CPU_STAGES = {"sample-data", "dedup", "tokenize", "export", "plot", "report"}
 # Variables the Makefile reads; a developer's environment must not leak into the tests.
 MAKE_VARS = {
     *("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "DOCKER_HOST"),
     *("RUN", "IMAGE", "MEM", "GPUS", "SHM", "NPROC", "RUN_NAME", "ARGS"),
-    *("CONFIG", "TOKENIZE_CONFIG", "SAMPLE_CONFIG", "SAMPLE_DATA_CONFIG"),
-    *("TRAIN_ARGS", "TOKENIZE_ARGS", "SAMPLE_ARGS", "SAMPLE_DATA_ARGS", "OUT_ARGS"),
+    *("CONFIG", "TOKENIZE_CONFIG", "DEDUP_CONFIG", "SAMPLE_CONFIG", "SAMPLE_DATA_CONFIG"),
+    *("TRAIN_ARGS", "TOKENIZE_ARGS", "DEDUP_ARGS", "SAMPLE_ARGS", "SAMPLE_DATA_ARGS", "OUT_ARGS"),
 }
 
 
@@ -151,9 +151,11 @@ def test_stage_arguments_in_docker_mode(box: Path) -> None:
 
 def test_demo_config_pairs_with_its_tokenize_config(box: Path) -> None:
     runs = [parse_docker_run(ln) for ln in docker_lines(box, "smoke", "CONFIG=configs/demo.yaml")]
-    # data/shards/demo comes from configs/demo-tokenize.yaml, whose input is sample-data's output
+    # data/shards/demo comes from configs/demo-tokenize.yaml, whose input is sample-data's
+    # output and whose near_dedup is configs/demo-dedup.yaml's output
     assert [r.command[:3] for r in runs] == [
         ["sample-data", "--config", "configs/sample-data.yaml"],
+        ["dedup", "--config", "configs/demo-dedup.yaml"],
         ["tokenize", "--config", "configs/demo-tokenize.yaml"],
         ["smoke", "--config", "configs/demo.yaml"],
     ]
@@ -255,6 +257,7 @@ def test_demo_runs_the_chain_on_the_host(box: Path) -> None:
     ]
     assert [s[0] for s in stages] == [
         "sample-data",
+        "dedup",
         "tokenize",
         "smoke",
         "train",
@@ -262,8 +265,9 @@ def test_demo_runs_the_chain_on_the_host(box: Path) -> None:
         "report",
         "sample",
     ]
-    assert stages[2][2] == "configs/demo.yaml" and stages[3][2] == "configs/demo.yaml"
-    assert "out_dir=out/demo" in stages[6] and "max_new_tokens=100" in stages[6]
+    assert stages[1][2] == "configs/demo-dedup.yaml"  # the config that writes near_dedup
+    assert stages[3][2] == "configs/demo.yaml" and stages[4][2] == "configs/demo.yaml"
+    assert "out_dir=out/demo" in stages[7] and "max_new_tokens=100" in stages[7]
     assert "docker run" not in r.stdout
 
 
@@ -286,7 +290,7 @@ def test_clean_deletes_only_what_it_says(box: Path) -> None:
     assert all((box / rel).exists() for rel in keep)
     assert not any((box / rel).exists() for rel in gone)
     assert not (box / ".stamps").exists()
-    assert "out/demo data/shards/demo data/sample" in r.stdout
+    assert "out/demo data/shards/demo data/dedup/demo data/sample" in r.stdout
 
 
 # ---------------------------------------------------------------- stamps, on real runs
@@ -300,8 +304,14 @@ sources: [stdlib]
 TINY_TOKENIZE = """\
 input: data/sample
 output: data/shards/demo
+near_dedup: data/dedup/demo
 shard_tokens: 1000000
 val_fraction: 0.1
+workers: 1
+"""
+TINY_DEDUP = """\
+input: data/sample
+output: data/dedup/demo
 workers: 1
 """
 TINY_TRAIN = """\
@@ -344,6 +354,7 @@ def tiny(tmp_path: Path) -> Path:
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs/sample-data.yaml").write_text(TINY_SAMPLE_DATA)
     (tmp_path / "configs/demo-tokenize.yaml").write_text(TINY_TOKENIZE)
+    (tmp_path / "configs/demo-dedup.yaml").write_text(TINY_DEDUP)
     (tmp_path / "configs/demo.yaml").write_text(TINY_TRAIN)
     return tmp_path
 
@@ -353,7 +364,7 @@ def test_stamps_second_run_noop_and_changes_rerun_that_stage_and_later(tiny: Pat
     go = ("RUN=local", "CONFIG=configs/demo.yaml")
     first = make(tiny, *go, "smoke")
     assert first.returncode == 0, first.stderr
-    assert stage_calls(first) == ["sample-data", "tokenize", "smoke"]
+    assert stage_calls(first) == ["sample-data", "dedup", "tokenize", "smoke"]
     assert (tiny / "out/demo/smoke.ok").is_file()
     before = mtimes(tiny)
 
@@ -394,10 +405,20 @@ def test_stamps_second_run_noop_and_changes_rerun_that_stage_and_later(tiny: Pat
     (tiny / "out/demo/smoke.ok").unlink()
     assert stage_calls(make(tiny, "-n", *go, "smoke")) == ["smoke"]
 
+    # a dedup change re-runs dedup, then tokenize (a new decision) and smoke
+    with (tiny / "configs/demo-dedup.yaml").open("a") as f:
+        f.write("threshold: 0.8\nforce: true\n")
+    assert stage_calls(make(tiny, "-n", *go, "smoke")) == ["dedup", "tokenize", "smoke"]
+
     # the first stage's config edited: every stage after it would re-run too
     with (tiny / "configs/sample-data.yaml").open("a") as f:
         f.write("# edited\n")
-    assert stage_calls(make(tiny, "-n", *go, "smoke")) == ["sample-data", "tokenize", "smoke"]
+    assert stage_calls(make(tiny, "-n", *go, "smoke")) == [
+        "sample-data",
+        "dedup",
+        "tokenize",
+        "smoke",
+    ]
 
 
 def test_overrides_after_config_reach_the_stage(tmp_path: Path) -> None:

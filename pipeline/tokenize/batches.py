@@ -38,13 +38,32 @@ class Batch:
     file_index: int
     row_group: int
     row: int
+    file_row: int  # the index of row `row` of group `row_group` within the whole file
     text: BinaryColumn
     repo: BinaryColumn
     keep: np.ndarray | None  # (n,) bool: passes the language filter; None = no filter
+    lang: np.ndarray  # (n,) int32: index into lang_names of each row's `language` value
+    lang_names: tuple[str, ...]  # this batch's language values; a null or absent one is unknown
+    near_dup: np.ndarray | None = None  # (n,) bool: dropped by the dedup stage's decision
 
     @property
     def num_rows(self) -> int:
         return len(self.text)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a worker skips, and whether it computes the exact-dedup digest (docs/tokenize.md).
+
+    A limit of 0 (or False) turns that rule off.
+    """
+
+    max_doc_bytes: int = 1_000_000
+    max_line_chars: int = 1000
+    max_mean_line_chars: int = 100
+    min_alnum_fraction: float = 0.25
+    drop_generated: bool = True
+    digest: bool = True  # dedup: exact
 
 
 @dataclass(frozen=True)
@@ -58,10 +77,26 @@ class FileError:
     message: str
 
 
-# Row status; index 0 is a tokenized document, the rest are skip reasons.
-STATUS = ("tokenized", "null", "empty", "language", "too_large", "tokenizer_error")
+# Row status, in the order the rules are applied; index 0 is a tokenized document, the
+# rest are skip reasons. A worker decides all but `duplicate`, which the writer decides in
+# input order (writer.py); its input is every row that passed the rules before it.
+STATUS = (
+    "tokenized",
+    "null",
+    "empty",
+    "language",
+    "too_large",
+    "near_duplicate",
+    "long_line",
+    "mean_line",
+    "alnum",
+    "generated",
+    "duplicate",
+    "tokenizer_error",
+)
 SKIP_REASONS = STATUS[1:]
 TRAIN, VAL = 0, 1
+UNKNOWN_LANGUAGE = "unknown"
 
 
 @dataclass(frozen=True)
@@ -72,6 +107,7 @@ class Encoded:
     split: np.ndarray  # (n,) uint8: TRAIN or VAL
     ntok: np.ndarray  # (n,) int64: tokens of the row incl. its EOT, 0 when skipped
     tokens: tuple[np.ndarray, np.ndarray]  # per split: (sum of its rows' ntok,) uint16
+    digest: np.ndarray  # (n,) uint64: exact-dedup hash of rows that passed the rules, else 0
 
 
 class Position(NamedTuple):

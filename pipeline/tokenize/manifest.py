@@ -61,7 +61,7 @@ def differences(
     old: dict[str, Any],
     inputs: list[dict[str, Any]],
     settings: dict[str, Any],
-    tokenizer: dict[str, Any],
+    tokenizer: dict[str, Any] | None,
 ) -> list[str]:
     """Human-readable list of what differs between a manifest and a new run's request."""
     changes: list[str] = []
@@ -89,30 +89,46 @@ def partial_path(folder: Path, split: str, index: int) -> Path:
     return Path(folder) / (shards.shard_name(split, index).removesuffix(".npy") + PARTIAL_SUFFIX)
 
 
-def append_partial(folder: Path, split: str, index: int, buf: np.ndarray, start: int) -> None:
-    """Make tokens buf[:len(buf)] durable in the partial file, given buf[:start] already is."""
-    p = partial_path(folder, split, index)
-    mode = "r+b" if p.exists() else "w+b"
-    with open(p, mode) as f:
-        f.truncate(start * PARTIAL_DTYPE.itemsize)  # drop anything a killed append left
-        f.seek(start * PARTIAL_DTYPE.itemsize)
-        f.write(np.ascontiguousarray(buf[start:], dtype=PARTIAL_DTYPE).tobytes())
+def append_items(path: Path, items: np.ndarray, start: int) -> None:
+    """Append `items` (fixed-size records) to an append-only file that holds `start` valid ones.
+
+    The file is first cut back to `start` records (dropping what a killed append left),
+    then the new ones are written and fsynced; the caller records the new count in the
+    next manifest, so a kill at any instant leaves the recorded prefix intact.
+    """
+    size = items.dtype.itemsize
+    mode = "r+b" if path.exists() else "w+b"
+    with open(path, mode) as f:
+        f.truncate(start * size)
+        f.seek(start * size)
+        f.write(np.ascontiguousarray(items).tobytes())
         f.flush()
         os.fsync(f.fileno())
 
 
-def load_partial(folder: Path, split: str, index: int, count: int) -> np.ndarray:
-    """The first `count` tokens of a partial file (the rest is from a killed append)."""
-    p = partial_path(folder, split, index)
+def load_items(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
+    """The first `count` records of an append-only file (the rest is from a killed append)."""
     try:
-        arr = np.fromfile(p, dtype=PARTIAL_DTYPE, count=count)
+        arr = np.fromfile(path, dtype=dtype, count=count)
     except (OSError, ValueError):
-        arr = np.empty(0, dtype=PARTIAL_DTYPE)
+        arr = np.empty(0, dtype=dtype)
     if len(arr) != count:
         raise InputError(
-            f"{p}: resume state holds {len(arr)} tokens, the manifest expects {count}; "
+            f"{path}: resume state holds {len(arr)} records, the manifest expects {count}; "
             "pass force=true to start over"
         )
+    return arr
+
+
+def append_partial(folder: Path, split: str, index: int, buf: np.ndarray, start: int) -> None:
+    """Make tokens buf[:len(buf)] durable in the partial file, given buf[:start] already is."""
+    tokens = np.ascontiguousarray(buf[start:], dtype=PARTIAL_DTYPE)
+    append_items(partial_path(folder, split, index), tokens, start)
+
+
+def load_partial(folder: Path, split: str, index: int, count: int) -> np.ndarray:
+    """The first `count` tokens of a partial file (the rest is from a killed append)."""
+    arr = load_items(partial_path(folder, split, index), PARTIAL_DTYPE, count)
     return arr.astype(np.uint16, copy=False)
 
 

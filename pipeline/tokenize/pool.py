@@ -1,57 +1,66 @@
-"""The tokenize worker pool: batches in, their encodings out, in input order.
+"""The worker pool of the tokenize and dedup stages: batches in, results out, in input order.
 
 At most 2 x workers batches are in flight: enough to keep every worker busy
 while the main process copies results, few enough that memory stays bounded
 by the batch size whatever the input size. Results are taken in submission
-order, so the shards are the same bytes for any worker count. With one worker
+order, so the output is the same bytes for any worker count. With one worker
 there is no pool: the same code runs in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
 
-from model import tokenizer
-from pipeline.tokenize.batches import Batch, Encoded, FileError
+from model.errors import ResourceError
+from pipeline.tokenize.batches import Batch, FileError
 from pipeline.tokenize.watchdog import MemoryWatchdog
-from pipeline.tokenize.worker import encode_batch, warm_up
 
 Item = Batch | FileError
-Pending = deque[tuple[Item, "Future[Encoded] | None"]]
+Pending = deque[tuple[Item, "Future[Any] | None"]]
 
 
-def encoded_in_order(
-    items: Iterator[Item], workers: int, max_doc_bytes: int, threshold: int, dog: MemoryWatchdog
-) -> Generator[tuple[Item, Encoded | None], None, None]:
-    """(item, its encoding) in input order; a FileError passes through with None.
+@dataclass(frozen=True)
+class Work:
+    """What the workers run: `fn(batch)` (picklable: a module-level function or a partial
+    of one), `warm_up(main_pid)` once per worker, and the module the forkserver preloads."""
+
+    fn: Callable[[Batch], Any]
+    warm_up: Callable[[int], None]
+    module: str
+
+
+def in_order(
+    items: Iterator[Item], workers: int, work: Work, dog: MemoryWatchdog
+) -> Generator[tuple[Item, Any], None, None]:
+    """(item, work.fn(item)) in input order; a FileError passes through with None.
 
     A watchdog trip ends the wait for a result with BrokenProcessPool, as a
     worker killed by the OS does; closing the generator stops the pool at once.
     """
     if workers == 1:  # no pool: the same code path, in this process
-        tokenizer.get_encoding()
         for item in items:
-            enc = encode_batch(item, max_doc_bytes, threshold) if isinstance(item, Batch) else None
-            yield item, enc
+            yield item, (work.fn(item) if isinstance(item, Batch) else None)
         return
     pool = ProcessPoolExecutor(
-        workers, mp_context=_context(), initializer=warm_up, initargs=(os.getpid(),)
+        workers,
+        mp_context=_context(work.module),
+        initializer=work.warm_up,
+        initargs=(os.getpid(),),
     )
     pending: Pending = deque()
     clean = False
     try:
         for item in items:
-            fut = (
-                pool.submit(encode_batch, item, max_doc_bytes, threshold)
-                if isinstance(item, Batch)
-                else None
-            )
+            fut = pool.submit(work.fn, item) if isinstance(item, Batch) else None
             pending.append((item, fut))
             while len(pending) >= 2 * workers:
                 yield _next(pending, dog)
@@ -62,7 +71,28 @@ def encoded_in_order(
         _stop_pool(pool, clean)
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def run_in_order(
+    items: Iterator[Item], workers: int, work: Work, dog: MemoryWatchdog, hint: Callable[[], str]
+) -> Generator[tuple[Item, Any], None, None]:
+    """`in_order` for a stage's main loop: the watchdog checked after every result, and a
+    dead pool (a worker killed by the OS, or by the watchdog) made one ResourceError line
+    that ends with `hint()` (how to resume)."""
+    try:
+        # closing(): a failure in the caller must stop the pool now, not when collected
+        with contextlib.closing(in_order(items, workers, work, dog)) as results:
+            for item, result in results:
+                dog.check(hint())
+                yield item, result
+    except BrokenProcessPool:
+        dog.check(hint())
+        raise ResourceError(
+            "a worker process died (killed by the OS, out of memory?); "
+            f"{hint()}, with fewer workers= if it happens again"
+        ) from None
+    dog.check(hint())
+
+
+def _context(module: str) -> multiprocessing.context.BaseContext:
     """forkserver where there is one, else spawn; never a plain fork.
 
     The main process runs the watchdog thread, and forking a threaded process
@@ -73,12 +103,12 @@ def _context() -> multiprocessing.context.BaseContext:
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["pipeline.tokenize.worker"])
+        ctx.set_forkserver_preload([module])
         return ctx
     return multiprocessing.get_context("spawn")
 
 
-def _next(pending: Pending, dog: MemoryWatchdog) -> tuple[Item, Encoded | None]:
+def _next(pending: Pending, dog: MemoryWatchdog) -> tuple[Item, Any]:
     item, fut = pending.popleft()
     if fut is None:
         return item, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from model import shards
 from pipeline.tokenize.writer import Counts, ShardWriter
@@ -49,6 +50,7 @@ class Progress:
         )
 
     def summary(self, writer: ShardWriter) -> str:
+        """The stage's last lines: the accounting, what each rule removed, the languages."""
         c = writer.counts
         secs, mb_s, tok_s = self._rates(c)
         skipped = ", ".join(f"{k} {v:,}" for k, v in c.skipped.items() if v) or "none"
@@ -58,10 +60,42 @@ class Progress:
             if writer.files_skipped
             else ""
         )
-        return (
+        first = (
             f"tokenize: {c.read:,} documents read = {c.tokenized:,} tokenized + "
             f"{sum(c.skipped.values()):,} skipped ({skipped}); {c.replaced_utf8:,} with invalid "
             f"UTF-8 replaced{files}; {c.tokens['train']:,} train tokens in {n['train']} shards, "
             f"{c.tokens['val']:,} val tokens in {n['val']} shards, in {writer.out} "
             f"({secs:.1f}s, {mb_s:.1f} MB/s, {tok_s / 1e6:.2f} M tokens/s)"
         )
+        return "\n".join([first, *summary_lines(c.to_dict())])
+
+
+def rule_shares(counts: dict[str, Any]) -> str:
+    """What each rule removed, as shares of the documents read ("duplicate 2.3 %, ...")."""
+    read = max(int(counts.get("read", 0)), 1)
+    removed = [(k, v) for k, v in counts.get("skipped", {}).items() if v]
+    return ", ".join(f"{k} {100 * v / read:.1f} %" for k, v in removed) or "nothing"
+
+
+def top_languages(counts: dict[str, Any], top: int = 8) -> str:
+    """The languages by tokens, train and val together, with their shares and documents."""
+    langs: dict[str, list[int]] = {}
+    for split in counts.get("languages", {}).values():
+        for name, d in split.items():
+            acc = langs.setdefault(name, [0, 0])
+            acc[0], acc[1] = acc[0] + d["documents"], acc[1] + d["tokens"]
+    total = max(sum(t for _, t in langs.values()), 1)
+    ranked = sorted(langs.items(), key=lambda kv: -kv[1][1])
+    shown = ", ".join(
+        f"{name} {t:,} ({100 * t / total:.1f} %, {d:,} docs)" for name, (d, t) in ranked[:top]
+    )
+    more = f", and {len(ranked) - top} more" if len(ranked) > top else ""
+    return (shown or "none") + more
+
+
+def summary_lines(counts: dict[str, Any]) -> list[str]:
+    """The tokenize summary's lines about the rules and the languages."""
+    return [
+        f"tokenize: removed, as a share of the documents read: {rule_shares(counts)}",
+        f"tokenize: tokens by language: {top_languages(counts)}",
+    ]

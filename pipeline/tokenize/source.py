@@ -24,8 +24,10 @@ record the file and go on (`on_error=skip`) in input order.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +36,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model.errors import InputError
-from pipeline.tokenize.batches import Batch, BinaryColumn, FileError, Position
+from pipeline.tokenize.batches import UNKNOWN_LANGUAGE, Batch, BinaryColumn, FileError, Position
 
 REPO_COLUMN = "repo_name"
 LANGUAGE_COLUMN = "language"
 # Errors pyarrow raises on unreadable files: OSError (IOError), ArrowInvalid
 # (a ValueError), ArrowException and friends.
+log = logging.getLogger(__name__)
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, pa.ArrowException)
 
 
@@ -72,6 +75,40 @@ def binary_column(arr: pa.Array | pa.ChunkedArray) -> BinaryColumn:
     return BinaryColumn(offsets=(raw - start).astype(np.int64), data=data, null=null)
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    text_bytes: int  # uncompressed bytes of the text column (for the ETA)
+    rows: int
+
+
+def file_error_text(path: str, msg: str) -> str:
+    msg = " ".join(msg.split())[:200]
+    return (
+        f"{path}: not a readable parquet file ({msg}); replace or delete it, "
+        "or pass on_error=skip to skip it (recorded in the output's state)"
+    )
+
+
+def survey(
+    files: list[Path], text_column: str, languages: list[str], on_error: str
+) -> list[FileInfo | None]:
+    """Open every footer before any work, so schema errors come first; None for a file
+    that cannot be read and will be skipped (on_error=skip), else an InputError."""
+    out: list[FileInfo | None] = []
+    for f in files:
+        try:
+            pf = open_checked(f, text_column, languages)
+        except READ_ERRORS as e:
+            if on_error != "skip":
+                raise InputError(file_error_text(str(f), str(e))) from None
+            log.warning("%s: unreadable, will be skipped (%s)", f, e)
+            out.append(None)
+            continue
+        with pf:
+            out.append(FileInfo(text_bytes(pf, text_column), pf.metadata.num_rows))
+    return out
+
+
 def list_inputs(spec: str) -> list[Path]:
     """`spec` is a folder (its *.parquet files) or a glob; the files, sorted by path."""
     p = Path(spec)
@@ -98,9 +135,15 @@ def list_inputs(spec: str) -> list[Path]:
     )
 
 
-def columns_for(languages: list[str], text_column: str) -> list[str]:
+def has_language(pf: pq.ParquetFile) -> bool:
+    """The file has a string `language` column (the per-language accounting reads it)."""
+    schema = pf.schema_arrow
+    return LANGUAGE_COLUMN in schema.names and _is_text_type(schema.field(LANGUAGE_COLUMN).type)
+
+
+def columns_for(text_column: str, with_language: bool) -> list[str]:
     cols = [text_column, REPO_COLUMN]
-    if languages:
+    if with_language:
         cols.append(LANGUAGE_COLUMN)
     return cols
 
@@ -162,21 +205,37 @@ def batch_rows(pf: pq.ParquetFile, group: int, columns: list[str], batch_bytes: 
     return int(max(1, min(rg.num_rows, batch_bytes // per_row)))
 
 
+def _languages(rb: pa.RecordBatch, cols: list[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Per-row codes into this batch's language names; null or no column is `unknown`."""
+    if LANGUAGE_COLUMN not in cols:
+        return np.zeros(rb.num_rows, dtype=np.int32), (UNKNOWN_LANGUAGE,)
+    col = rb.column(cols.index(LANGUAGE_COLUMN)).cast(pa.large_binary())
+    enc = pc.dictionary_encode(col)  # nulls stay null in the indices
+    names = [v.decode("utf-8", errors="replace") for v in enc.dictionary.to_pylist()]
+    codes = enc.indices.fill_null(len(names)).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int32), (*names, UNKNOWN_LANGUAGE)
+
+
 def _batch(
-    rb: pa.RecordBatch, fi: int, group: int, row: int, cols: list[str], langs: list[str]
+    rb: pa.RecordBatch, at: tuple[int, int, int, int], cols: list[str], langs: list[str]
 ) -> Batch:
+    """at: (file index, row group, row in the group, row in the file)."""
     keep = None
     if langs:
         lang = rb.column(cols.index(LANGUAGE_COLUMN)).cast(pa.large_binary())
         wanted = pa.array([s.encode() for s in langs], type=pa.large_binary())
         keep = pc.is_in(lang, value_set=wanted).to_numpy(zero_copy_only=False).astype(bool)
+    codes, names = _languages(rb, cols)
     return Batch(
-        file_index=fi,
-        row_group=group,
-        row=row,
+        file_index=at[0],
+        row_group=at[1],
+        row=at[2],
+        file_row=at[3],
         text=binary_column(rb.column(0)),
         repo=binary_column(rb.column(1)),
         keep=keep,
+        lang=codes,
+        lang_names=names,
     )
 
 
@@ -189,14 +248,15 @@ def read_file(
     start: tuple[int, int] = (0, 0),
 ) -> Iterator[Batch | FileError]:
     """Batches of one file from (row group, row) = start; ends with a FileError on failure."""
-    cols = columns_for(languages, text_column)
     group = start[0]
     try:
         pf = open_checked(path, text_column, languages)
     except READ_ERRORS as e:
         yield FileError(file_index, str(path), 0, None, _one_line(e))
         return
+    cols = columns_for(text_column, has_language(pf))
     md = pf.metadata
+    first = sum(md.row_group(g).num_rows for g in range(start[0]))  # the group's first row
     try:
         for group in range(start[0], md.num_row_groups):
             skip = start[1] if group == start[0] else 0
@@ -211,8 +271,9 @@ def read_file(
                 if row < skip:
                     rb = rb.slice(skip - row)
                     row = skip
-                yield _batch(rb, file_index, group, row, cols, languages)
+                yield _batch(rb, (file_index, group, row, first + row), cols, languages)
                 row += rb.num_rows
+            first += md.row_group(group).num_rows
     except READ_ERRORS as e:
         left = sum(md.row_group(g).num_rows for g in range(group, md.num_row_groups))
         yield FileError(file_index, str(path), group, left, _one_line(e))

@@ -20,98 +20,72 @@ resume (rerun the same command).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
 import logging
-import os
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from model import config as configlib
 from model import shards, tokenizer
-from model.config import Config, option
+from model.config import option
 from model.errors import InputError, ResourceError, StateError
 from model.lock import exclusive
+from pipeline.dedup import decision
+from pipeline.dedup.decision import Decision
 from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import FileError
-from pipeline.tokenize.pool import encoded_in_order
+from pipeline.tokenize.batches import Batch, FileError
+from pipeline.tokenize.pool import Work, run_in_order
 from pipeline.tokenize.progress import Progress
+from pipeline.tokenize.settings import OUTPUT, SourceConfig
 from pipeline.tokenize.watchdog import MemoryWatchdog
-from pipeline.tokenize.worker import split_threshold
+from pipeline.tokenize.worker import encode_batch, split_threshold, warm_up
 from pipeline.tokenize.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/tokenize.yaml"
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-OUTPUT = "output"  # the tag of the keys that change the output bytes (compared on a rerun)
 
 
 @dataclass(kw_only=True)
-class TokenizeConfig(Config):
-    # `input` is not tagged: the files themselves are compared (path, size, mtime)
-    input: str = option("data/raw", "a folder of *.parquet files, or a glob")
+class TokenizeConfig(SourceConfig):
     output: str = option("data/shards/github-code", "the shard folder")
-    text_column: str = option("code", "the column that holds the code", affects=OUTPUT)
     shard_tokens: int = option(100_000_000, "tokens per shard", affects=OUTPUT, gt=0)
     val_fraction: float = option(
         0.005, "share of repositories (by repo_name) that go to val", affects=OUTPUT, ge=0, lt=1
     )
-    workers: int | Literal["auto"] = option(
-        "auto", "encoding processes; auto = the usable cores", ge=1
+    dedup: Literal["exact", "none"] = option(
+        "exact", "exact: skip a document equal to an earlier one but for whitespace", affects=OUTPUT
     )
-    max_rss_gb: float = option(4.0, "stop cleanly when all processes together hold this", gt=0)
-    min_available_gb: float = option(1.0, "stop cleanly when the machine has less available", ge=0)
-    max_doc_bytes: int = option(
-        1_000_000, "longer documents are skipped and counted", affects=OUTPUT, gt=0
-    )
-    languages: list[str] = option(
-        factory=list, help="keep only these `language` values; [] = all", affects=OUTPUT
-    )
-    batch_bytes: int = option(1_000_000, "text bytes per batch sent to a worker", gt=0)
-    # fail stops where skip goes on: the shards before are the same, so it is not tagged
-    on_error: Literal["fail", "skip"] = option(
-        "fail", "unreadable parquet: fail, or skip it and record it in the manifest"
+    near_dedup: str = option(
+        "",
+        "a `make dedup` output folder: skip the near-duplicates it lists; '' = off",
+        affects=OUTPUT,
     )
     force: bool = option(False, "delete this output's shards and manifest, start over")
-    progress_seconds: float = option(5.0, "seconds between progress lines on stderr")
-
-    def n_workers(self) -> int:
-        if self.workers == "auto":
-            return max(1, len(os.sched_getaffinity(0)))
-        return int(self.workers)
 
 
 CONFIG = TokenizeConfig
 
 
-def settings_of(cfg: TokenizeConfig) -> dict[str, Any]:
-    """The config keys that shape the output bytes."""
-    return configlib.values(cfg, OUTPUT)
+def settings_of(cfg: TokenizeConfig, near: Decision | None) -> dict[str, Any]:
+    """The config keys that shape the output bytes (and the near-dedup decision's hash)."""
+    settings = configlib.values(cfg, OUTPUT)
+    if near is not None:
+        settings["near_dedup_sha256"] = near.sha256
+    return settings
 
 
 def check_inputs(files: list[Path], cfg: TokenizeConfig) -> int:
     """Open every footer before any work: schema errors first; total text bytes for the ETA."""
-    total = 0
-    for f in files:
-        try:
-            pf = source.open_checked(f, cfg.text_column, cfg.languages)
-        except source.READ_ERRORS as e:
-            if cfg.on_error == "skip":
-                log.warning("%s: unreadable, will be skipped (%s)", f, e)
-                continue
-            raise InputError(_file_error_text(str(f), str(e))) from None
-        with pf:
-            total += source.text_bytes(pf, cfg.text_column)
-    return total
-
-
-def _file_error_text(path: str, msg: str) -> str:
-    msg = " ".join(msg.split())[:200]
-    return (
-        f"{path}: not a readable parquet file ({msg}); replace or delete it, "
-        "or pass on_error=skip to skip it (recorded in the manifest)"
+    return sum(
+        f.text_bytes
+        for f in source.survey(files, cfg.text_column, cfg.languages, cfg.on_error)
+        if f
     )
 
 
@@ -175,7 +149,10 @@ def run(cfg: TokenizeConfig) -> int:
 
 def _tokenize(cfg: TokenizeConfig, out: Path, files: list[Path], total_bytes: int) -> int:
     inputs = manifest.input_entries(files)
-    settings = settings_of(cfg)
+    near = (
+        decision.load(Path(cfg.near_dedup), inputs, cfg.rule_values()) if cfg.near_dedup else None
+    )
+    settings = settings_of(cfg, near)
     old = previous_state(out, inputs, settings, cfg.force)
     if old is not None and old.get("complete"):
         print(up_to_date(out, old))
@@ -188,14 +165,15 @@ def _tokenize(cfg: TokenizeConfig, out: Path, files: list[Path], total_bytes: in
     }
     writer: ShardWriter | None = None
     try:
-        writer = ShardWriter(out, cfg.shard_tokens, header, [str(f) for f in files], old)
+        names = [str(f) for f in files]
+        writer = ShardWriter(out, cfg.shard_tokens, header, names, old, cfg.dedup == "exact")
         if old is None:
             writer.checkpoint_empty()  # a manifest exists before any shard does
         else:
             log.info("resuming %s from %s", out, writer.position)
         progress = Progress(total_bytes, writer.counts, cfg.progress_seconds)
         with MemoryWatchdog(cfg.max_rss_gb, cfg.min_available_gb) as dog:
-            _encode_all(cfg, files, writer, progress, dog)
+            _encode_all(cfg, files, writer, progress, dog, near)
         writer.finish()
     except OSError as e:  # reading errors became FileError items: this is the output side
         raise _write_error(e, out, writer) from None
@@ -222,31 +200,41 @@ def _encode_all(
     writer: ShardWriter,
     progress: Progress,
     dog: MemoryWatchdog,
+    near: Decision | None,
 ) -> None:
     pos = writer.position
     items = source.stream(files, cfg.text_column, cfg.languages, cfg.batch_bytes, pos)
+    if near is not None:
+        items = _mark_near(items, near)
     drop = pos.token_offset  # tokens of the first document already in a shard
     threshold = split_threshold(cfg.val_fraction)
-    try:
-        # closing(): a failure here must stop the pool now, not when the generator is collected
-        results = encoded_in_order(items, cfg.n_workers(), cfg.max_doc_bytes, threshold, dog)
-        with contextlib.closing(results):
-            for item, enc in results:
-                dog.check(_resume_hint(cfg, writer))
-                if isinstance(item, FileError):
-                    _file_error(cfg, item, writer)
-                    continue
-                assert enc is not None
-                writer.consume(item, enc, drop)
-                drop = 0
-                progress.tick(writer)
-    except BrokenProcessPool:
-        dog.check(_resume_hint(cfg, writer))
-        raise ResourceError(
-            "a worker process died (killed by the OS, out of memory?); "
-            f"{_resume_hint(cfg, writer)}, with fewer workers= if it happens again"
-        ) from None
-    dog.check(_resume_hint(cfg, writer))
+    rules = cfg.rules(digest=cfg.dedup == "exact")
+    work = Work(
+        functools.partial(encode_batch, rules=rules, threshold=threshold),
+        warm_up,
+        "pipeline.tokenize.worker",
+    )
+    if cfg.n_workers() == 1:
+        warm_up(0)  # the encoding, built once in this process (no parent to watch)
+    hint = functools.partial(_resume_hint, cfg, writer)
+    # closing(): an error here (a bad file) must stop the pool now, not when collected
+    with contextlib.closing(run_in_order(items, cfg.n_workers(), work, dog, hint)) as results:
+        for item, enc in results:
+            if isinstance(item, FileError):
+                _file_error(cfg, item, writer)
+                continue
+            writer.consume(item, enc, drop)
+            drop = 0
+            progress.tick(writer)
+
+
+def _mark_near(items: Iterator[Batch | FileError], near: Decision) -> Iterator[Batch | FileError]:
+    """Each batch with the rows the near-dedup decision drops marked (workers skip them)."""
+    for item in items:
+        if isinstance(item, Batch):
+            mask = near.mark(item.file_index, item.file_row, item.num_rows)
+            item = dataclasses.replace(item, near_dup=mask)
+        yield item
 
 
 def _resume_hint(cfg: TokenizeConfig, writer: ShardWriter) -> str:
@@ -258,6 +246,6 @@ def _resume_hint(cfg: TokenizeConfig, writer: ShardWriter) -> str:
 
 def _file_error(cfg: TokenizeConfig, err: FileError, writer: ShardWriter) -> None:
     if cfg.on_error == "fail":
-        raise InputError(_file_error_text(err.path, err.message))
+        raise InputError(source.file_error_text(err.path, err.message))
     log.warning("%s: skipped from row group %d (%s)", err.path, err.row_group, err.message)
     writer.skip_file(err)

@@ -9,17 +9,17 @@ tokens, out) is defined in batches.py.
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
-import time
 
 import numpy as np
-import psutil
 
 from model import tokenizer
-from pipeline.tokenize.batches import STATUS, TRAIN, VAL, Batch, Encoded
+from pipeline.tokenize import rules as _rules
+from pipeline.tokenize.batches import STATUS, TRAIN, VAL, Batch, Encoded, Rules
+from pipeline.tokenize.lifeline import exit_with
+from pipeline.tokenize.rules import early_status, verdict
 
 _NO_SPECIAL: frozenset[str] = frozenset()  # `<|endoftext|>` in code is plain text
+_TOKENIZER_ERROR = STATUS.index("tokenizer_error")
 
 
 def split_threshold(val_fraction: float) -> int:
@@ -62,56 +62,43 @@ def encode_doc(text: str) -> np.ndarray | None:
     return out
 
 
-def encode_batch(batch: Batch, max_doc_bytes: int, threshold: int) -> Encoded:
+def encode_batch(batch: Batch, rules: Rules, threshold: int) -> Encoded:
+    """Apply the rules to each row in STATUS order, then encode what passes."""
     n = batch.num_rows
     status = np.zeros(n, dtype=np.int8)
     replaced = np.zeros(n, dtype=bool)
     nbytes = np.diff(batch.text.offsets).astype(np.int64)
     split = np.zeros(n, dtype=np.uint8)
     ntok = np.zeros(n, dtype=np.int64)
+    digest = np.zeros(n, dtype=np.uint64)
     parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     for i in range(n):
-        if batch.text.null[i]:
-            status[i] = STATUS.index("null")
-        elif nbytes[i] == 0:
-            status[i] = STATUS.index("empty")
-        elif batch.keep is not None and not batch.keep[i]:
-            status[i] = STATUS.index("language")
-        elif nbytes[i] > max_doc_bytes:
-            status[i] = STATUS.index("too_large")
-        else:
-            text, replaced[i] = decode(batch.text.value(i))
-            ids = encode_doc(text)
-            if ids is None:
-                status[i] = STATUS.index("tokenizer_error")
-                continue
-            split[i] = split_of(batch.repo.value(i), threshold)
-            ntok[i] = len(ids)
-            parts[split[i]].append(ids)
+        early = early_status(batch, i, int(nbytes[i]), rules)
+        if early:
+            status[i] = early
+            continue
+        raw = batch.text.value(i)
+        text, replaced[i] = decode(raw)
+        status[i] = verdict(raw, text, rules)
+        if status[i]:
+            continue
+        if rules.digest:
+            digest[i] = _rules.digest(raw)
+        ids = encode_doc(text)
+        if ids is None:
+            status[i] = _TOKENIZER_ERROR
+            continue
+        split[i] = split_of(batch.repo.value(i), threshold)
+        ntok[i] = len(ids)
+        parts[split[i]].append(ids)
     tokens = tuple(np.concatenate(p) if p else np.empty(0, dtype=np.uint16) for p in parts)
-    return Encoded(status, replaced, nbytes, split, ntok, (tokens[0], tokens[1]))
+    return Encoded(status, replaced, nbytes, split, ntok, (tokens[0], tokens[1]), digest)
 
 
 def warm_up(main_pid: int) -> None:
-    """Pool initializer: build the encoding once, and exit when the main process dies.
-
-    A SIGKILLed main process cannot stop its workers. A worker blocked on the
-    task queue would then wait for ever (it holds the queue's write end
-    itself), and so would the forkserver (each worker holds the pipe whose
-    end tells it that the main process is gone), keeping the main process's
-    stdout open. So each worker polls the main process itself.
+    """Pool initializer: build the encoding once, and exit when the main process dies
+    (main_pid 0: no pool, nothing to watch; lifeline.py says why a worker watches).
     """
     tokenizer.get_encoding()
-    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
-
-
-def _exit_with(main_pid: int) -> None:
-    # psutil, not os.kill(pid, 0): a killed main process stays a zombie until
-    # its parent reaps it, and that parent may be waiting for our stdout to close.
-    try:
-        main = psutil.Process(main_pid)
-        while main.is_running() and main.status() != psutil.STATUS_ZOMBIE:
-            time.sleep(0.5)
-    except psutil.Error:
-        pass
-    os._exit(1)
+    if main_pid:
+        exit_with(main_pid)

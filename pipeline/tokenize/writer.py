@@ -20,7 +20,6 @@ split's buffer is always cut at the right document.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,51 +28,12 @@ import numpy as np
 from model import shards
 from model.errors import StateError
 from pipeline.tokenize import manifest
-from pipeline.tokenize.batches import SKIP_REASONS, STATUS, Batch, Encoded, FileError, Position
+from pipeline.tokenize.batches import VAL, Batch, Encoded, FileError, Position
+from pipeline.tokenize.counts import Counts
+from pipeline.tokenize.docindex import DocIndex
+from pipeline.tokenize.exact import Seen
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Counts:
-    """Document accounting: read == tokenized + sum(skipped.values()) at all times."""
-
-    read: int = 0
-    tokenized: int = 0
-    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
-    replaced_utf8: int = 0
-    text_bytes: int = 0
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(shards.SPLITS, 0))
-
-    def add(self, enc: Encoded, upto: int | None = None) -> None:
-        """Count rows [0, upto) of one batch's encoding."""
-        status = enc.status[:upto]
-        per = np.bincount(status, minlength=len(STATUS))
-        self.read += len(status)
-        self.tokenized += int(per[0])
-        for i, reason in enumerate(SKIP_REASONS, start=1):
-            self.skipped[reason] += int(per[i])
-        self.replaced_utf8 += int(enc.replaced[:upto].sum())
-        self.text_bytes += int(enc.nbytes[:upto].sum())
-        ntok, split = enc.ntok[:upto], enc.split[:upto]
-        for s, name in enumerate(shards.SPLITS):
-            self.tokens[name] += int(ntok[split == s].sum())
-
-    def copy(self) -> Counts:
-        return Counts(**self.to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "read": self.read,
-            "tokenized": self.tokenized,
-            "skipped": dict(self.skipped),
-            "replaced_utf8": self.replaced_utf8,
-            "text_bytes": self.text_bytes,
-            "tokens": dict(self.tokens),
-        }
-
-    def balanced(self) -> bool:
-        return self.read == self.tokenized + sum(self.skipped.values())
 
 
 class SplitBuffer:
@@ -114,6 +74,7 @@ class ShardWriter:
         header: dict[str, Any],
         files: list[str],
         old: dict[str, Any] | None,
+        exact_dedup: bool = True,
     ) -> None:
         self.out = out
         self.shard_tokens = shard_tokens
@@ -123,6 +84,8 @@ class ShardWriter:
         self.counts = Counts()
         self.position = Position()
         self.files_skipped: list[dict[str, Any]] = []
+        self.seen = Seen(out) if exact_dedup else None
+        self.docs = DocIndex(out, shard_tokens)
         if old is not None:
             self._restore(old)
         out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +96,11 @@ class ShardWriter:
         c = old["counts"]
         self.counts = Counts(**c)
         self.files_skipped = list(old.get("files_skipped", []))
-        keep = set()
+        if self.seen is not None:
+            self.seen.restore(int(old.get("dedup_digests", 0)))
+        val_shards = len(old["shards"]["val"])
+        self.docs.restore(val_shards, int(old.get("partial_docs", 0)), int(c["tokens"]["val"]))
+        keep = {self.docs_partial(val_shards)}
         for sb in self.splits:
             sb.shards = list(old["shards"][sb.name])
             for e in sb.shards:
@@ -149,13 +116,17 @@ class ShardWriter:
             sb.persisted = n
             # shards past the manifest's list were written after its last rewrite; they
             # are rewritten identically, but must not be mistaken for complete ones.
+            listed = {e["name"] for e in sb.shards} | {e["docs"] for e in sb.shards if "docs" in e}
             for q in self.out.glob(f"{sb.name}_*.npy"):
-                if q.name not in {e["name"] for e in sb.shards}:
+                if q.name not in listed:
                     q.unlink()
         manifest.remove_partials(self.out, keep)
 
     def complete_shards(self) -> int:
         return sum(sb.index for sb in self.splits)
+
+    def docs_partial(self, index: int) -> Path:
+        return self.out / (shards.shard_name("val", index).removesuffix(".npy") + ".docs.partial")
 
     # ------------------------------------------------------------ consuming
 
@@ -165,13 +136,22 @@ class ShardWriter:
         `drop` > 0 only on the first batch of a resumed run: that many tokens of
         its first document are already in a shard.
         """
+        fresh = np.empty(0, dtype=np.int64)  # rows whose digests joined the exact-dedup set
+        if self.seen is not None:
+            enc, fresh = self.seen.mark(enc)
+        seen_before = self.seen.count - len(fresh) if self.seen is not None else 0
         ntok = enc.ntok.copy()
         tokens = list(enc.tokens)
+        continues = bool(drop) and int(enc.split[0]) == VAL
         if drop:
             first = int(enc.split[0])
             assert ntok[0] >= drop, "resume position past the end of its document"
             ntok[0] -= drop
             tokens[first] = tokens[first][drop:]
+        vrows = np.flatnonzero((enc.split == VAL) & (enc.ntok > 0))
+        names = [batch.lang_names[c] for c in batch.lang[vrows]]
+        first_id = self.docs.add(enc.ntok[vrows], enc.nbytes[vrows], names, continues)
+        first_id -= int(continues)  # the id of vrows[0]'s record
         rows = [np.flatnonzero((enc.split == s) & (ntok > 0)) for s in range(2)]
         cums = [np.cumsum(ntok[r]) for r in rows]
         before = self.counts.copy()
@@ -185,18 +165,22 @@ class ShardWriter:
             self.splits[o].put(tokens[o][done[o] : upto])
             done[o] = upto
             counts = before.copy()
-            counts.add(enc, row)
+            counts.add(batch, enc, row)
             at = Position(
                 batch.file_index,
                 batch.row_group,
                 batch.row + row,
                 offset + (drop if row == 0 else 0),
             )
-            self._complete(s, at, counts)
+            # the resume state holds the documents before `row`, and the record of `row`
+            # itself when its val shard just filled (it goes on in the next shard)
+            docs = first_id + int(np.searchsorted(vrows, row, side="right" if s == VAL else "left"))
+            digests = seen_before + int(np.searchsorted(fresh, row))
+            self._complete(s, at, counts, docs, digests)
         for s in range(2):
             self.splits[s].put(tokens[s][done[s] :])
         self.counts = before
-        self.counts.add(enc)
+        self.counts.add(batch, enc)
 
     def _events(
         self, rows: list[np.ndarray], cums: list[np.ndarray], ntok: np.ndarray
@@ -214,21 +198,29 @@ class ShardWriter:
                 end += self.shard_tokens
         return sorted(events)
 
-    def _complete(self, s: int, at: Position, counts: Counts) -> None:
-        """Shard s is full: write it, make the other split's partial durable, checkpoint."""
+    def _complete(self, s: int, at: Position, counts: Counts, docs: int, digests: int) -> None:
+        """Shard s is full: write it, make the resume state durable, checkpoint."""
         sb = self.splits[s]
         self._write_shard(sb)
         o = self.splits[1 - s]
         if o.fill > o.persisted:
             manifest.append_partial(self.out, o.name, o.index, o.buf[: o.fill], o.persisted)
             o.persisted = o.fill
+        self.docs.persist(docs)
+        if self.seen is not None:
+            self.seen.persist(digests)
         self.position = at
         self._write_manifest(counts, complete=False)
         manifest.partial_path(self.out, sb.name, sb.index - 1).unlink(missing_ok=True)
+        if sb.name == "val":
+            self.docs.remove_partial(sb.index - 1)
 
     def _write_shard(self, sb: SplitBuffer) -> None:
         path = shards.write_shard(self.out, sb.name, sb.index, sb.buf[: sb.fill])
-        sb.shards.append({"name": path.name, "tokens": sb.fill})
+        entry: dict[str, Any] = {"name": path.name, "tokens": sb.fill}
+        if sb.name == "val":
+            entry["docs"] = self.docs.write_shard(sb.fill)
+        sb.shards.append(entry)
         log.debug("wrote %s (%d tokens)", path, sb.fill)
         sb.fill = sb.persisted = 0
 
@@ -253,6 +245,8 @@ class ShardWriter:
             **self.header,
             "shards": {sb.name: sb.shards for sb in self.splits},
             "partial": {sb.name: 0 if complete else sb.persisted for sb in self.splits},
+            "partial_docs": 0 if complete else self.docs.persisted,
+            "dedup_digests": 0 if complete or self.seen is None else self.seen.persisted,
             "position": {
                 "file_index": pos.file_index,
                 "file": self.files[pos.file_index] if pos.file_index < len(self.files) else None,
@@ -276,6 +270,8 @@ class ShardWriter:
         self.position = Position(len(self.files))
         self._write_manifest(self.counts, complete=True)
         manifest.remove_partials(self.out)
+        if self.seen is not None:
+            self.seen.remove()
         written = {sb.name: sum(e["tokens"] for e in sb.shards) for sb in self.splits}
         assert written == self.counts.tokens, f"shards hold {written}, counted {self.counts.tokens}"
         if not self.splits[1].shards:

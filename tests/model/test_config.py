@@ -132,12 +132,22 @@ def test_each_stage_states_what_shapes_its_output_once():
         "device",
         "loss_chunk",
     )
-    assert configlib.keys(TokenizeConfig, "output") == (
+    rules = (
         "text_column",
+        "languages",
+        "max_doc_bytes",
+        "max_line_chars",
+        "max_mean_line_chars",
+        "min_alnum_fraction",
+        "drop_generated",
+    )
+    assert configlib.keys(TokenizeConfig, "rules") == rules  # shared with the dedup stage
+    assert configlib.keys(TokenizeConfig, "output") == (
+        *rules,
         "shard_tokens",
         "val_fraction",
-        "max_doc_bytes",
-        "languages",
+        "dedup",
+        "near_dedup",
     )
     assert "force" not in configlib.keys(SampleDataConfig, "output")
     assert "output" not in configlib.keys(SampleDataConfig, "output")

@@ -126,3 +126,20 @@ def test_missing_metrics_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert main([stage, f"out_dir={tmp_path}"]) == 2
         err = capsys.readouterr().err
         assert "metrics.jsonl not found; train first" in err and err.count("\n") == 1
+
+
+def test_report_shows_what_the_model_sees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's shard folder, through its manifest: kept documents, rules, languages."""
+    from tests.pipeline.tokenize.tokenize_fixtures import corpus, make_input, tokenize
+
+    src = make_input(tmp_path / "in", corpus(80) + corpus(20), files=2)
+    assert tokenize(src, tmp_path / "shards", dedup="exact", drop_generated=True) == 0
+    run = write_metrics(tmp_path / "run", steps(20), None)
+    (run / "config.yaml").write_text(f"max_iters: 100\ndata: {tmp_path / 'shards'}\n")
+    text = "\n".join(summary_lines(run))
+    m = json.loads((tmp_path / "shards" / "manifest.json").read_text())["counts"]
+    assert f"100 documents read, {m['tokenized']:,} kept" in text
+    assert f"duplicate {100 * m['skipped']['duplicate'] / 100:.1f} %" in text
+    assert "languages    Python" in text and "Markdown" in text

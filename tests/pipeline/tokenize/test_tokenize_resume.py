@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
+from pipeline.__main__ import main
 from tests.pipeline.tokenize.tokenize_fixtures import (
     REPO,
     args,
@@ -29,15 +30,34 @@ from tests.pipeline.tokenize.tokenize_fixtures import (
 
 pytestmark = pytest.mark.slow
 
-OPTS = {"shard_tokens": 2000, "workers": 2, "batch_bytes": 15000}
+# everything on: exact dedup, the quality filters and a near-dedup decision (the fixture's)
+OPTS = {
+    "shard_tokens": 2000,
+    "workers": 2,
+    "batch_bytes": 15000,
+    "dedup": "exact",
+    "max_line_chars": 1000,
+    "max_mean_line_chars": 100,
+    "min_alnum_fraction": 0.25,
+    "drop_generated": True,
+}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The input, and an uninterrupted run's output (workers=1: another path, same bytes)."""
     base = tmp_path_factory.mktemp("ref")
-    src = make_input(base / "in", corpus(400, max_chars=2000), files=4, row_group_size=40)
+    docs = corpus(400, max_chars=2000)
+    docs += [{**d, "code": d["code"] + "\n# a fork\n", "repo_name": "fork/x"} for d in docs[:30]]
+    # too short for a signature (under 5 words): exact dedup's, not near-dedup's
+    docs += [{**docs[i], "code": "x = 1\n", "repo_name": f"tiny/{i}"} for i in range(0, 400, 40)]
+    src = make_input(base / "in", docs, files=4, row_group_size=40)
+    near = base / "near"
+    assert main(["dedup", f"input={src}", f"output={near}", "workers=1", "max_rss_gb=64"]) == 0
+    OPTS["near_dedup"] = near
     assert tokenize(src, base / "ref", **{**OPTS, "workers": 1}) == 0
+    counts = _manifest(base / "ref")["counts"]["skipped"]
+    assert counts["duplicate"] and counts["near_duplicate"] >= 30  # every rule has work here
     return src, base / "ref"
 
 
@@ -50,6 +70,7 @@ def _same_result(out, ref):
     a, b = _manifest(out), _manifest(ref)
     assert a["complete"] and a["counts"] == b["counts"] and a["shards"] == b["shards"]
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.partial"))
+    assert not (out / "dedup.digests").exists()
 
 
 def _n_shards(out):

@@ -77,6 +77,18 @@ def make_input(folder: Path, docs: list[dict[str, Any]], files: int = 3, **kw: A
     return folder
 
 
+# Every rule that can drop a document, off: the tests that compare the shards with a plain
+# encoding of the corpus use this; the rules' own tests turn them on (test_tokenize_rules.py).
+RULES_OFF: dict[str, Any] = {
+    "dedup": "none",
+    "near_dedup": "",
+    "max_line_chars": 0,
+    "max_mean_line_chars": 0,
+    "min_alnum_fraction": 0,
+    "drop_generated": False,
+}
+
+
 def args(src: Path, out: Path, **over: Any) -> list[str]:
     base: dict[str, Any] = {
         "input": src,
@@ -87,6 +99,7 @@ def args(src: Path, out: Path, **over: Any) -> list[str]:
         "batch_bytes": 20000,
         "max_rss_gb": 64,
         "min_available_gb": 0,
+        **RULES_OFF,
     }
     base.update(over)
     return [f"{k}={v}" for k, v in base.items()]

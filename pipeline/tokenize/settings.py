@@ -1,0 +1,75 @@
+"""The keys the tokenize and dedup stages share: where the input is, how it is read, and the rules.
+
+Both stages read the same parquet files the same way and apply the same
+per-document rules (rules.py) before their own work, so the dedup stage only
+clusters documents that tokenize would keep; tokenize refuses a dedup decision
+made with other rules. Keys tagged `rules` are the ones compared.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from model import config as configlib
+from model.config import Config, option
+from pipeline.tokenize.batches import Rules
+
+OUTPUT = "output"  # the keys that change a stage's output bytes (compared on a rerun)
+RULES = ("output", "rules")  # ... and that a dedup decision must have been made with
+
+
+@dataclass(kw_only=True)
+class SourceConfig(Config):
+    # `input` is not tagged: the files themselves are compared (path, size, mtime)
+    input: str = option("data/raw", "a folder of *.parquet files, or a glob")
+    text_column: str = option("code", "the column that holds the code", affects=RULES)
+    languages: list[str] = option(
+        factory=list, help="keep only these `language` values; [] = all", affects=RULES
+    )
+    max_doc_bytes: int = option(
+        1_000_000, "longer documents are skipped and counted", affects=RULES, gt=0
+    )
+    max_line_chars: int = option(
+        1000, "skip a document whose longest line is longer (0 = off)", affects=RULES, ge=0
+    )
+    max_mean_line_chars: int = option(
+        100, "skip a document whose mean line length is longer (0 = off)", affects=RULES, ge=0
+    )
+    min_alnum_fraction: float = option(
+        0.25, "skip a document with fewer letters and digits (0 = off)", affects=RULES, ge=0, le=1
+    )
+    drop_generated: bool = option(
+        True, "skip a document with an auto-generated marker in its first 5 lines", affects=RULES
+    )
+    workers: int | Literal["auto"] = option(
+        "auto", "worker processes; auto = the usable cores", ge=1
+    )
+    max_rss_gb: float = option(4.0, "stop cleanly when all processes together hold this", gt=0)
+    min_available_gb: float = option(1.0, "stop cleanly when the machine has less available", ge=0)
+    batch_bytes: int = option(1_000_000, "text bytes per batch sent to a worker", gt=0)
+    # fail stops where skip goes on: the output before is the same, so it is not tagged
+    on_error: Literal["fail", "skip"] = option(
+        "fail", "unreadable parquet: fail, or skip it and record it"
+    )
+    progress_seconds: float = option(5.0, "seconds between progress lines on stderr")
+
+    def n_workers(self) -> int:
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.workers)
+
+    def rules(self, digest: bool) -> Rules:
+        """What a worker applies; `digest`: compute the exact-dedup hash too."""
+        return Rules(
+            max_doc_bytes=self.max_doc_bytes,
+            max_line_chars=self.max_line_chars,
+            max_mean_line_chars=self.max_mean_line_chars,
+            min_alnum_fraction=self.min_alnum_fraction,
+            drop_generated=self.drop_generated,
+            digest=digest,
+        )
+
+    def rule_values(self) -> dict[str, Any]:
+        return configlib.values(self, "rules")
