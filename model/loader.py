@@ -44,7 +44,15 @@ from torch import Tensor
 from model import tokenizer
 from model.errors import InputError, StateError
 from model.order import permute
-from model.shards import MANIFEST, SPLITS, list_shards, open_shard, read_manifest
+from model.scoring import Languages
+from model.shards import (
+    MANIFEST,
+    SPLITS,
+    list_shards,
+    open_shard,
+    read_doc_index,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from model.train_config import TrainConfig
@@ -53,6 +61,7 @@ log = logging.getLogger(__name__)
 
 KNOWN_VOCABS = {tokenizer.NAME: tokenizer.VOCAB_SIZE}  # tokenizer name -> number of ids
 STATE_FORMAT = 2  # 1: {position, epoch, tokens} in tokens, stream order only
+VAL_LANGUAGES = 6  # languages the periodic eval reports on their own (by val tokens; then other)
 
 
 # ------------------------------------------------------------------ the data contract
@@ -63,6 +72,11 @@ class Dataset:
     folder: Path
     shards: dict[str, list[Path]]  # split -> its shard files, in order
     complete: bool  # the manifest says the whole input is in the shards
+    manifest: dict[str, Any] | None = None
+
+    def val_index(self) -> np.ndarray | None:
+        """The val split's document index (language and bytes of each val document)."""
+        return read_doc_index(self.folder, self.manifest) if self.manifest else None
 
 
 def open_dataset(folder: str | Path, vocab_size: int, allow_partial: bool = False) -> Dataset:
@@ -97,7 +111,7 @@ def open_dataset(folder: str | Path, vocab_size: int, allow_partial: bool = Fals
         for p in paths:
             if not p.is_file():
                 raise InputError(f"{p} is listed in {folder / MANIFEST} but missing; {fix}")
-    return Dataset(folder, shards, complete)
+    return Dataset(folder, shards, complete, manifest)
 
 
 def _check_tokenizer(folder: Path, manifest: dict[str, Any], vocab_size: int) -> None:
@@ -286,6 +300,7 @@ class EvalSet:
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        languages: Languages | None = None,
     ) -> None:
         if windows.count < 1:
             raise InputError(
@@ -298,6 +313,14 @@ class EvalSet:
         n = iters * world_size * micro_batch
         # window j of n evenly over [0, W); a split with fewer windows repeats some
         self.all = (np.arange(n, dtype=np.int64) * windows.count) // n
+        self.languages = languages or Languages(None)  # one slot: `other`
+
+    def positions(self, i: int) -> np.ndarray:
+        """(B, T): the val-stream position of each target of batch i (window k's targets
+        are tokens k T + 1 .. k T + T)."""
+        start = (i * self.world_size + self.rank) * self.B
+        ks = self.all[start : start + self.B]
+        return ks[:, None] * self.windows.T + 1 + np.arange(self.windows.T)[None, :]
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
         """Batch i (0 <= i < iters) of this rank."""
@@ -326,4 +349,5 @@ def make_loaders(
         world_size=world,
         device=device,
     )
-    return loader, EvalSet(val, cfg.micro_batch, cfg.eval_iters, rank, world, device)
+    langs = Languages(data.val_index(), top=VAL_LANGUAGES)
+    return loader, EvalSet(val, cfg.micro_batch, cfg.eval_iters, rank, world, device, langs)

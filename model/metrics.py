@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,37 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [rec for _, rec in _parse(path)]
+
+
+@dataclass
+class LossWindow:
+    """The finite train losses since the last metrics line: their sum and count.
+
+    The logged `loss` is their mean, so the curve shows the interval, not the one
+    batch that happened to be last; it is in the checkpoint, so a resumed run logs
+    the same means.
+    """
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, loss: float, ok: bool) -> None:
+        if ok:
+            self.total += loss
+            self.count += 1
+
+    def mean(self, fallback: float) -> float:
+        """The mean, then an empty window; `fallback` when no step of it was finite."""
+        value = self.total / self.count if self.count else fallback
+        self.total, self.count = 0.0, 0
+        return value
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        state = state or {}  # checkpoints from before the window: start it empty
+        self.total, self.count = float(state.get("total", 0.0)), int(state.get("count", 0))
 
 
 def peak_mem_gb(device: torch.device) -> float | None:

@@ -10,6 +10,13 @@ renamed into place, so no reader ever sees a partial one. Readers memory-map
 `manifest.json` beside the shards is written by the tokenize stage
 (pipeline/tokenize/manifest.py) and read only here, by `read_manifest`: the
 tokenize rerun check and the trainer's data contract both go through it.
+
+A val shard's document index, `val_NNNNNN.docs.npy` (written by
+pipeline/tokenize/docindex.py, read here by `read_doc_index`): records of
+`DOC_RECORD`, one per document with tokens in the shard, in order, tiling it:
+`start` (offset in the shard), `tokens` (in the shard, end-of-text included),
+`bytes` (the document's UTF-8 size where it starts, 0 on a continuation),
+`language` (S32).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ TMP_SUFFIX = ".tmp"
 _NAME = re.compile(r"^(train|val)_(\d{6})\.npy$")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+DOC_RECORD = np.dtype([("start", "<i8"), ("tokens", "<i8"), ("bytes", "<i8"), ("language", "S32")])
 
 
 def shard_name(split: str, index: int) -> str:
@@ -114,3 +122,29 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
             f"{p}: not a version-{MANIFEST_VERSION} tokenize manifest; pass force=true to start over"
         )
     return data
+
+
+def read_doc_index(folder: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+    """The whole val split's document index, `start` made an offset into the split's
+    stream (the val shards concatenated); None when its shards have no index."""
+    entries = manifest.get("shards", {}).get("val", [])
+    if not entries or any("docs" not in e for e in entries):
+        return None
+    parts, offset = [], 0
+    for e in entries:
+        path = Path(folder) / e["docs"]
+        try:
+            rec = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise InputError(
+                f"{path}: unreadable document index ({err}); tokenize again (force=true)"
+            ) from None
+        if rec.dtype != DOC_RECORD or int(rec["tokens"].sum()) != int(e["tokens"]):
+            raise InputError(
+                f"{path}: not the document index of {e['name']}; tokenize again (force=true)"
+            )
+        rec = rec.copy()
+        rec["start"] += offset
+        parts.append(rec)
+        offset += int(e["tokens"])
+    return np.concatenate(parts)

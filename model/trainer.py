@@ -50,7 +50,7 @@ from model.distributed import DistInfo
 from model.errors import CheckFailed, StateError
 from model.gpt import GPT, GPTConfig
 from model.loader import make_loaders
-from model.metrics import MetricsLog, MfuMeter, peak_mem_gb, progress_line
+from model.metrics import LossWindow, MetricsLog, MfuMeter, peak_mem_gb, progress_line
 from model.runtime import (
     enable_fast_math,
     maybe_compile,
@@ -58,6 +58,7 @@ from model.runtime import (
     seed_everything,
 )
 from model.schedule import lr_at
+from model.scoring import token_losses
 from model.signals import StopFlag
 from model.train_config import TrainConfig
 
@@ -76,34 +77,9 @@ class StepResult:
 
 
 @dataclass
-class LossWindow:
-    """The finite train losses since the last metrics line: their sum and count.
-
-    The logged `loss` is their mean, so the curve shows the interval, not the one
-    batch that happened to be last; it is in the checkpoint, so a resumed run logs
-    the same means.
-    """
-
-    total: float = 0.0
-    count: int = 0
-
-    def add(self, r: StepResult) -> None:
-        if r.ok:
-            self.total += r.loss
-            self.count += 1
-
-    def mean(self, fallback: float) -> float:
-        """The mean, then an empty window; `fallback` when no step of it was finite."""
-        value = self.total / self.count if self.count else fallback
-        self.total, self.count = 0.0, 0
-        return value
-
-    def state_dict(self) -> dict[str, float | int]:
-        return {"total": self.total, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        state = state or {}  # checkpoints from before the window: start it empty
-        self.total, self.count = float(state.get("total", 0.0)), int(state.get("count", 0))
+class EvalResult:
+    loss: float  # nats per target token over the whole val set
+    by_language: dict[str, float]  # the same per language (top ones, then `other`)
 
 
 class Trainer:
@@ -188,19 +164,25 @@ class Trainer:
         return StepResult(loss=loss_v, grad_norm=norm_v, ok=ok)
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the fixed val windows (model/loader.py's EvalSet, the same every time)."""
+    def evaluate(self) -> EvalResult:
+        """The mean loss over the fixed val windows (model/loader.py's EvalSet, the same
+        every time), overall and per language of the val document index."""
         self.compiled.eval()
-        total = torch.zeros((), device=self.device)
-        for x, y in self.val_set:
+        langs = self.val_set.languages
+        sums = torch.zeros(2, len(langs.names), dtype=torch.float64, device=self.device)
+        for i in range(self.val_set.iters):
+            x, y = self.val_set.batch(i)
             with self.precision.autocast():
-                _, loss = self.compiled(x, y)
-            total += loss.float()
+                losses = token_losses(self.raw_model, x, y, self.cfg.loss_chunk)  # (B, T)
+            slots = torch.from_numpy(langs.of(self.val_set.positions(i))).to(self.device)
+            sums[0].index_add_(0, slots.view(-1), losses.view(-1).double())
+            sums[1].index_add_(0, slots.view(-1), torch.ones_like(losses).view(-1).double())
         if self.info.enabled:
-            torch.distributed.all_reduce(total)
-            total /= self.info.world_size
+            torch.distributed.all_reduce(sums)
         self.compiled.train()
-        return float(total.item()) / self.cfg.eval_iters
+        nats, tokens = sums.tolist()
+        by_language = {n: a / t for n, a, t in zip(langs.names, nats, tokens, strict=True) if t}
+        return EvalResult(sum(nats) / sum(tokens), by_language)
 
     # --- checkpoints --------------------------------------------------------
 
@@ -303,7 +285,7 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 self._guard(result)
-                self.window.add(result)
+                self.window.add(result.loss, result.ok)
                 last = self.step == cfg.max_iters
                 if self.step % cfg.log_interval == 0 or last:
                     ms = 1000 * (time.perf_counter() - window_start) / window_steps
@@ -372,5 +354,14 @@ class Trainer:
         val = self.evaluate()
         if self.info.is_main:
             tokens = self.step * self.cfg.tokens_per_step
-            self.metrics.append({"step": self.step, "val_loss": val, "tokens": tokens})
-            log.info("step %d | val loss %.4f", self.step, val)
+            rec: dict[str, Any] = {"step": self.step, "val_loss": val.loss, "tokens": tokens}
+            if len(val.by_language) > 1:  # one slot means no document index
+                rec["val_by_language"] = {k: round(v, 5) for k, v in val.by_language.items()}
+            self.metrics.append(rec)
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in list(val.by_language.items())[:4])
+            log.info(
+                "step %d | val loss %.4f%s",
+                self.step,
+                val.loss,
+                f" ({shown})" if shown and len(val.by_language) > 1 else "",
+            )

@@ -113,7 +113,7 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     steady = times[1:] or times
     ms = 1000 * sum(steady) / len(steady)
     tps = resolved.tokens_per_step * 1000 / ms
-    val = trainer.evaluate()
+    val = trainer.evaluate().loss
     trainer.step = cfg.smoke_steps
     path = trainer.save()
     assert path is not None

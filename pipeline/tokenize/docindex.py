@@ -28,7 +28,7 @@ from model import shards
 from model.atomic import write_atomically
 from pipeline.tokenize import manifest
 
-RECORD = np.dtype([("start", "<i8"), ("tokens", "<i8"), ("bytes", "<i8"), ("language", "S32")])
+RECORD = shards.DOC_RECORD  # the format is model/shards.py's
 # the in-progress form: `offset` is the document's start in the whole val stream
 _OPEN = np.dtype([("offset", "<i8"), ("tokens", "<i8"), ("bytes", "<i8"), ("language", "S32")])
 SUFFIX = ".docs.npy"

@@ -1,0 +1,135 @@
+"""Scoring a model on held-out text: per-token losses, per language, and bits per byte.
+
+- `token_losses(model, x, y)`: the cross-entropy in nats at every position,
+  (B, T) fp32, a chunk of positions at a time under no_grad, so the (B, T, V)
+  logits never exist at once (the same chunking as the training loss).
+- `Languages`: which language each position of the val stream belongs to,
+  from the val document index (model/shards.py), folded into a fixed list of
+  slots (the top languages by val tokens, then `other`).
+- `Tally`: per slot, the sum of nats, the target tokens, their UTF-8 bytes
+  and the documents. GPT-2's BPE is byte-level, so every token id stands for
+  an exact byte string (end-of-text for none): the bytes of a scored stretch
+  are the sum of its tokens' byte lengths, and
+
+      bits per byte = sum of nats / ln 2 / sum of bytes
+
+  compares models with different tokenizers (a tokenizer that packs more
+  bytes per token has a higher loss per token but not per byte).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model import tokenizer
+from model.gpt import GPT
+from model.loss import auto_chunk
+
+OTHER = "other"
+
+
+@functools.cache
+def token_bytes(vocab_size: int) -> np.ndarray:
+    """(vocab_size,) int64: the UTF-8 bytes each id stands for (0 for end-of-text and the
+    padding ids past GPT-2's 50257)."""
+    enc = tokenizer.get_encoding()
+    out = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(min(vocab_size, tokenizer.EOT)):
+        out[i] = len(enc.decode_single_token_bytes(i))
+    return out
+
+
+@torch.no_grad()
+def token_losses(model: GPT, x: Tensor, y: Tensor, chunk: int = 0) -> Tensor:
+    """x, y (B, T) -> (B, T) fp32: -log p(y | context) at every position, in nats."""
+    h = model.hidden(x)  # (B, T, C)
+    B, T, C = h.shape
+    flat, targets = h.reshape(B * T, C), y.reshape(-1)
+    w = model.lm_head.weight  # (V, C)
+    chunk = chunk or auto_chunk(B * T, w.shape[0])
+    out = torch.empty(B * T, dtype=torch.float32, device=h.device)
+    for s in range(0, B * T, chunk):
+        logits = (flat[s : s + chunk] @ w.T.to(flat.dtype)).float()  # (n_c, V)
+        picked = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
+        out[s : s + chunk] = torch.logsumexp(logits, dim=-1) - picked
+    return out.view(B, T)
+
+
+class Languages:
+    """Val-stream positions -> language slots, from the split's document index."""
+
+    def __init__(self, index: np.ndarray | None, top: int | None = None) -> None:
+        if index is None or not len(index):  # no index: one slot for everything
+            self.names, self.starts = [OTHER], np.zeros(1, dtype=np.int64)
+            self.slot, self.first = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=bool)
+            return
+        names = [n.decode("utf-8", errors="replace") for n in index["language"]]
+        by_tokens: dict[str, int] = {}
+        for n, t in zip(names, index["tokens"].tolist(), strict=True):
+            by_tokens[n] = by_tokens.get(n, 0) + t
+        ranked = sorted(by_tokens, key=lambda n: (-by_tokens[n], n))
+        kept = ranked if top is None or len(ranked) <= top else ranked[:top]
+        self.names = kept + ([OTHER] if len(kept) < len(ranked) else [])
+        slot_of = {n: (kept.index(n) if n in kept else len(kept)) for n in ranked}
+        self.starts = index["start"].astype(np.int64)  # one per record, increasing
+        self.slot = np.array([slot_of[n] for n in names], dtype=np.int64)
+        self.first = index["bytes"] > 0  # a record where its document starts
+
+    def of(self, positions: np.ndarray) -> np.ndarray:
+        """The slot of each val-stream position."""
+        rec = np.searchsorted(self.starts, positions, side="right") - 1
+        return self.slot[np.maximum(rec, 0)]
+
+    def documents(self, lo: int, hi: int) -> np.ndarray:
+        """Per slot, the documents that start in positions [lo, hi)."""
+        sel = (self.starts >= lo) & (self.starts < hi) & self.first
+        return np.bincount(self.slot[sel], minlength=len(self.names))
+
+
+@dataclass
+class Tally:
+    """Per language slot: nats, target tokens, their UTF-8 bytes, documents."""
+
+    names: list[str]
+    nats: np.ndarray = field(init=False)
+    tokens: np.ndarray = field(init=False)
+    bytes: np.ndarray = field(init=False)
+    documents: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        k = len(self.names)
+        self.nats = np.zeros(k, dtype=np.float64)
+        self.tokens, self.bytes, self.documents = (np.zeros(k, np.int64) for _ in range(3))
+
+    def add(self, losses: np.ndarray, targets: np.ndarray, slots: np.ndarray) -> None:
+        """losses (n,) nats, targets (n,) ids, slots (n,): one scored stretch."""
+        k = len(self.names)
+        self.nats += np.bincount(slots, weights=losses.astype(np.float64), minlength=k)
+        self.tokens += np.bincount(slots, minlength=k)
+        nbytes = token_bytes(2**16)[targets]  # every uint16 id
+        self.bytes += np.bincount(slots, weights=nbytes, minlength=k).astype(np.int64)
+
+    def rows(self) -> Iterator[dict[str, float | int | str]]:
+        """One dict per slot, then `all`: documents, tokens, bytes, loss, bits per byte."""
+        for i, name in enumerate([*self.names, "all"]):
+            sl = slice(None) if name == "all" else slice(i, i + 1)
+            nats, tok, b = (
+                self.nats[sl].sum(),
+                int(self.tokens[sl].sum()),
+                int(self.bytes[sl].sum()),
+            )
+            yield {
+                "language": name,
+                "documents": int(self.documents[sl].sum()),
+                "tokens": tok,
+                "bytes": b,
+                "loss": float(nats / tok) if tok else math.nan,
+                "bits_per_byte": float(nats / math.log(2) / b) if b else math.nan,
+            }
