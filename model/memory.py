@@ -208,7 +208,9 @@ def activation_bytes(w: Workload) -> int:
 def eval_transient_bytes(w: Workload) -> int:
     """The largest live set of a no_grad forward: one block's MLP, or the loss."""
     N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
-    block = 4 * N * C + s * N * C + 8 * s * N * C  # residual, its cast, c_fc and GELU outputs
+    # the block's input (GPT.hidden still holds it) and the residual after attention (fp32),
+    # ln_2's fp32 output (the MLP's input, alive until it returns), c_fc and GELU outputs
+    block = 4 * N * C + 4 * N * C + 4 * N * C + 8 * s * N * C
     if w.loss == "plain":
         # the logits in s (under autocast), their fp32 copy and the fp32 log_softmax
         loss = 4 * N * C + s * V * C + (8 + (s if s < 4 else 0)) * N * V
