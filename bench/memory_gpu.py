@@ -17,7 +17,7 @@ micro-batch 4.
     .venv/bin/python bench/memory_gpu.py --parts b --out docs/benchmarks/memory-gpu.md
 
 On the CPU (--tiny) there is no allocator to read: the "measured" columns are
-the fake-tensor trace (model.memory.trace_peaks) and part B has no memory cap.
+the fake-tensor trace (model.memtrace.trace_peaks) and part B has no memory cap.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from model import memory as plan  # noqa: E402
 from model.atomic import write_text  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.loss import plain_cross_entropy  # noqa: E402
+from model.memtrace import trace_peaks  # noqa: E402
 from model.runtime import enable_fast_math  # noqa: E402
 
 GPT2: dict[str, Any] = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
@@ -124,7 +125,7 @@ def measure_memory(
     """Peak allocated/reserved of a train micro-step (grads present) and of an eval step."""
     if device.type == "cpu":
         w = plan.Workload(**shape, micro_batch=mb, compile=comp)
-        train, evals = plan.trace_peaks(w)
+        train, evals = trace_peaks(w)
         return {"train": train, "train_res": None, "eval": evals, "eval_res": None}
     run = Run(shape, device, "lean", comp)
     try:

@@ -160,7 +160,9 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
         "sweep": [_sweep_row(memory.estimate(base.with_batch(m), overhead), card) for m in sizes],
     }
     if cfg.exact:
-        train, evals = memory.trace_peaks(shown.workload)
+        from model.memtrace import trace_peaks
+
+        train, evals = trace_peaks(shown.workload)
         out["exact"] = {"peak_train_bytes": train, "peak_eval_bytes": evals}
     return out
 

@@ -14,6 +14,7 @@ import torch
 from model import memory as plan
 from model.gpt import GPT
 from model.memory import GiB, Overhead, Workload
+from model.memtrace import trace_peaks
 
 # The accuracy docs/plan.md and the README state, with a little room (measured on
 # these shapes: activations within 0.18 % eager and 2.0 % compiled, peaks within 1.1 %).
@@ -118,7 +119,7 @@ def test_compiled_model_keeps_what_the_plan_predicts() -> None:
 def test_peaks_match_fake_tensor_trace(shape: tuple[int, ...], loss: str) -> None:
     w = _workload(shape, dtype="bfloat16", loss=loss)
     e = plan.estimate(w, Overhead(0, 0))
-    train, evals = plan.trace_peaks(w)
+    train, evals = trace_peaks(w)
     assert abs(e.peak_train - train) <= PEAKS * train, (e.peak_train, train)
     assert abs(e.peak_eval - evals) <= PEAKS * evals, (e.peak_eval, evals)
 
