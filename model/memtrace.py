@@ -32,7 +32,6 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from model.gpt import GPT
-    from model.loss import plain_cross_entropy
 
     cfg = w.gpt_config()
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(w.dtype)
@@ -50,11 +49,7 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
             tracker.track_external(model)
             autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
             with tracker, torch.set_grad_enabled(train), autocast:
-                if w.loss == "plain":
-                    h = model.hidden(x)
-                    loss = plain_cross_entropy(h.flatten(0, 1), model.lm_head.weight, y.flatten())
-                else:
-                    _, loss = model(x, y)
+                _, loss = model(x, y)  # cfg.loss: the workload's loss
                 if train:
                     assert loss is not None
                     loss.backward()
