@@ -271,12 +271,13 @@ def test_logits_exist_one_chunk_at_a_time(kind, autocast):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_bf16_matches_plain():
+@pytest.mark.parametrize("kind", ["fused", "lean"])
+def test_cuda_bf16_matches_plain(kind):
     hidden, weight, targets = (t.cuda() for t in _inputs(n=300, c=64, v=1000, ignore=7))
     with torch.autocast("cuda", dtype=torch.bfloat16):
         ref = _loss_and_grads(plain_cross_entropy, hidden, weight, targets)
         got = _loss_and_grads(
-            lambda h, w, t: chunked_cross_entropy(h, w, t, 64), hidden, weight, targets
+            lambda h, w, t: head_cross_entropy(kind, h, w, t, 64), hidden, weight, targets
         )
     torch.testing.assert_close(got[0], ref[0], rtol=1e-3, atol=1e-3)
     for a, b in zip(got[1:], ref[1:], strict=True):
