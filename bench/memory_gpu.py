@@ -9,15 +9,16 @@ as in the plan) and for an eval step. Target: within 10 %.
 Part B, the story: the allocator is held to what a 12 GB card leaves PyTorch
 (torch.cuda.set_per_process_memory_fraction), 32 sequences per step. The
 plain full-logits loss at micro-batch 8 should run out of memory; the lean
-loss should fit 8 or more. For each size that runs: tokens/s and MFU against
-micro-batch 4.
+and fused losses should fit 8 or more. For each size that runs: tokens/s and
+MFU against the same loss at micro-batch 4.
 
     .venv/bin/python bench/memory_gpu.py                   # on a GPU: both tables (~10 min)
     .venv/bin/python bench/memory_gpu.py --tiny            # on the CPU: a dry run of the code
     .venv/bin/python bench/memory_gpu.py --parts b --out docs/benchmarks/memory-gpu.md
+    .venv/bin/python bench/memory_gpu.py --parts a --loss lean      # part A for another loss
 
 On the CPU (--tiny) there is no allocator to read: the "measured" columns are
-the fake-tensor trace (model.memory.trace_peaks) and part B has no memory cap.
+the fake-tensor trace (model.memtrace.trace_peaks) and part B has no memory cap.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from model import hardware  # noqa: E402
 from model import memory as plan  # noqa: E402
 from model.atomic import write_text  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from model.loss import plain_cross_entropy  # noqa: E402
+from model.memtrace import trace_peaks  # noqa: E402
 from model.runtime import enable_fast_math  # noqa: E402
 
 GPT2: dict[str, Any] = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
@@ -52,28 +53,15 @@ def _u(n: int) -> str:
     return f"{n / UNIT['bytes']:.2f}"
 
 
-class PlainLoss(torch.nn.Module):
-    """The model with the full-logits loss (the story's nanoGPT head) instead of the lean one."""
-
-    def __init__(self, model: GPT) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[None, torch.Tensor]:
-        h = self.model.hidden(x)  # (B, T, C)
-        return None, plain_cross_entropy(h.flatten(0, 1), self.model.lm_head.weight, y.flatten())
-
-
 class Run:
     """A model, its AdamW and the (compiled) forward, for one setting."""
 
     def __init__(self, shape: dict[str, Any], device: torch.device, loss: str, comp: bool) -> None:
         torch.manual_seed(0)
         self.device = device
-        self.model = GPT(GPTConfig(**shape)).to(device)
+        self.model = GPT(GPTConfig(**shape, loss=loss)).to(device)  # plain: the story's head
         self.opt = self.model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), device.type)
-        fwd: Any = PlainLoss(self.model) if loss == "plain" else self.model
-        self.fwd: Any = torch.compile(fwd) if comp else fwd
+        self.fwd: Any = torch.compile(self.model) if comp else self.model
         self.dtype = (
             torch.bfloat16
             if device.type == "cpu" or torch.cuda.is_bf16_supported()
@@ -119,14 +107,14 @@ def _estimate(shape: dict[str, Any], mb: int, loss: str, comp: bool, dtype: str)
 
 
 def measure_memory(
-    shape: dict[str, Any], device: torch.device, mb: int, comp: bool
+    shape: dict[str, Any], device: torch.device, mb: int, comp: bool, loss: str
 ) -> dict[str, Any]:
     """Peak allocated/reserved of a train micro-step (grads present) and of an eval step."""
     if device.type == "cpu":
-        w = plan.Workload(**shape, micro_batch=mb, compile=comp)
-        train, evals = plan.trace_peaks(w)
+        w = plan.Workload(**shape, micro_batch=mb, compile=comp, loss=loss)
+        train, evals = trace_peaks(w)
         return {"train": train, "train_res": None, "eval": evals, "eval_res": None}
-    run = Run(shape, device, "lean", comp)
+    run = Run(shape, device, loss, comp)
     try:
         run.step(mb, 1)  # compiles, creates the AdamW states
         run.sync()
@@ -151,7 +139,7 @@ def measure_memory(
 
 
 def part_a(
-    shape: dict[str, Any], device: torch.device, sizes: list[int], compiles: list[bool]
+    shape: dict[str, Any], device: torch.device, sizes: list[int], compiles: list[bool], loss: str
 ) -> list[str]:
     dtype = "bfloat16"
     rows = [
@@ -160,8 +148,8 @@ def part_a(
     ]
     for comp in compiles:
         for mb in sizes:
-            e = _estimate(shape, mb, "lean", comp, dtype)
-            m = measure_memory(shape, device, mb, comp)
+            e = _estimate(shape, mb, loss, comp, dtype)
+            m = measure_memory(shape, device, mb, comp, loss)
             if m.get("oom"):
                 rows.append(f"| {mb} | {comp} | {_u(e.peak_train)} | OOM | | | | | |")
                 continue
@@ -212,7 +200,7 @@ def part_b(
     budget = int(card_gib * 2**30)
     overhead = plan.Overhead.for_card(comp, nominal=True)
     base: float | None = None
-    for loss, sizes in (("plain", [4, 8]), ("lean", [4, 8, 16, 32])):
+    for loss, sizes in (("plain", [4, 8]), ("lean", [4, 8, 16, 32]), ("fused", [4, 8, 16, 32])):
         for mb in sizes:
             fits = plan.estimate(
                 plan.Workload(**shape, micro_batch=mb, compile=comp, loss=loss), overhead
@@ -226,7 +214,7 @@ def part_b(
             finally:
                 del run
                 _free()
-            if loss == "lean" and mb == 4:
+            if mb == 4:  # each loss against itself at micro-batch 4
                 base = tps
             ratio = f"{tps / base:.2f}x" if tps and base else ""
             mfu = f"{100 * hardware.mfu(tps, fpt, peak):.1f}%" if tps and peak else "n/a"
@@ -247,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", default="off,on", help="off, on or off,on")
     ap.add_argument("--card-gib", type=float, default=12.0, help="part B: the card to emulate")
     ap.add_argument("--steps", type=int, default=5, help="part B: timed optimizer steps")
+    ap.add_argument("--loss", default="fused", choices=("fused", "lean", "plain"), help="part A")
     ap.add_argument("--out", help="also write the markdown here")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
@@ -264,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## GPU memory: planner vs allocator, {'tiny' if args.tiny else 'GPT-2 124M'} on {dev}",
         "",
-        f"{now}, torch {torch.__version__}, bf16 autocast, lean loss; "
+        f"{now}, torch {torch.__version__}, bf16 autocast, {args.loss} loss in part A; "
         f"`bench/memory_gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
     ]
@@ -272,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             f"### A. Predicted vs measured peak ({UNIT['name']})",
             "",
-            *part_a(shape, device, sizes, compiles),
+            *part_a(shape, device, sizes, compiles, args.loss),
             "",
         ]
     if "b" in args.parts:

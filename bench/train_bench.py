@@ -1,13 +1,14 @@
 """`make bench-train`: training speed of configs/demo.yaml on this CPU.
 
-Measures the project's trainer (`Trainer.train_step`: the memory-lean chunked
-loss, AdamW with decay groups, clipping, the loss guard) against a baseline
+Measures the project's trainer (`Trainer.train_step`: the config's loss, fused
+by default, AdamW with decay groups, clipping, the loss guard) against a baseline
 measured in the same run: a nanoGPT-style minimal loop on the same model,
 plain fp32 eager, full (B*T, V) logits and `F.cross_entropy`, AdamW and
 clipping. The two alternate in rounds so that other load on the machine
 hits both alike; the median step of each is reported.
 
     .venv/bin/python bench/train_bench.py [--steps 8] [--rounds 3] [--out docs/benchmarks/train.md]
+    .venv/bin/python bench/train_bench.py --loss lean      # the trainer with another loss
 
 Data: data/shards/demo if it exists (`make tokenize` with the demo config),
 else random tokens in a temporary folder (speed does not depend on them).
@@ -94,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per round and loop")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--loss", default="", help="the trainer's loss (fused, lean, plain); default: the config's"
+    )
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "train.md"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         cfg = load(TrainConfig, CONFIG, [f"out_dir={tmp / 'run'}", "device=cpu"])
         data, data_desc = shard_folder(cfg, tmp / "shards")
-        cfg = load(TrainConfig, CONFIG, [f"out_dir={tmp / 'run'}", "device=cpu", f"data={data}"])
+        over = [f"out_dir={tmp / 'run'}", "device=cpu", f"data={data}"]
+        cfg = load(TrainConfig, CONFIG, over + ([f"loss={args.loss}"] if args.loss else []))
         trainer = Trainer(cfg, torch.device("cpu"), tmp / "run")
         ours: Callable[[], object] = lambda: trainer.train_step(cfg.lr)  # noqa: E731
         base = baseline_step_fn(cfg, data)
@@ -127,22 +132,22 @@ def render(
 
 - date: {now}
 - machine: {machine}, {platform.system()} {platform.release()}, torch {torch.__version__}
-- command: `.venv/bin/python bench/train_bench.py --steps {args.steps} --rounds {args.rounds}`
+- command: `.venv/bin/python bench/train_bench.py --steps {args.steps} --rounds {args.rounds}{" --loss " + args.loss if args.loss else ""}`
 - model: n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, block {cfg.block_size}, vocab {cfg.vocab_size}; micro_batch {cfg.micro_batch} x grad_accum {cfg.grad_accum} = {tok:,} tokens per step, fp32
 - data: {data}
 - median of {args.rounds} x {args.steps} steps per loop, the two loops alternating
 
 | loop | ms/step | tokens/s |
 | --- | ---: | ---: |
-| codegpt trainer (`Trainer.train_step`, chunked loss) | {ms_o:.1f} | {tok * 1000 / ms_o:,.0f} |
+| codegpt trainer (`Trainer.train_step`, {cfg.loss} loss) | {ms_o:.1f} | {tok * 1000 / ms_o:,.0f} |
 | baseline: nanoGPT-style loop, full logits + F.cross_entropy | {ms_b:.1f} | {tok * 1000 / ms_b:,.0f} |
 | ratio (trainer / baseline tokens/s) | | {ms_b / ms_o:.2f}x |
 
 The output head (50304 x {cfg.n_embd}) is most of the work at this size. The
-chunked loss recomputes the logits in the backward pass to never hold all of
-them at once (it exists for GPU memory, see docs/model.md), so on a CPU,
-where memory is not the limit, it may cost a little time against the
-full-logits loop.
+fused loss makes the head's gradients in its forward pass, a chunk of
+positions at a time, so it never holds all the logits and does the same three
+head matmuls as the full-logits loop; the lean loss (`--loss lean`) recomputes
+the logits in backward instead, a fourth matmul (docs/model.md).
 """
 
 

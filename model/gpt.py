@@ -9,7 +9,7 @@ GPT-2's: N(0, 0.02) weights, zero biases, and the residual projections
 to the residual stream (GPT-2 paper, section 2.3).
 
 Shapes: B batch, T time, C = n_embd, nh = n_head, hs = C / nh, V = vocab_size.
-The training loss never holds the (B, T, V) logits: see model/loss.py.
+The training loss (fused or lean) never holds the (B, T, V) logits: see model/loss.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.loss import auto_chunk, chunked_cross_entropy
+from model.loss import auto_chunk, head_cross_entropy
+from model.train_config import Loss
 
 
 class ModelShape(Protocol):
@@ -41,6 +42,8 @@ class ModelShape(Protocol):
     @property
     def dropout(self) -> float: ...
     @property
+    def loss(self) -> Loss: ...
+    @property
     def loss_chunk(self) -> int: ...
 
 
@@ -52,11 +55,14 @@ class GPTConfig:
     block_size: int = 1024  # longest context, rows of the position table
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for fast matmuls
     dropout: float = 0.0
-    loss_chunk: int = 0  # positions per chunk of the lean loss; 0 = auto_chunk
+    loss: Loss = "fused"  # the training loss: fused | lean | plain (model/loss.py)
+    loss_chunk: int = 0  # positions per chunk of the fused and lean losses; 0 = auto_chunk
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.loss not in ("fused", "lean", "plain"):
+            raise ValueError(f"loss must be fused, lean or plain, got {self.loss!r}")
 
     @classmethod
     def from_train(cls, cfg: ModelShape) -> GPTConfig:
@@ -67,6 +73,7 @@ class GPTConfig:
             block_size=cfg.block_size,
             vocab_size=cfg.vocab_size,
             dropout=cfg.dropout,
+            loss=cfg.loss,
             loss_chunk=cfg.loss_chunk,
         )
 
@@ -236,14 +243,14 @@ class GPT(nn.Module):
     def forward(
         self, idx: Tensor, targets: Tensor | None = None
     ) -> tuple[Tensor | None, Tensor | None]:
-        """With targets (B, T): (None, mean loss) via the lean loss. Without: (logits (B, T, V), None)."""
+        """With targets (B, T): (None, mean loss) via cfg.loss. Without: (logits (B, T, V), None)."""
         h = self.hidden(idx)  # (B, T, C)
         if targets is None:
             return self.lm_head(h), None
         B, T, C = h.shape
         chunk = self.cfg.loss_chunk or auto_chunk(B * T, self.cfg.vocab_size)
-        loss = chunked_cross_entropy(
-            h.reshape(B * T, C), self.lm_head.weight, targets.reshape(-1), chunk
+        loss = head_cross_entropy(
+            self.cfg.loss, h.reshape(B * T, C), self.lm_head.weight, targets.reshape(-1), chunk
         )
         return None, loss
 

@@ -2,7 +2,7 @@
 
 Every figure is in bytes and follows what PyTorch really allocates for
 model/gpt.py, checked against autograd's saved tensors and a fake-tensor
-memory trace in tests/model/test_plan.py. Shapes: B micro-batch, T
+memory trace (model/memtrace.py) in tests/model/test_memory.py. Shapes: B micro-batch, T
 block_size, C n_embd, L n_layer, nh n_head, V vocab_size, P parameters,
 s = bytes of the compute dtype (2 under bf16/fp16 autocast, 4 in fp32).
 
@@ -24,12 +24,17 @@ plus dropout masks (1 byte each, CUDA) when dropout > 0. torch.compile's
 partitioner keeps the same tensors for the blocks (checked with its
 aot_eager_decomp_partition backend).
 
-The loss: see model/loss.py. `lean` keeps the fp32 hidden state (4 BTC) and
-one logsumexp per position; its backward holds one chunk of logits at a time.
-Under torch.compile the partitioner saves each chunk's logits in the compute
-dtype instead of recomputing them (s BTV, still 1/6 of the plain loss's peak),
-unless the loss is excluded from compilation. `plain` keeps the fp32
-log-softmax (4 BTV) and peaks at 12 BTV in its backward.
+The loss: see model/loss.py. `fused` (the default) makes its gradients in the
+forward pass and keeps only them: dL/dh (4 BTC, fp32 like ln_f's output) and
+dL/dW (4 VC, fp32); its peak is in that forward (the fp32 hidden, the weight's
+cast and one chunk's logits with their casts), its backward only scales the
+kept gradients in place. `lean` keeps the fp32 hidden state (4 BTC) and one
+logsumexp per position; its backward holds one chunk of logits at a time and
+is where it peaks. Under torch.compile the partitioner would save each chunk's
+logits in the compute dtype instead of recomputing them (s BTV, still 1/6 of
+the plain loss's peak), unless the loss is excluded from compilation (both
+chunked losses are). `plain` keeps the fp32 log-softmax (4 BTV) and peaks at
+12 BTV in its backward.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from model.loss import auto_chunk, chunked_cross_entropy
+from model.loss import auto_chunk, chunked_cross_entropy, dw_block_rows
 
 if TYPE_CHECKING:
     from model.gpt import GPTConfig
-    from model.train_config import TrainConfig
+    from model.train_config import Loss, TrainConfig
 
 GiB = 2**30
 # The CUDA context with cuBLAS handles and lazily loaded kernels (CUDA 12): 300-500 MiB.
@@ -74,15 +79,15 @@ class Workload:
     micro_batch: int
     dtype: str = "bfloat16"  # resolved: bfloat16, float16 or float32
     compile: bool = False
-    loss: str = "lean"  # lean | plain
+    loss: Loss = "fused"  # fused | lean | plain (model/loss.py)
     loss_chunk: int = 0
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.dtype not in _BYTES:
             raise ValueError(f"dtype must be resolved to one of {sorted(_BYTES)}, got {self.dtype}")
-        if self.loss not in ("lean", "plain"):
-            raise ValueError(f"loss must be lean or plain, got {self.loss}")
+        if self.loss not in ("fused", "lean", "plain"):
+            raise ValueError(f"loss must be fused, lean or plain, got {self.loss}")
 
     @property
     def s(self) -> int:
@@ -100,9 +105,7 @@ class Workload:
         return dataclasses.replace(self, micro_batch=micro_batch)
 
     @classmethod
-    def from_train(
-        cls, cfg: TrainConfig, micro_batch: int, dtype: str, loss: str = "lean"
-    ) -> Workload:
+    def from_train(cls, cfg: TrainConfig, micro_batch: int, dtype: str) -> Workload:
         """The workload of a training config at `micro_batch`, in the resolved `dtype`."""
         return cls(
             n_layer=cfg.n_layer,
@@ -113,7 +116,7 @@ class Workload:
             micro_batch=micro_batch,
             dtype=dtype,
             compile=cfg.compile,
-            loss=loss,
+            loss=cfg.loss,
             loss_chunk=cfg.loss_chunk,
             dropout=cfg.dropout,
         )
@@ -176,20 +179,48 @@ def loss_kept_bytes(w: Workload) -> int:
     if w.loss == "plain":
         # log_softmax output in fp32; under autocast F.linear saves the cast hidden and weight
         return 4 * N * V + (s * N * C + s * V * C if s < 4 else 4 * N * C)
+    if w.loss == "fused":
+        # dL/dh in the hidden's dtype (fp32: ln_f's output) and dL/dW in fp32, + n_valid;
+        # not the hidden state: ln_f's output is freed when GPT.forward returns
+        return 4 * N * C + 4 * V * C + 8
     kept = 4 * N * C + 4 * N  # fp32 hidden (ln_f output) + logsumexp
     if w.compile and compiled_loss_keeps_logits():
         kept += s * N * V + (s * V * C if s < 4 else 0)
     return kept
 
 
+def loss_forward_bytes(w: Workload) -> int:
+    """The loss forward's transient peak on top of what it keeps: fused only, where its
+    train peak is (the lean and plain losses peak in backward; their forward is lower)."""
+    N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
+    if w.loss != "fused":
+        return 0
+    # the fp32 hidden (alive in GPT.forward while the loss runs) and, under autocast, the
+    # weight's cast; per chunk the larger of the matmul's output in s and its fp32 copy (then
+    # the fp32 softmax gradient, made in place, and its cast) or that cast and one block of
+    # the dW product in s and fp32 (model/loss.py, dw_block_rows)
+    if s < 4:
+        rows = dw_block_rows(c, V, C)
+        chunk = max((s + 4) * c * V, s * c * V + (s + 4) * rows * C)
+        return 4 * N * C + s * V * C + chunk + s * c * C
+    return 4 * N * C + 4 * c * V + 4 * c * C  # fp32: logits in place, dW by addmm_ in place
+
+
 def loss_backward_bytes(w: Workload) -> int:
     """The loss backward's transient peak, on top of what it kept."""
     N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
+    if w.loss == "fused":
+        return 0  # the saved gradients are scaled in place and handed on
     if w.loss == "plain":
         return 8 * N * V  # grad of the log-softmax output and its input, fp32
     # weight cast + fp32 dL/dW accumulator + dL/dh, and per chunk the larger of
     # (fp32 logits, logits - lse, softmax) or (softmax, its cast, the (V, C) product + fp32 copy)
     return (s + 4) * V * C + 4 * N * C + max(12 * c * V, (4 + s) * c * V + (s + 4) * V * C)
+
+
+def loss_transient_bytes(w: Workload) -> int:
+    """The loss's peak on top of what it keeps: in its forward (fused) or backward (others)."""
+    return max(loss_forward_bytes(w), loss_backward_bytes(w))
 
 
 def activation_bytes(w: Workload) -> int:
@@ -208,10 +239,16 @@ def activation_bytes(w: Workload) -> int:
 def eval_transient_bytes(w: Workload) -> int:
     """The largest live set of a no_grad forward: one block's MLP, or the loss."""
     N, C, V, s, c = w.tokens, w.n_embd, w.vocab_size, w.s, w.chunk
-    block = 4 * N * C + s * N * C + 8 * s * N * C  # residual, its cast, c_fc and GELU outputs
+    # the block's input (GPT.hidden still holds it) and the residual after attention (fp32),
+    # ln_2's fp32 output (the MLP's input, alive until it returns), c_fc and GELU outputs
+    block = 4 * N * C + 4 * N * C + 4 * N * C + 8 * s * N * C
     if w.loss == "plain":
         # the logits in s (under autocast), their fp32 copy and the fp32 log_softmax
         loss = 4 * N * C + s * V * C + (8 + (s if s < 4 else 0)) * N * V
+    elif w.loss == "fused":
+        # the fp32 hidden, the weight's cast, a chunk's rows and logits in s and its logits
+        # in fp32 (each chunk's are freed before the next matmul); in fp32 the casts are no-ops
+        loss = 4 * N * C + (s * V * C + s * c * C + (s + 4) * c * V if s < 4 else 4 * c * V)
     else:
         # a chunk's logits in s and in fp32, plus (from the second chunk on) the previous
         # chunk's fp32 logits, still referenced while the next matmul runs
@@ -275,6 +312,10 @@ class Estimate:
         return self.required <= budget
 
 
+def _loss_peak_pass(w: Workload) -> str:
+    return "forward" if w.loss == "fused" else "backward"
+
+
 def estimate(w: Workload, overhead: Overhead) -> Estimate:
     P = param_count(w)
     batch = 16 * w.tokens  # x and y, int64
@@ -286,11 +327,20 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
         f"activations kept, {w.n_layer} layers": w.n_layer * layer_activation_bytes(w),
         "activations kept, embeddings and ln_f": trunk_extra_bytes(w) + batch,
         f"loss kept ({w.loss})": loss_kept_bytes(w),
-        f"loss backward peak ({w.loss})": loss_backward_bytes(w),
+        f"loss peak beyond what it keeps ({w.loss}, in {_loss_peak_pass(w)})": (
+            loss_transient_bytes(w)
+        ),
         f"eval pass peak ({w.loss} loss, no_grad)": eval_transient_bytes(w),
     }
     static = parts["weights (fp32)"] + parts["gradients (fp32)"] + adamw_state_bytes(w)
-    peak_train = static + activation_bytes(w) + batch + loss_backward_bytes(w)
+    # The fused loss peaks in its forward, the others at the start of their backward, both
+    # with every activation alive. Late in the backward the embedding's dL/dW (4 V C) meets
+    # the head's, waiting in autograd's buffer (4 V C, added in place): higher only for a
+    # micro-batch that is tiny against the vocabulary (MemTracker, whose hooks keep the
+    # buffer from being reused, sees 4 V C more there than a plain run allocates).
+    V, C = w.vocab_size, w.n_embd
+    meet = static + batch + autocast_copy_bytes(w) + 8 * V * C + 4 * w.tokens * C
+    peak_train = max(static + activation_bytes(w) + batch + loss_transient_bytes(w), meet)
     # eval runs after zero_grad(set_to_none=True): no gradients. Autocast caches the
     # casts of parameters until its context exits, in no_grad mode too.
     peak_eval = (
@@ -319,57 +369,3 @@ def largest_fitting(
         if e.fits(budget):
             return e
     return None
-
-
-# --- exact mode: the real model on fake tensors -----------------------------------
-
-
-def trace_peaks(w: Workload) -> tuple[int, int]:
-    """(peak_train, peak_eval) in tensor bytes, traced on fake tensors: no GPU, no real memory.
-
-    Runs model/gpt.py's forward and backward (and a no_grad forward) under
-    FakeTensorMode with PyTorch's MemTracker (torch.distributed._tools), on
-    the CPU device with CPU autocast in the workload's dtype. It is exact
-    about the tensors PyTorch creates in eager mode; it does not see
-    torch.compile's graphs, CUDA kernels' private workspaces or the
-    allocator's rounding. AdamW states are added from adamw_state_bytes
-    (the optimizer step itself does not run), and so are, with compile on,
-    the chunk logits the compiled lean loss keeps (loss_kept_bytes).
-    """
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    from model.gpt import GPT
-    from model.loss import plain_cross_entropy
-
-    cfg = w.gpt_config()
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(w.dtype)
-    cpu = torch.device("cpu")
-
-    def step(train: bool) -> int:
-        with FakeTensorMode():
-            model = GPT(cfg).train(train)
-            if train:  # the gradients of the previous micro-step are there already
-                for p in model.parameters():
-                    p.grad = torch.zeros_like(p)
-            x = torch.zeros((w.micro_batch, w.block_size), dtype=torch.long)
-            y = torch.zeros_like(x)
-            tracker = MemTracker()
-            tracker.track_external(model)
-            autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-            with tracker, torch.set_grad_enabled(train), autocast:
-                if w.loss == "plain":
-                    h = model.hidden(x)
-                    loss = plain_cross_entropy(h.flatten(0, 1), model.lm_head.weight, y.flatten())
-                else:
-                    _, loss = model(x, y)
-                if train:
-                    assert loss is not None
-                    loss.backward()
-            peak = tracker.get_tracker_snapshot("peak")[cpu]["Total"]
-        return int(peak) + 16 * w.tokens  # + the batch, made before tracking
-
-    compiled_extra = loss_kept_bytes(w) - loss_kept_bytes(dataclasses.replace(w, compile=False))
-    train, evals = step(True), step(False)
-    return train + adamw_state_bytes(w) + compiled_extra, evals + adamw_state_bytes(w)

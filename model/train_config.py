@@ -15,7 +15,9 @@ from model.config import Config, option
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Device = Literal["auto", "cuda", "cpu"]
-Loss = Literal["lean", "plain"]
+# The head's loss (model/loss.py): fused (gradients made in forward, no recompute), lean
+# (chunked, recomputes the logits in backward) or plain (full logits, for comparison).
+Loss = Literal["fused", "lean", "plain"]
 
 MODEL = ("model", "smoke")  # a model-shape key is also part of what smoke proves
 SMOKE = "smoke"
@@ -71,7 +73,15 @@ class TrainConfig(Config):
     compile: bool = option(True, "torch.compile the model (GPU only)", affects=SMOKE)
     device: Device = option("auto", "auto, cuda or cpu", affects=SMOKE)
     peak_tflops: float = option(0.0, "override the GPU's peak dense TFLOPS for MFU")
-    loss_chunk: int = option(0, "positions per chunk of the lean loss; 0 = auto", affects=SMOKE)
+    loss: Loss = option(
+        "fused",
+        "the head's loss: fused (no (N, V) logits, no recompute), lean (chunked, recomputes "
+        "in backward) or plain (full logits)",
+        affects=SMOKE,
+    )
+    loss_chunk: int = option(
+        0, "positions per chunk of the fused and lean losses; 0 = auto", affects=SMOKE
+    )
     seed: int = option(1337, "random seed")
     # smoke stage
     smoke_steps: int = option(10, "optimizer steps in `make smoke`", ge=1)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from model.config import option
 from model.errors import ConfigError
-from model.train_config import Loss, TrainConfig
+from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class PlanConfig(TrainConfig):
     format: Literal["table", "json"] = option("table", "table or json")
     mfu: float = option(0.35, "assumed MFU for the expected time", gt=0, le=1)
     exact: bool = option(False, "also trace the real model on fake tensors (slower, no GPU)")
-    loss: Loss = option("lean", "lean (chunked) or plain (full logits)")
+    # `loss` (fused | lean | plain) is TrainConfig's: the plan shows the loss the run would use
 
 
 CONFIG = PlanConfig
@@ -126,7 +126,7 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
     """The memory half: the config's micro-batch, the sweep, the largest that fits."""
     from model import memory
 
-    base = memory.Workload.from_train(cfg, 1, dtype, cfg.loss)
+    base = memory.Workload.from_train(cfg, 1, dtype)
     overhead = memory.Overhead.for_card(cfg.compile, card.nominal)
     sizes = memory.batch_candidates(sequences)
     best = memory.largest_fitting(base, overhead, card.budget, sizes)
@@ -160,7 +160,9 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
         "sweep": [_sweep_row(memory.estimate(base.with_batch(m), overhead), card) for m in sizes],
     }
     if cfg.exact:
-        train, evals = memory.trace_peaks(shown.workload)
+        from model.memtrace import trace_peaks
+
+        train, evals = trace_peaks(shown.workload)
         out["exact"] = {"peak_train_bytes": train, "peak_eval_bytes": evals}
     return out
 

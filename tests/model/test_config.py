@@ -130,6 +130,7 @@ def test_each_stage_states_what_shapes_its_output_once():
         "dtype",
         "compile",
         "device",
+        "loss",
         "loss_chunk",
     )
     rules = (

@@ -17,7 +17,7 @@ PARAMS_124M = 124_475_904
 PARAMS_124M_NON_EMBEDDING = 123_689_472  # minus wpe (1024 x 768)
 
 
-def _tiny(seed: int = 0, **over: float) -> GPT:
+def _tiny(seed: int = 0, **over: object) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(**{**TINY.__dict__, **over})
     return GPT(cfg)
@@ -56,8 +56,11 @@ def test_loss_at_init_near_ln_vocab():
     assert abs(loss.item() - math.log(512)) < 0.2
 
 
-def test_lean_loss_equals_full_logits_loss_and_grads():
-    m = _tiny(loss_chunk=7)  # 7 does not divide 2 * 16
+@pytest.mark.parametrize("loss_kind", ["fused", "lean", "plain"])
+def test_each_loss_equals_full_logits_loss_and_grads(loss_kind):
+    """All three losses give F.cross_entropy's loss and every parameter's gradient,
+    the tied wte/lm_head weight included (its embedding and head parts add up)."""
+    m = _tiny(loss_chunk=7, loss=loss_kind)  # 7 does not divide 2 * 16
     idx, tgt = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
     tgt[0, :3] = -1  # ignored positions
     logits, _ = m(idx)
@@ -72,6 +75,47 @@ def test_lean_loss_equals_full_logits_loss_and_grads():
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for p, g in zip(m.parameters(), ref_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def _grads(m: GPT, idx: torch.Tensor, tgt: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
+    m.zero_grad(set_to_none=True)
+    _, loss = m(idx, tgt)
+    assert loss is not None
+    (loss / 2).backward()  # as the trainer's loss / grad_accum
+    return loss.item(), [p.grad.clone() for p in m.parameters()]
+
+
+def test_fused_and_lean_match_plain_under_bf16_autocast():
+    idx, tgt = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
+    got = {}
+    for kind in ("plain", "lean", "fused"):
+        m = _tiny(loss=kind, loss_chunk=12)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got[kind] = _grads(m, idx, tgt)
+    for kind in ("lean", "fused"):
+        assert got[kind][0] == pytest.approx(got["plain"][0], abs=2e-2)
+        for a, b in zip(got[kind][1], got["plain"][1], strict=True):
+            torch.testing.assert_close(a, b, rtol=5e-2, atol=2e-3)
+
+
+def test_fused_loss_under_torch_compile_equals_eager():
+    """The trunk compiled (aot_eager on the CPU), the fused loss left eager: same loss and grads."""
+    idx, tgt = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))
+    tgt[1, 5:9] = -1
+    m = _tiny(loss="fused", loss_chunk=10)
+    eager = _grads(m, idx, tgt)
+    try:
+        compiled = _grads(torch.compile(m, backend="aot_eager"), idx, tgt)  # type: ignore[arg-type]
+    finally:
+        torch._dynamo.reset()
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-6)
+    for a, b in zip(compiled[1], eager[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="fused, lean or plain"):
+        GPTConfig(loss="huge")  # type: ignore[arg-type]
 
 
 def test_bf16_autocast_and_dropout_train_mode():
@@ -126,11 +170,14 @@ def test_optimizer_decays_only_matrices():
 
 
 def test_from_train_copies_shape():
-    tc = TrainConfig(n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=64, loss_chunk=5)
+    tc = TrainConfig(
+        n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=64, loss="lean", loss_chunk=5
+    )
     g = GPTConfig.from_train(tc)
-    assert (g.n_layer, g.n_head, g.n_embd, g.block_size, g.vocab_size, g.loss_chunk) == (
-        3, 2, 16, 8, 64, 5,
+    assert (g.n_layer, g.n_head, g.n_embd, g.block_size, g.vocab_size, g.loss, g.loss_chunk) == (
+        3, 2, 16, 8, 64, "lean", 5,
     )  # fmt: skip
+    assert TrainConfig().loss == GPTConfig().loss == "fused"  # the default
 
 
 def _greedy_full(m: GPT, prompt: torch.Tensor, n: int) -> torch.Tensor:

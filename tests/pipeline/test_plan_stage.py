@@ -91,6 +91,27 @@ def test_measured_eta_from_smoke_then_metrics(
     assert p["eta_hours"] == pytest.approx(426_000 * 0.72 / 3600)
 
 
+def test_the_loss_key_is_train_configs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """One `loss` key for train, smoke and plan (TrainConfig's, not redefined); each loss's
+    plan at micro-batch 8: fused below lean, both far below plain, and the table names it."""
+    from model.train_config import TrainConfig
+    from pipeline.plan import PlanConfig
+
+    assert "loss" not in PlanConfig.__annotations__ and "loss" in TrainConfig.__annotations__
+    assert PlanConfig().loss == TrainConfig().loss == "fused"
+    run = f"out_dir={tmp_path}"
+    plans = {
+        loss: _plan(capsys, run, f"loss={loss}", "micro_batch=8", "grad_accum=4")
+        for loss in ("fused", "lean", "plain")
+    }
+    assert [p["loss"] for p in plans.values()] == ["fused", "lean", "plain"]
+    train = {loss: p["peak_train_bytes"] for loss, p in plans.items()}
+    assert train["fused"] < train["lean"] < train["plain"]
+    assert main(["plan", "gpu_gb=12", RTX_4070, run, "loss=fused"]) == 0
+    table = capsys.readouterr().out
+    assert "fused loss" in table and "loss peak beyond what it keeps (fused, in forward)" in table
+
+
 def test_unknown_gpu_has_no_peak(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     p = _plan(capsys, f"out_dir={tmp_path}", "gpu=Some Future GPU")
     assert p["peak_tflops"] is None and p["floor_hours"] is None
