@@ -39,7 +39,7 @@ RUN_NAME ?= ## run folder out/$(RUN_NAME) instead of the config's out_dir
 ARGS ?= ## key=value overrides for the stage(s) named on the command line
 COMPOSE ?= docker compose
 
-STAGES := sample-data dedup tokenize plan smoke train sample export plot report
+STAGES := sample-data dedup tokenize plan smoke train sample eval humaneval export plot report
 
 # ---------------------------------------------------------------- where stages run
 ifeq ($(RUN),auto)
@@ -66,10 +66,11 @@ DOCKER_RUN = docker run --rm --init --memory=$(MEM) --memory-swap=$(MEM) --shm-s
 	-v $(CURDIR)/configs:/app/configs:ro -e CODEGPT_LOG
 
 GPU_FLAG = $(if $(GPUS),--gpus '$(GPUS)')
-# $(call stage,NAME,gpu or empty,ARGUMENTS): run `python -m pipeline NAME ARGUMENTS`.
+# $(call stage,NAME,gpu or empty,ARGUMENTS[,MORE DOCKER OPTIONS]): run `python -m pipeline
+# NAME ARGUMENTS`.
 ifeq ($(RUN_MODE),docker)
 RUNTIME := image-present
-stage = $(DOCKER_RUN) $(if $(2),$(GPU_FLAG)) $(IMAGE) $(1) $(3)
+stage = $(DOCKER_RUN) $(if $(2),$(GPU_FLAG)) $(4) $(IMAGE) $(1) $(3)
 torchrun = $(DOCKER_RUN) $(GPU_FLAG) --entrypoint torchrun $(IMAGE) $(1)
 else
 RUNTIME := setup
@@ -91,6 +92,9 @@ SAMPLE_DATA_ARGS ?= $(call goal_args,sample-data)
 TRAIN_ARGS ?= $(strip $(if $(RUN_NAME),out_dir=out/$(RUN_NAME)) $(call goal_args,plan smoke train))
 SAMPLE_ARGS ?= $(call goal_args,sample)
 OUT_ARGS ?= $(call goal_args,export plot report)
+EVAL_ARGS ?= $(call goal_args,eval)
+HUMANEVAL_ARGS ?= $(call goal_args,humaneval)
+HUMANEVAL_CONFIG ?= configs/humaneval.yaml## humaneval config
 
 SAMPLE_OUT := $(or $(call arg_get,$(SAMPLE_DATA_ARGS),output),$(call yaml_get,$(SAMPLE_DATA_CONFIG),output),data/sample)
 DATA := $(or $(call arg_get,$(TRAIN_ARGS),data),$(call yaml_get,$(CONFIG),data))
@@ -249,6 +253,16 @@ sample: | $(RUNTIME) ## text from the newest checkpoint of CONFIG's run (SAMPLE_
 	@mkdir -p data out
 	$(call stage,sample,gpu,--config $(SAMPLE_CONFIG) out_dir=$(RUN_DIR) $(SAMPLE_ARGS))
 
+eval: | $(RUNTIME) ## per-language loss and bits per byte of the run on the val split (out/<run>/eval/)
+	@mkdir -p data out
+	$(call stage,eval,gpu,out_dir=$(RUN_DIR) $(EVAL_ARGS))
+
+# The model's programs run in the stage's sandbox (docs/eval.md); in a container, where the
+# sandbox cannot make a network namespace, the container itself has no network.
+humaneval: | $(RUNTIME) ## HumanEval pass@k of the run, programs sandboxed (out/<run>/humaneval/)
+	@mkdir -p data out
+	$(call stage,humaneval,gpu,--config $(HUMANEVAL_CONFIG) out_dir=$(RUN_DIR) $(HUMANEVAL_ARGS),--network=none)
+
 export: | $(RUNTIME) ## Hugging Face GPT2LMHeadModel folder of the run (out/<run>/hf)
 	@mkdir -p data out
 	$(call stage,export,,out_dir=$(RUN_DIR) $(OUT_ARGS))
@@ -280,6 +294,7 @@ demo: setup ## the whole chain on the CPU on the built-in sample (tiny GPT, a fe
 	$(MAKE) $(DEMO) train
 	$(MAKE) $(DEMO) plot report
 	$(MAKE) $(DEMO) sample ARGS="prompt='def read_config(path' max_new_tokens=100"
+	$(MAKE) $(DEMO) eval ARGS="max_tokens=100000"
 
 # ---------------------------------------------------------------- benchmarks (host)
 bench: bench-tokenize bench-train bench-sample ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)

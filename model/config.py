@@ -63,16 +63,16 @@ def option(
 class Config:
     """Base of every stage's config: checks types, choices and bounds when made.
 
-    A subclass adds cross-key checks by overriding `problems()` (call super's);
+    A subclass adds cross-key checks by overriding `checks()` (call super's);
     every problem found is reported together in one ConfigError.
     """
 
     def __post_init__(self) -> None:
-        problems = _field_problems(self) + self.problems()
+        problems = _field_problems(self) + self.checks()
         if problems:
             raise ConfigError("; ".join(problems))
 
-    def problems(self) -> list[str]:
+    def checks(self) -> list[str]:
         return []
 
 

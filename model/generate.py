@@ -160,6 +160,56 @@ def generate(
             fresh = True
 
 
+@torch.no_grad()
+def generate_batch(
+    model: GPT,
+    prompt: list[int],
+    n: int,
+    max_new_tokens: int,
+    sampling: Sampling,
+    *,
+    generator: torch.Generator | None = None,
+    done: Callable[[int, list[int]], bool] | None = None,
+    autocast: Callable[[], AbstractContextManager[object]] | None = None,
+    cache_dtype: torch.dtype | None = None,
+) -> list[list[int]]:
+    """`n` samples of one prompt drawn together: one KV cache of batch n, one forward per
+    step for all of them. Each sample ends at end-of-text, when `done(i, tokens)` says so
+    (e.g. a stop sequence), or after `max_new_tokens`; the batch stops when all have.
+
+    No sliding window: the prompt keeps its last `block_size - max_new_tokens` tokens (at
+    least half the block), and max_new_tokens shrinks to what then fits.
+    """
+    block = model.cfg.block_size
+    if not prompt:
+        raise ValueError("empty prompt: start from [EOT]")
+    prompt = prompt[-(block - min(max_new_tokens, block // 2)) :]
+    steps = min(max_new_tokens, block - len(prompt))
+    device = next(model.parameters()).device
+    head = Head(model)
+    dtype = cache_dtype or next(model.parameters()).dtype
+    cache = KVCache(model.cfg, n, len(prompt) + steps, device, dtype)
+    out: list[list[int]] = [[] for _ in range(n)]
+    live = [True] * n
+    idx = torch.tensor([prompt] * n, dtype=torch.long, device=device)  # (n, P)
+    for _ in range(steps):
+        with autocast() if autocast else contextlib.nullcontext():
+            logits = head(model.hidden_cached(idx, cache)[:, -1, :])  # (n, V)
+        idx = next_token(logits, sampling, generator)  # (n, 1)
+        for i, tok in enumerate(idx[:, 0].tolist()):
+            if not live[i]:
+                continue
+            if tok == EOT:
+                live[i] = False
+                continue
+            out[i].append(tok)
+            if done is not None and done(i, out[i]):
+                live[i] = False
+        if not any(live):
+            break
+    return out
+
+
 class StreamDecoder:
     """Token ids -> text, piece by piece, without splitting a multi-byte UTF-8 character.
 

@@ -69,6 +69,7 @@ class Languages:
         if index is None or not len(index):  # no index: one slot for everything
             self.names, self.starts = [OTHER], np.zeros(1, dtype=np.int64)
             self.slot, self.first = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=bool)
+            self.doc, self.doc_slot = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
             return
         names = [n.decode("utf-8", errors="replace") for n in index["language"]]
         by_tokens: dict[str, int] = {}
@@ -80,41 +81,56 @@ class Languages:
         slot_of = {n: (kept.index(n) if n in kept else len(kept)) for n in ranked}
         self.starts = index["start"].astype(np.int64)  # one per record, increasing
         self.slot = np.array([slot_of[n] for n in names], dtype=np.int64)
-        self.first = index["bytes"] > 0  # a record where its document starts
+        # a document's first record has its bytes; a continuation (next shard) has 0
+        self.first = (index["bytes"] > 0) | (np.arange(len(index)) == 0)
+        self.doc = np.cumsum(self.first) - 1  # the document of each record
+        self.doc_slot = self.slot[self.first]
+
+    def _record(self, positions: np.ndarray) -> np.ndarray:
+        return np.maximum(np.searchsorted(self.starts, positions, side="right") - 1, 0)
 
     def of(self, positions: np.ndarray) -> np.ndarray:
         """The slot of each val-stream position."""
-        rec = np.searchsorted(self.starts, positions, side="right") - 1
-        return self.slot[np.maximum(rec, 0)]
+        return self.slot[self._record(positions)]
 
-    def documents(self, lo: int, hi: int) -> np.ndarray:
-        """Per slot, the documents that start in positions [lo, hi)."""
-        sel = (self.starts >= lo) & (self.starts < hi) & self.first
-        return np.bincount(self.slot[sel], minlength=len(self.names))
+    def docs_of(self, positions: np.ndarray) -> np.ndarray:
+        """The document (numbered in split order) of each val-stream position."""
+        return self.doc[self._record(positions)]
 
 
 @dataclass
 class Tally:
-    """Per language slot: nats, target tokens, their UTF-8 bytes, documents."""
+    """Per language slot: nats, target tokens, their UTF-8 bytes, and the documents scored."""
 
-    names: list[str]
+    langs: Languages
     nats: np.ndarray = field(init=False)
     tokens: np.ndarray = field(init=False)
     bytes: np.ndarray = field(init=False)
-    documents: np.ndarray = field(init=False)
+    scored: np.ndarray = field(init=False)  # per document: has a scored token
 
     def __post_init__(self) -> None:
-        k = len(self.names)
+        k = len(self.langs.names)
         self.nats = np.zeros(k, dtype=np.float64)
-        self.tokens, self.bytes, self.documents = (np.zeros(k, np.int64) for _ in range(3))
+        self.tokens, self.bytes = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        self.scored = np.zeros(len(self.langs.doc_slot), dtype=bool)
 
-    def add(self, losses: np.ndarray, targets: np.ndarray, slots: np.ndarray) -> None:
-        """losses (n,) nats, targets (n,) ids, slots (n,): one scored stretch."""
+    @property
+    def names(self) -> list[str]:
+        return self.langs.names
+
+    @property
+    def documents(self) -> np.ndarray:
+        return np.bincount(self.langs.doc_slot[self.scored], minlength=len(self.names))
+
+    def add(self, losses: np.ndarray, targets: np.ndarray, positions: np.ndarray) -> None:
+        """losses (n,) nats of the targets (n,) at val-stream positions (n,)."""
         k = len(self.names)
+        slots = self.langs.of(positions)
         self.nats += np.bincount(slots, weights=losses.astype(np.float64), minlength=k)
         self.tokens += np.bincount(slots, minlength=k)
         nbytes = token_bytes(2**16)[targets]  # every uint16 id
         self.bytes += np.bincount(slots, weights=nbytes, minlength=k).astype(np.int64)
+        self.scored[self.langs.docs_of(positions)] = True
 
     def rows(self) -> Iterator[dict[str, float | int | str]]:
         """One dict per slot, then `all`: documents, tokens, bytes, loss, bits per byte."""

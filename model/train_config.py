@@ -88,8 +88,8 @@ class TrainConfig(Config):
     smoke_tolerance: float = option(0.35, "allowed |first loss - ln V|")
     smoke_min_drop: float = option(0.5, "required first - last loss")
 
-    def problems(self) -> list[str]:
-        out = super().problems()
+    def checks(self) -> list[str]:
+        out = super().checks()
         if self.n_head >= 1 and self.n_embd % self.n_head != 0:
             out.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.min_lr > self.lr:

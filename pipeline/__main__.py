@@ -30,6 +30,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "smoke": ("pipeline.smoke", "10 steps + eval + checkpoint round trip; writes smoke.ok"),
     "train": ("pipeline.train", "train (resumes from the newest good checkpoint)"),
     "sample": ("pipeline.sample", "text from a checkpoint"),
+    "eval": ("pipeline.eval", "val split per language: loss and bits per byte"),
+    "humaneval": ("pipeline.humaneval.stage", "HumanEval pass@k, the programs run in a sandbox"),
     "export": ("pipeline.export", "write a Hugging Face GPT2LMHeadModel folder"),
     "plot": ("pipeline.plot", "loss curve PNG of a run"),
     "report": ("pipeline.report", "text summary of a run"),

@@ -78,7 +78,14 @@ def draw(run: Any, dest: Path) -> Path:
     from matplotlib.ticker import FuncFormatter
 
     few = len(run.train) < 30  # a short run: mark each point so it shows at all
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
+    by_lang = [r for r in run.evals if r.get("val_by_language")]
+    if by_lang:  # a second panel: the val loss of each language
+        fig, (ax, ax_lang) = plt.subplots(
+            2, 1, figsize=(9, 8), dpi=120, sharex=True, height_ratios=(3, 2)
+        )
+        _plot_languages(ax_lang, by_lang)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 5), dpi=120)
     xs, ys = _plot_train(ax, run.train, few)
     vx, vy = _plot_val(ax, run.evals)
     note = _clip_top(ax, xs + vx, ys + vy) if len(run.train) >= SMOOTH_FROM else ""
@@ -88,15 +95,13 @@ def draw(run: Any, dest: Path) -> Path:
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = _plot_lr(ax, run.train, few)
-    # below the axes, where it hides no curve
-    ax.legend(
-        handles + h2,
-        labels + l2,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.13),
-        ncol=3,
-        frameon=False,
+    # below the axes, where it hides no curve; with a second panel there, at the top right
+    where = (
+        {"loc": "upper right"}
+        if by_lang
+        else {"loc": "upper center", "bbox_to_anchor": (0.5, -0.13)}
     )
+    ax.legend(handles + h2, labels + l2, ncol=3, frameon=False, **where)
     ax.set_title(_title(run, note), fontsize=11)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -136,6 +141,24 @@ def _plot_val(ax: Any, evals: list[dict[str, Any]]) -> tuple[list, list]:
     marker = "o" if len(x) <= 40 else None
     ax.plot(x, y, color="tab:orange", lw=1.5, marker=marker, ms=4, label="val loss")
     return x, y
+
+
+def _plot_languages(ax: Any, evals: list[dict[str, Any]]) -> None:
+    """One val curve per language of the periodic eval (the top languages, then other)."""
+    from matplotlib.ticker import FuncFormatter
+
+    names = list(evals[-1]["val_by_language"])
+    for name in names:
+        pts = [
+            (r["tokens"], r["val_by_language"][name]) for r in evals if name in r["val_by_language"]
+        ]
+        marker = "o" if len(pts) <= 40 else None
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, marker=marker, ms=3, label=name)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("val loss by language")
+    ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, len(names)), frameon=False)
 
 
 def _plot_lr(ax: Any, train: list[dict[str, Any]], few: bool) -> tuple[list, list]:

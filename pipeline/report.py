@@ -88,6 +88,9 @@ def summary_lines(run_dir: str | Path) -> list[str]:
             f"val loss     best {best['val_loss']:.4f} at step {best['step']:,}; "
             f"last {ev['val_loss']:.4f} at step {ev['step']:,}"
         )
+        if ev.get("val_by_language"):
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in ev["val_by_language"].items())
+            lines.append(f"by language  {shown} (step {ev['step']:,}; make eval for all of val)")
     else:
         lines.append("val loss     no eval yet")
     if last is None:

@@ -42,8 +42,8 @@ class SampleConfig(Config):
     device: Device = option("auto", "auto, cuda or cpu")
     dtype: DType = option("auto", "auto (the run's dtype), bfloat16, float16 or float32")
 
-    def problems(self) -> list[str]:
-        out = super().problems()
+    def checks(self) -> list[str]:
+        out = super().checks()
         if self.prompt and self.prompt_file:
             out.append("prompt and prompt_file are both set; give one")
         return out

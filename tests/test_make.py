@@ -26,7 +26,7 @@ MAKEFILE = REPO / "Makefile"
 IMAGE = "codegpt-test"
 MEM = "6g"
 SHM = "1g"
-GPU_STAGES = {"plan", "smoke", "train", "sample"}
+GPU_STAGES = {"plan", "smoke", "train", "sample", "eval", "humaneval"}
 CPU_STAGES = {"sample-data", "dedup", "tokenize", "export", "plot", "report"}
 # Variables the Makefile reads; a developer's environment must not leak into the tests.
 MAKE_VARS = {
@@ -161,6 +161,14 @@ def test_demo_config_pairs_with_its_tokenize_config(box: Path) -> None:
     ]
 
 
+def test_humaneval_runs_without_a_network_in_the_container(box: Path) -> None:
+    """The sandbox cannot make a network namespace inside Docker: the container has none."""
+    run = stage_run(box, "humaneval")
+    assert run.values["--network"] == ["none"] and "--gpus" in run.values
+    assert run.command[:3] == ["humaneval", "--config", "configs/humaneval.yaml"]
+    assert "--network" not in stage_run(box, "eval").values
+
+
 def test_train_on_several_gpus_uses_torchrun(box: Path) -> None:
     run = stage_run(box, "train", "NPROC=4")
     assert run.values["--entrypoint"] == ["torchrun"]
@@ -264,6 +272,7 @@ def test_demo_runs_the_chain_on_the_host(box: Path) -> None:
         "plot",
         "report",
         "sample",
+        "eval",
     ]
     assert stages[1][2] == "configs/demo-dedup.yaml"  # the config that writes near_dedup
     assert stages[3][2] == "configs/demo.yaml" and stages[4][2] == "configs/demo.yaml"

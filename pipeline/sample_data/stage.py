@@ -61,8 +61,8 @@ class SampleDataConfig(Config):
     )
     force: bool = option(False, "rewrite even if the config changed")
 
-    def problems(self) -> list[str]:
-        out = super().problems()
+    def checks(self) -> list[str]:
+        out = super().checks()
         if not self.sources:
             out.append("sources is empty; list stdlib, site-packages or folders")
         return out

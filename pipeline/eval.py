@@ -1,0 +1,167 @@
+"""`make eval`: a run's checkpoint on the whole val split, per language, in bits per byte.
+
+    python -m pipeline eval out_dir=out/<run> [ckpt=FILE] [max_tokens=N]
+
+Every val token but the first is scored once, as a target: the split is cut
+into windows of block_size + 1 tokens (the last, shorter one included) and
+each window's per-token losses (model/scoring.py: chunked, never the full
+logits; bf16 autocast on a GPU) are attributed to the language of the
+document they belong to, from the val document index beside the shards.
+For each language and overall: documents, tokens, UTF-8 bytes, the loss in
+nats per token and bits per byte (sum of nats / ln 2 / bytes). The table goes
+to stdout and the numbers to `out/<run>/eval/step-NNNNNNN.json` (atomically).
+Memory is one micro-batch of windows and one chunk of logits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.atomic import write_text
+from model.config import Config, option
+from model.errors import InputError
+from model.train_config import Device, DType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = None
+
+
+@dataclass(kw_only=True)
+class EvalConfig(Config):
+    out_dir: str = option("out/gpt2-124m", "run folder; its newest checkpoint is scored")
+    ckpt: str = option("", "one checkpoint file instead of out_dir's newest")
+    data: str = option("", "shard folder whose val split is scored; '' = the run's own")
+    max_tokens: int = option(0, "score the first N val tokens; 0 = the whole split", ge=0)
+    micro_batch: int = option(8, "windows per forward pass", ge=1)
+    device: Device = option("auto", "auto, cuda or cpu")
+    dtype: DType = option("auto", "auto (bf16 on a GPU, fp32 on the CPU), or a dtype")
+    progress_seconds: float = option(10.0, "seconds between progress lines on stderr")
+
+
+CONFIG = EvalConfig
+
+
+def run(cfg: EvalConfig) -> int:
+    import torch
+
+    from model.checkpoint import load_for_inference
+    from model.loader import Windows, open_dataset
+    from model.runtime import replace, resolve_device, resolve_precision
+    from model.scoring import Languages, Tally, token_losses
+
+    target = Path(cfg.ckpt or cfg.out_dir)
+    if not target.exists():
+        raise InputError(f"{target}: no such checkpoint or run folder; train first (`make train`)")
+    model, train_cfg, step = load_for_inference(target)
+    device = resolve_device(replace(train_cfg, device=cfg.device))
+    precision = resolve_precision(replace(train_cfg, dtype=cfg.dtype), device)
+    model.to(device)
+    data = open_dataset(cfg.data or train_cfg.data, train_cfg.vocab_size, allow_partial=True)
+    index = data.val_index()
+    if index is None:
+        log.warning("%s has no val document index: one row for all languages", data.folder)
+    val = Windows(data.shards["val"], "val", train_cfg.block_size, train_cfg.vocab_size)
+    tally = Tally(Languages(index))
+    plan = _windows(val, cfg.max_tokens)
+    progress = _Progress(plan.targets, cfg.progress_seconds)
+    with torch.no_grad(), precision.autocast():
+        for x, y, pos in _batches(val, plan, cfg.micro_batch, device):
+            losses = token_losses(model, x, y, train_cfg.loss_chunk).cpu().numpy()
+            tally.add(losses.ravel(), y.cpu().numpy().ravel(), pos.ravel())
+            progress.tick(pos.size)
+    rows = list(tally.rows())
+    run_dir = target.parent if target.is_file() else target
+    body = {
+        "step": step,
+        "checkpoint": str(target),
+        "data": str(data.folder),
+        "complete_data": data.complete,
+        "tokens_scored": plan.targets,
+        "whole_split": plan.tail is not None,
+        "rows": rows,
+    }
+    dest = write_text(run_dir / "eval" / f"step-{step:07d}.json", json.dumps(body, indent=1) + "\n")
+    print(render(rows, step, dest))
+    return 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    windows: np.ndarray  # window indices, each T targets
+    tail: int | None  # targets of the short last stretch; None when only a sample is scored
+    targets: int
+
+
+def _windows(val: Any, max_tokens: int) -> _Plan:
+    """Every window and the tail (the whole split: each token but the first once), or, with
+    max_tokens, that many targets in windows spread evenly over the split."""
+    T, W = val.T, val.count
+    if max_tokens and max_tokens < val.tokens - 1:
+        n = max(1, min(W, max_tokens // T))
+        ks = (np.arange(n, dtype=np.int64) * W) // n
+        return _Plan(ks, None, n * T)
+    tail = val.tokens - 1 - W * T
+    return _Plan(np.arange(W, dtype=np.int64), tail, val.tokens - 1)
+
+
+def _batches(val: Any, plan: _Plan, micro_batch: int, device: Any) -> Any:
+    """(x, y, the target positions) for the planned windows, then the tail."""
+    import torch
+
+    T = val.T
+    for i in range(0, len(plan.windows), micro_batch):
+        ks = plan.windows[i : i + micro_batch]
+        x, y = val.batch(ks)
+        pos = ks[:, None] * T + 1 + np.arange(T)[None, :]
+        yield torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), pos
+    if plan.tail:
+        start = val.count * T
+        span = val.read(start, plan.tail + 1)
+        pos = start + 1 + np.arange(plan.tail)[None, :]
+        x, y = torch.from_numpy(span[None, :-1]), torch.from_numpy(span[None, 1:])
+        yield x.to(device), y.to(device), pos
+
+
+def render(rows: list[dict[str, Any]], step: int, dest: Path) -> str:
+    head = f"{'language':<16} {'documents':>10} {'tokens':>12} {'bytes':>14} {'loss':>8} {'bits/byte':>10}"
+    lines = [f"eval: step {step:,}, val split", head, "-" * len(head)]
+    for r in sorted(rows[:-1], key=lambda r: -r["tokens"]) + rows[-1:]:
+        loss = "-" if math.isnan(r["loss"]) else f"{r['loss']:.4f}"
+        bpb = "-" if math.isnan(r["bits_per_byte"]) else f"{r['bits_per_byte']:.4f}"
+        lines.append(
+            f"{r['language']:<16} {r['documents']:>10,} {r['tokens']:>12,} {r['bytes']:>14,} "
+            f"{loss:>8} {bpb:>10}"
+        )
+    lines.append(f"eval: wrote {dest}")
+    return "\n".join(lines)
+
+
+class _Progress:
+    def __init__(self, total: int, every: float) -> None:
+        self.total, self.every, self.done = total, every, 0
+        self.t0 = self.last = time.monotonic()
+
+    def tick(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else math.inf
+        log.info(
+            "%s of %s tokens, %.0f tokens/s, ETA %.0fs",
+            f"{self.done:,}",
+            f"{self.total:,}",
+            rate,
+            eta,
+        )

@@ -1,0 +1,145 @@
+"""`python -m pipeline eval` and model/scoring.py: per-language loss and bits per byte.
+
+A hand-computed tally; then a real shard folder with a val document index and a real
+(untrained) checkpoint: the per-language rows add up to the overall one, every val token
+but the first is scored once, and the total equals an independent full-logits computation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import tokenizer
+from model.checkpoint import load_for_inference
+from model.loader import Windows, open_dataset
+from model.scoring import Languages, Tally, token_bytes
+from model.shards import DOC_RECORD
+from model.trainer import Trainer
+from pipeline.__main__ import main
+from tests.model.train_fixtures import tiny_config
+from tests.pipeline.tokenize.tokenize_fixtures import RULES_OFF, corpus, make_input, tokenize
+
+
+def test_bits_per_byte_of_a_hand_made_case() -> None:
+    index = np.zeros(2, dtype=DOC_RECORD)
+    index["start"], index["tokens"], index["bytes"] = [0, 3], [3, 3], [5, 9]
+    index["language"] = [b"Go", b"Rust"]
+    tally = Tally(Languages(index))
+    a, bc = tokenizer.encode("a")[0], tokenizer.encode(" bc")[0]  # 1 and 3 bytes
+    tally.add(
+        np.array([1.0, 2.0, 3.0, 4.0]), np.array([a, bc, bc, tokenizer.EOT]), np.array([1, 2, 3, 5])
+    )
+    rows = {r["language"]: r for r in tally.rows()}
+    assert (rows["Go"]["tokens"], rows["Go"]["bytes"]) == (2, 4)  # positions 1, 2
+    assert rows["Go"]["bits_per_byte"] == pytest.approx(3.0 / math.log(2) / 4)
+    assert (rows["Rust"]["tokens"], rows["Rust"]["bytes"]) == (2, 3)  # EOT has no bytes
+    assert rows["Rust"]["loss"] == pytest.approx(3.5)
+    assert rows["all"]["bits_per_byte"] == pytest.approx(10.0 / math.log(2) / 7)
+    assert rows["all"]["documents"] == 2
+    assert token_bytes(50304)[tokenizer.EOT] == 0 and token_bytes(50304)[50300] == 0
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    tmp = tmp_path_factory.mktemp("eval")
+    docs = corpus(240)
+    for d in docs[40:80]:
+        d["language"] = "Go"
+    src = make_input(tmp / "in", docs, files=2)
+    data = tmp / "shards"
+    assert tokenize(src, data, shard_tokens=7000, val_fraction=0.3, **RULES_OFF) == 0
+    cfg = tiny_config(data, tmp / "run", vocab_size=50304, block_size=64, micro_batch=2)
+    trainer = Trainer(cfg, torch.device("cpu"), tmp / "run")
+    trainer.save()  # step 0: an untrained model scores as well as any for these checks
+    assert main(["eval", f"out_dir={tmp / 'run'}", "micro_batch=3"]) == 0
+    result = json.loads((tmp / "run" / "eval" / "step-0000000.json").read_text())
+    return data, tmp / "run", result
+
+
+def test_the_languages_add_up_to_the_whole(scored: tuple[Path, Path, dict]) -> None:
+    data, _, result = scored
+    rows = {r["language"]: r for r in result["rows"]}
+    assert {"Python", "Markdown", "Go"} <= set(rows) and "all" in rows
+    parts = [r for k, r in rows.items() if k != "all"]
+    for key in ("documents", "tokens", "bytes"):
+        assert sum(r[key] for r in parts) == rows["all"][key], key
+    nats = sum(r["loss"] * r["tokens"] for r in parts)
+    assert nats == pytest.approx(rows["all"]["loss"] * rows["all"]["tokens"], rel=1e-9)
+    val = Windows(open_dataset(data, 50304).shards["val"], "val", 64, 50304)
+    assert (
+        result["whole_split"] and result["tokens_scored"] == rows["all"]["tokens"] == val.tokens - 1
+    )
+    m = json.loads((data / "manifest.json").read_text())
+    assert rows["all"]["documents"] == sum(
+        d["documents"] for d in m["counts"]["languages"]["val"].values()
+    )
+    # every target's bytes: the documents' UTF-8 bytes but the first token's
+    first = int(val.read(0, 1)[0])
+    assert rows["all"]["bytes"] + token_bytes(50304)[first] == sum(
+        d["bytes"] for d in m["counts"]["languages"]["val"].values()
+    )
+
+
+def test_the_total_equals_a_full_logits_computation(scored: tuple[Path, Path, dict]) -> None:
+    data, run, result = scored
+    model, cfg, _ = load_for_inference(run)
+    stream = torch.from_numpy(
+        Windows(open_dataset(data, 50304).shards["val"], "val", 64, 50304).read(
+            0, result["tokens_scored"] + 1
+        )
+    )
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(stream) - 1, cfg.block_size):  # the same windows, the tail too
+            x = stream[s : s + cfg.block_size][None]
+            y = stream[s + 1 : s + 1 + cfg.block_size][None]
+            x = x[:, : y.shape[1]]
+            logits, _ = model(x)
+            total += float(F.cross_entropy(logits[0].float(), y[0], reduction="sum"))
+    rows = {r["language"]: r for r in result["rows"]}
+    assert rows["all"]["loss"] * rows["all"]["tokens"] == pytest.approx(total, rel=1e-5)
+
+
+def test_max_tokens_scores_windows_spread_over_the_split(scored: tuple[Path, Path, dict]) -> None:
+    _, run, _ = scored
+    assert main(["eval", f"out_dir={run}", "max_tokens=640"]) == 0
+    result = json.loads((run / "eval" / "step-0000000.json").read_text())
+    assert result["tokens_scored"] == 640 and not result["whole_split"]
+
+
+def test_no_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", f"out_dir={tmp_path / 'nothing'}"]) == 2
+    assert "train first" in capsys.readouterr().err
+
+
+def test_training_logs_the_val_loss_per_language_and_plot_and_report_show_it(
+    scored: tuple[Path, Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import matplotlib.image
+
+    from model.metrics import read_metrics
+    from pipeline.train import train
+
+    data = scored[0]
+    cfg = tiny_config(
+        data, tmp_path / "run", vocab_size=50304, block_size=64, max_iters=6, eval_interval=3
+    )
+    assert train(cfg) == 0
+    evals = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6]
+    for r in evals:
+        langs = r["val_by_language"]
+        assert set(langs) <= {"Python", "Markdown", "Go", "other"} and len(langs) >= 2
+        assert min(langs.values()) <= r["val_loss"] <= max(langs.values())
+    assert main(["plot", f"out_dir={tmp_path / 'run'}"]) == 0
+    h, w = matplotlib.image.imread(tmp_path / "run" / "loss.png").shape[:2]
+    assert h > 0.75 * w  # the second panel below (one panel alone is about 0.6 w)
+    assert main(["report", f"out_dir={tmp_path / 'run'}"]) == 0
+    assert "by language  " in capsys.readouterr().out
