@@ -228,7 +228,7 @@ def _header(res: dict[str, dict[str, Any]], nbytes: int, cmd: str) -> list[str]:
         f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- machine: {machine()}",
         f"- load average (1, 5, 15 min) after the run: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}",
-        f"- python {platform.pythonversion()}, tiktoken {version('tiktoken')}, "
+        f"- python {platform.python_version()}, tiktoken {version('tiktoken')}, "
         f"pyarrow {version('pyarrow')}",
         f"- input: the built-in sample (`pipeline sample-data`), {nbytes / 1e6:.0f} MB of "
         f"code{f', {docs:,} documents' if docs else ''}; 4x = the same files listed four times",
