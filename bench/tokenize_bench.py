@@ -17,6 +17,9 @@ of text by default, built once under data/bench/ and reused):
       (at 4x the three later copies of every file are exact duplicates).
   (e) the near-dedup stage (`python -m pipeline dedup`, MinHash + LSH), 1x and
       4x, in MB/s of text against (c)'s.
+  (f) the stage, rules off, on the 1x sample rewritten as one file of a single
+      row group (250 MB of text decoded at once), at 1x, 2x and 4x: memory
+      with the largest row group this input can have.
 
 Each part runs as its own subprocess; a sampling thread here sums the resident
 memory (RSS) of that process and all its children every 200 ms (the stage's
@@ -24,7 +27,10 @@ own watchdog interval) and keeps the peak. One sample of five processes costs
 ~5 ms of CPU, so sampling every 20 ms took a quarter of a core from the
 measured run on a 2-core box; memory here moves in steps of whole buffers, which
 200 ms still catches. RSS counts pages shared between a parent and its forked workers once per
-process, so the sum is an upper bound of what the tree really holds.
+process, so the sum is an upper bound of what the tree really holds. Shared-memory pages
+(the decoded row groups in /dev/shm) are taken out of each process's RSS and counted once,
+as what /dev/shm holds beyond its level at the start: a segment no process maps is RAM
+too.
 
 Token counts include one end-of-text token per document in all three parts,
 so (b) and (c) must agree exactly; the script says so when they do not.
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,6 +147,32 @@ def ensure_inputs(bench: Path, nbytes: int) -> tuple[Path, Path, int]:
     return one, four, int(stamp["code_bytes"])
 
 
+def single_group_inputs(bench: Path, one: Path) -> tuple[Path, Path, Path]:
+    """The 1x sample rewritten as one file of a single row group (the worst case for
+    memory: the whole row group's text is decoded at once), and 2x and 4x folders of it.
+
+    Flatness is 4x against 2x here: the 1x run decodes its only row group before the
+    shard buffer is first filled, so it never meets the ceiling (buffer full while a row
+    group decodes); 2x is the smallest input that does."""
+    single = bench / "single-1x"
+    target = single / "all.parquet"
+    if not target.is_file():
+        single.mkdir(parents=True, exist_ok=True)
+        table = pa.concat_tables(pq.read_table(f) for f in sorted(one.glob("part-*.parquet")))
+        tmp = target.with_name(target.name + ".tmp")
+        pq.write_table(table, tmp, row_group_size=table.num_rows, compression="zstd")
+        os.replace(tmp, target)
+    copies = []
+    for n in (2, 4):
+        folder = bench / f"single-{n}x"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for k in range(n):
+            (folder / f"copy{k}.parquet").symlink_to(target.resolve())
+        copies.append(folder)
+    return single, copies[0], copies[1]
+
+
 def shard_tokens(folder: Path) -> int:
     return sum(int(np.load(p, mmap_mode="r").shape[0]) for p in folder.glob("*.npy"))
 
@@ -162,18 +195,21 @@ def run_stage(src: Path, out: Path, rules: list[str]) -> dict[str, Any]:
     # The memory limits stay at the stage's defaults (4 GB, 1 GB available):
     # a trip would end the benchmark with exit 3, which is itself a finding.
     cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}", "force=true", *rules]
-    wall, peak, nprocs, _ = measure(cmd)
+    m = measure(cmd)
     man = json.loads((out / "manifest.json").read_text())
     counts, tokens = man["counts"], shard_tokens(out)
     if not man["complete"] or sum(counts["tokens"].values()) != tokens:
         raise SystemExit(f"bench: {out}: manifest disagrees with the shards ({counts})")
     return {
         "tokens": tokens,
-        "seconds": wall,
-        "peak": peak,
-        "procs": nprocs,
+        "seconds": m.wall,
+        "peak": m.peak,
+        "pss": m.peak_pss,
+        "procs": m.procs,
         "docs": counts["read"],
         "removed": sum(counts["skipped"].values()) / max(counts["read"], 1),
+        "main_cpu": m.main_cpu,
+        "worker_cpu": m.other_cpu,
     }
 
 
@@ -181,13 +217,16 @@ def run_dedup(src: Path, out: Path) -> dict[str, Any]:
     """(e): the near-dedup stage; no tokens, so its rate is MB/s of text."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline", "dedup", f"input={src}", f"output={out}"]
-    wall, peak, nprocs, _ = measure([*cmd, "workers=auto", "force=true"])
+    m = measure([*cmd, "workers=auto", "force=true"])
     counts = json.loads((out / "dedup.json").read_text())["counts"]
     return {
         "tokens": 0,
-        "seconds": wall,
-        "peak": peak,
-        "procs": nprocs,
+        "seconds": m.wall,
+        "peak": m.peak,
+        "pss": m.peak_pss,
+        "procs": m.procs,
+        "main_cpu": m.main_cpu,
+        "worker_cpu": m.other_cpu,
         "docs": counts["read"],
         "removed": counts["dropped"] / max(counts["read"], 1),
     }
@@ -195,9 +234,9 @@ def run_dedup(src: Path, out: Path) -> dict[str, Any]:
 
 def run_child(part: str, src: Path, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", part, "--input", str(src), "--scratch", str(out)]
-    wall, peak, nprocs, stdout = measure(cmd)
-    res = json.loads(stdout.strip().splitlines()[-1])
-    res.update(peak=peak, procs=nprocs, wall=wall)
+    m = measure(cmd)
+    res = json.loads(m.stdout.strip().splitlines()[-1])
+    res.update(peak=m.peak, pss=m.peak_pss, procs=m.procs, wall=m.wall)
     return res
 
 
@@ -209,9 +248,10 @@ def row(name: str, procs: str, r: dict[str, Any], nbytes: int) -> str:
     tok = f"{r['tokens'] / 1e6:.1f} M" if r["tokens"] else "-"
     rate = f"{r['tokens'] / s / 1e6:.2f}" if r["tokens"] else "-"
     removed = f"{100 * r['removed']:.1f} %" if "removed" in r else "-"
+    cpu = f"{r['main_cpu']:.1f} / {r['worker_cpu']:.1f} s" if "main_cpu" in r else "-"
     return (
         f"| {name} | {procs} | {tok} | {s:.1f} | {rate} | {nbytes / s / 1e6:.1f} | "
-        f"{r['peak'] / 2**20:,.0f} MiB | {removed} |"
+        f"{r['peak'] / 2**20:,.0f} / {r['pss'] / 2**20:,.0f} MiB | {removed} | {cpu} |"
     )
 
 
@@ -236,12 +276,16 @@ def _header(res: dict[str, dict[str, Any]], nbytes: int, cmd: str) -> list[str]:
     ]
 
 
-def _memory_ratios(res: dict[str, dict[str, Any]], part: str) -> list[str]:
-    one, four = res[part + "1"], res[part + "4"]
-    peak, flat = max(one["peak"], four["peak"]), four["peak"] / one["peak"]
+def _memory_ratios(res: dict[str, dict[str, Any]], part: str, small: str = "1") -> list[str]:
+    """< 1 GB held (PSS; the RSS upper bound beside it), and flat from `small`x to 4x."""
+    runs = [res[part + k] for k in ("1", "2", "4") if part + k in res]
+    pss, rss = max(r["pss"] for r in runs), max(r["peak"] for r in runs)
+    one, four = res[part + small], res[part + "4"]
+    flat = four["pss"] / one["pss"]
     return [
-        f"| peak RSS ({part}), 1x and 4x | {peak / 1e9:.2f} GB | < 1 GB | {verdict(peak < 1e9)} |",
-        f"| peak RSS ({part}) 4x / 1x | {flat:.2f} | within 10 % | "
+        f"| peak memory ({part}), {', '.join(k + 'x' for k in ('1', '2', '4') if part + k in res)}"
+        f" | {pss / 1e9:.2f} GB (RSS sum {rss / 1e9:.2f}) | < 1 GB | {verdict(pss < 1e9)} |",
+        f"| peak memory ({part}) 4x / {small}x | {flat:.2f} | within 10 % | "
         f"{verdict(abs(flat - 1) <= 0.1)} |",
     ]
 
@@ -259,6 +303,14 @@ def _ratios(res: dict[str, dict[str, Any]], cores: int, nbytes: int) -> list[str
         target = f"about {0.9 * cores * rate['a'] / rate['b']:.1f}x" if "a" in rate else ""
         out.append(f"| (c)/(b) | {rate['c1'] / rate['b']:.2f}x | {target} | |")
     out += _memory_ratios(res, "c")
+    c1 = res["c1"]
+    if c1.get("worker_cpu"):
+        share = c1["main_cpu"] / c1["worker_cpu"]
+        out.append(
+            f"| (c) main-process CPU / workers' CPU, 1x | 1/{1 / share:.1f} "
+            f"({c1['main_cpu']:.2f} / {c1['worker_cpu']:.1f} s) | <= 1/16 | "
+            f"{verdict(share <= 1 / 16)} |"
+        )
     if "d1" in res:  # the rules' cost: documents read per second, 1x
         dc = res["c1"]["seconds"] / res["d1"]["seconds"]
         out.append(
@@ -266,6 +318,8 @@ def _ratios(res: dict[str, dict[str, Any]], cores: int, nbytes: int) -> list[str
             f"{verdict(dc >= 0.9)} |"
         )
         out += _memory_ratios(res, "d")
+    if "f2" in res and "f4" in res:
+        out += _memory_ratios(res, "f", small="2")
     if "e1" in res:
         ec = res["c1"]["seconds"] / res["e1"]["seconds"]  # same text bytes: MB/s ratio
         out.append(f"| (e)/(c) MB/s, 1x | {ec:.2f}x | >= 1.0x | {verdict(ec >= 1.0)} |")
@@ -282,6 +336,9 @@ NAMES = {
     "d4": ("(d) stage, exact dedup + filters, 4x", 4),
     "e1": ("(e) dedup stage (MinHash + LSH), 1x", 1),
     "e4": ("(e) dedup stage (MinHash + LSH), 4x", 4),
+    "f1": ("(f) stage, rules off, one file of one row group, 1x", 1),
+    "f2": ("(f) stage, rules off, that file twice, 2x", 2),
+    "f4": ("(f) stage, rules off, that file four times, 4x", 4),
 }
 
 
@@ -289,9 +346,9 @@ def report(res: dict[str, dict[str, Any]], nbytes: int, cores: int, cmd: str) ->
     lines = _header(res, nbytes, cmd)
     lines += [
         "",
-        "| what | processes | tokens | seconds | M tokens/s | MB/s | peak RSS, all processes "
-        "| documents removed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| what | processes | tokens | seconds | M tokens/s | MB/s | peak memory, RSS / PSS "
+        "| documents removed | CPU: main / workers |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, r in res.items():
         name, times = NAMES[key]
@@ -303,7 +360,7 @@ def report(res: dict[str, dict[str, Any]], nbytes: int, cores: int, cmd: str) ->
         "(a) times only the encode loop; (b) to (e) are wall time of the whole process "
         "(start-up, reading, the work, writing). Peak RSS is summed over the process and "
         "its children, sampled every 200 ms; shared pages of forked workers count once per "
-        "process. Processes: how many were alive at the peak. Removed: the share of the "
+        "process; the shared-memory segments (/dev/shm) count once, mapped or not. Processes: how many were alive at the peak. Removed: the share of the "
         "documents read that the rules skipped, or (e) that near-dedup drops.",
     ]
     per_1x = {k: res[k]["tokens"] / (4 if k == "c4" else 1) for k in ("b", "c1", "c4") if k in res}
@@ -317,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bytes", type=int, default=250_000_000, help="code bytes in the 1x sample")
     ap.add_argument("--bench-dir", default="data/bench", help="inputs and scratch outputs")
     ap.add_argument("--out", default="docs/benchmarks/tokenize.md", help="markdown report")
-    ap.add_argument("--parts", default="a,b,c,d,e", help="which parts to run (default all)")
+    ap.add_argument("--parts", default="a,b,c,d,e,f", help="which parts to run (default all)")
     ap.add_argument("--child", choices=["a", "b"], help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -329,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     bench = (REPO / args.bench_dir).resolve()
     one, four, nbytes = ensure_inputs(bench, args.bytes)
+    single, single2, single4 = single_group_inputs(bench, one)
     cores = len(os.sched_getaffinity(0))
     res: dict[str, dict[str, Any]] = {}
     steps = [
@@ -340,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         ("d4", lambda: run_stage(four, bench / "out-d4", RULES_ON)),
         ("e1", lambda: run_dedup(one, bench / "out-e1")),
         ("e4", lambda: run_dedup(four, bench / "out-e4")),
+        ("f1", lambda: run_stage(single, bench / "out-f1", RULES_OFF)),
+        ("f2", lambda: run_stage(single2, bench / "out-f2", RULES_OFF)),
+        ("f4", lambda: run_stage(single4, bench / "out-f4", RULES_OFF)),
     ]
     wanted = set(args.parts.split(","))
     for key, step in steps:
@@ -354,13 +415,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    for key in ("b", "c1", "c4", "d1", "d4", "e1", "e4"):
+    for key in ("b", "c1", "c4", "d1", "d4", "e1", "e4", "f1", "f4"):
         shutil.rmtree(bench / f"out-{key}", ignore_errors=True)  # ~0.1-0.5 GB of shards each
     shown = argv if argv is not None else sys.argv[1:]
     cmd = " ".join(["python bench/tokenize_bench.py", *shown])
     text = report(res, nbytes, cores, cmd)
     print(text)
-    if wanted != {"a", "b", "c", "d", "e"}:
+    if wanted != {"a", "b", "c", "d", "e", "f"}:
         return 0  # a partial run does not replace the recorded results
     write_text(REPO / args.out, text)
     return 0

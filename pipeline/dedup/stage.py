@@ -51,8 +51,8 @@ from pipeline.dedup.buckets import (
 from pipeline.dedup.minhash import Params, lsh_bands
 from pipeline.dedup.worker import Signed, sign_batch, warm_up
 from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import STATUS, Batch, FileError, Position
-from pipeline.tokenize.pool import Work, run_in_order
+from pipeline.tokenize.batches import STATUS, BatchInfo, FileError, Position
+from pipeline.tokenize.pool import Work, read_in_order
 from pipeline.tokenize.settings import OUTPUT, SourceConfig
 from pipeline.tokenize.watchdog import MemoryWatchdog
 
@@ -161,15 +161,17 @@ def _sign(
 ) -> None:
     """Phase 1: band keys of every kept document into the partitions, checkpointed."""
     pos = Position(**state["position"])
-    items = source.stream(files, cfg.text_column, cfg.languages, cfg.batch_bytes, pos)
+    src = cfg.source(files, infos)
     work = Work(
         functools.partial(sign_batch, rules=cfg.rules(digest=False), params=cfg.params()),
         warm_up,
         "pipeline.dedup.worker",
     )
-    progress = _Progress(sum(i.text_bytes for i in infos if i), cfg.progress_seconds, state)
+    total = sum(i.text_bytes for i in infos if isinstance(i, source.FileInfo))
+    progress = _Progress(total, cfg.progress_seconds, state)
     hint = functools.partial(_hint, cfg)
-    with contextlib.closing(run_in_order(items, cfg.n_workers(), work, dog, hint)) as results:
+    # closing(): an error here (a bad file) must stop the pool now, not when collected
+    with contextlib.closing(read_in_order(src, pos, cfg.n_workers(), work, dog, hint)) as results:
         for item, signed in results:
             if isinstance(item, FileError):
                 _file_error(cfg, item, state)
@@ -183,7 +185,7 @@ def _sign(
     _checkpoint(Path(cfg.output), state, parts)
 
 
-def _take(batch: Batch, signed: Signed, state: dict[str, Any], parts: Partitions) -> None:
+def _take(batch: BatchInfo, signed: Signed, state: dict[str, Any], parts: Partitions) -> None:
     ids = decision.row_ids(batch.file_index, batch.file_row, batch.num_rows)[signed.rows]
     parts.add(signed.keys, ids)
     c = state["counts"]

@@ -32,23 +32,59 @@ class BinaryColumn:
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Rows [row, row + num_rows) of one row group of input file `file_index`."""
+class BatchInfo:
+    """Which rows a batch is, and its small per-row columns: all the main process needs."""
 
     file_index: int
     row_group: int
-    row: int
-    file_row: int  # the index of row `row` of group `row_group` within the whole file
+    row: int  # the first row, within the row group
+    file_row: int  # the same row, within the whole file
+    lang: np.ndarray  # (n,) int32: index into lang_names of each row's `language` value
+    lang_names: tuple[str, ...]  # the batch's language values; a null or absent one is unknown
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.lang)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows [row, row + num_rows) of one row group of input file `file_index`, with their text
+    (what a worker works on)."""
+
+    info: BatchInfo
     text: BinaryColumn
     repo: BinaryColumn
     keep: np.ndarray | None  # (n,) bool: passes the language filter; None = no filter
-    lang: np.ndarray  # (n,) int32: index into lang_names of each row's `language` value
-    lang_names: tuple[str, ...]  # this batch's language values; a null or absent one is unknown
     near_dup: np.ndarray | None = None  # (n,) bool: dropped by the dedup stage's decision
 
     @property
     def num_rows(self) -> int:
         return len(self.text)
+
+    @property
+    def file_index(self) -> int:
+        return self.info.file_index
+
+    @property
+    def row_group(self) -> int:
+        return self.info.row_group
+
+    @property
+    def row(self) -> int:
+        return self.info.row
+
+    @property
+    def file_row(self) -> int:
+        return self.info.file_row
+
+    @property
+    def lang(self) -> np.ndarray:
+        return self.info.lang
+
+    @property
+    def lang_names(self) -> tuple[str, ...]:
+        return self.info.lang_names
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from model import shards
-from pipeline.tokenize.batches import SKIP_REASONS, STATUS, Batch, Encoded
+from pipeline.tokenize.batches import SKIP_REASONS, STATUS, BatchInfo, Encoded
 
 
 def _empty_splits() -> dict[str, dict[str, dict[str, int]]]:
@@ -35,7 +35,7 @@ class Counts:
     # language -> reason -> rows
     skipped_by_language: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, batch: Batch, enc: Encoded, upto: int | None = None) -> None:
+    def add(self, batch: BatchInfo, enc: Encoded, upto: int | None = None) -> None:
         """Count rows [0, upto) of one batch."""
         status = enc.status[:upto]
         per = np.bincount(status, minlength=len(STATUS))
@@ -50,7 +50,7 @@ class Counts:
             self.tokens[name] += int(ntok[split == s].sum())
         self._add_languages(batch, enc, len(status))
 
-    def _add_languages(self, batch: Batch, enc: Encoded, n: int) -> None:
+    def _add_languages(self, batch: BatchInfo, enc: Encoded, n: int) -> None:
         lang, status, names = batch.lang[:n], enc.status[:n], batch.lang_names
         kept = status == 0
         for s, split in enumerate(shards.SPLITS):

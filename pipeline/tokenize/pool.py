@@ -1,15 +1,25 @@
-"""The worker pool of the tokenize and dedup stages: batches in, results out, in input order.
+"""The worker pool of the tokenize and dedup stages: row groups in, results out, in input order.
 
-At most 2 x workers batches are in flight: enough to keep every worker busy
-while the main process copies results, few enough that memory stays bounded
-by the batch size whatever the input size. Results are taken in submission
-order, so the output is the same bytes for any worker count. With one worker
-there is no pool: the same code runs in this process.
+`read_in_order` walks the input's row groups from a start position. A worker
+decodes each row group into shared memory (reading.py); the main process
+cuts it into row ranges and hands them to the workers, which run the stage's
+work function (encode, or sign) on each. Results are taken strictly in input
+order, so the output is the same bytes for any worker count. The main
+process reads no parquet and never touches the text: it sends small tasks,
+receives results, and unlinks a segment once its last range is consumed.
+
+Bounds: at most 2 x workers ranges in flight beyond the decoded row groups,
+and decoded row groups (segments) only while their text bytes stay under
+`budget` (or when none is in flight: a row group larger than the budget is
+still read, alone). So memory does not grow with the input, and a single
+huge row group is read once, not once per worker. With one worker there is
+no pool: the same code runs in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import functools
 import multiprocessing
 import os
 from collections import deque
@@ -17,15 +27,18 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model.errors import ResourceError
-from pipeline.tokenize.batches import Batch, FileError
+from pipeline.tokenize import reading
+from pipeline.tokenize.batches import Batch, BatchInfo, FileError, Position
 from pipeline.tokenize.watchdog import MemoryWatchdog
 
-Item = Batch | FileError
-Pending = deque[tuple[Item, "Future[Any] | None"]]
+Item = BatchInfo | FileError
 
 
 @dataclass(frozen=True)
@@ -36,63 +49,260 @@ class Work:
     fn: Callable[[Batch], Any]
     warm_up: Callable[[int], None]
     module: str
+    preload: tuple[str, ...] = ("pipeline.tokenize.source",)  # pyarrow, for the decoding
 
 
-def in_order(
-    items: Iterator[Item], workers: int, work: Work, dog: MemoryWatchdog
+@dataclass(frozen=True)
+class Source:
+    """The input as the reading needs it: files, their row groups, how to read them."""
+
+    files: list[Path]
+    groups: list[list[tuple[int, int]] | str]  # per file (rows, text bytes) per group, or its error
+    text_column: str
+    languages: list[str]
+    batch_bytes: int
+    budget: int  # text bytes of the decoded row groups in flight
+    mark: Callable[[BatchInfo], np.ndarray | None] | None = None  # the near-dedup mask
+
+
+@dataclass
+class _Flow:
+    """The state of one read: queued decodes, ranges in flight, live segments."""
+
+    decodes: deque[tuple[int, str, int, Future[Any] | Any]] = field(default_factory=deque)
+    pending: deque[tuple[Item, Future[Any] | Any | None, str | None]] = field(default_factory=deque)
+    live: dict[str, int] = field(default_factory=dict)  # segment -> ranges not yet consumed
+    inflight: int = 0  # text bytes of the row groups decoding or decoded, not yet released
+    sizes: dict[str, int] = field(default_factory=dict)
+    names: int = 0  # segments named so far
+
+    def name(self) -> str:
+        """A segment name of this run: the main process's pid and a counter."""
+        self.names += 1
+        return f"codegpt-{os.getpid()}-{self.names}"
+
+
+def read_in_order(
+    src: Source,
+    start: Position,
+    workers: int,
+    work: Work,
+    dog: MemoryWatchdog,
+    hint: Callable[[], str],
 ) -> Generator[tuple[Item, Any], None, None]:
-    """(item, work.fn(item)) in input order; a FileError passes through with None.
+    """(batch info or FileError, work.fn(batch) or None) in input order, from `start`.
 
-    A watchdog trip ends the wait for a result with BrokenProcessPool, as a
-    worker killed by the OS does; closing the generator stops the pool at once.
+    The watchdog is checked after every result; a dead pool (a worker killed by the OS or
+    by the watchdog) is one ResourceError line that ends with `hint()` (how to resume).
     """
-    if workers == 1:  # no pool: the same code path, in this process
-        for item in items:
-            yield item, (work.fn(item) if isinstance(item, Batch) else None)
-        return
-    pool = ProcessPoolExecutor(
-        workers,
-        mp_context=_context(work.module),
-        initializer=work.warm_up,
-        initargs=(os.getpid(),),
-    )
-    pending: Pending = deque()
+    pool = _Pool(workers, work)
+    flow = _Flow()
+    dog.extra = lambda: flow.inflight  # shared memory is in no process's RSS once unmapped
+    groups = _groups(src, start)
     clean = False
     try:
-        for item in items:
-            fut = pool.submit(work.fn, item) if isinstance(item, Batch) else None
-            pending.append((item, fut))
-            while len(pending) >= 2 * workers:
-                yield _next(pending, dog)
-        while pending:
-            yield _next(pending, dog)
+        while True:
+            _admit(src, flow, groups, pool)
+            while flow.decodes and (_done(flow.decodes[0][3]) or not flow.pending):
+                if len(flow.pending) >= 2 * max(workers, 1):
+                    break
+                _unfold(src, flow, pool, dog, groups)
+            if not flow.pending:
+                if not flow.decodes and groups.exhausted:
+                    break
+                continue
+            item, fut, seg = flow.pending.popleft()
+            result = _result(fut, dog) if fut is not None else None
+            dog.check(hint())
+            yield item, result
+            _consumed(flow, seg)
         clean = True
-    finally:
-        _stop_pool(pool, clean)
-
-
-def run_in_order(
-    items: Iterator[Item], workers: int, work: Work, dog: MemoryWatchdog, hint: Callable[[], str]
-) -> Generator[tuple[Item, Any], None, None]:
-    """`in_order` for a stage's main loop: the watchdog checked after every result, and a
-    dead pool (a worker killed by the OS, or by the watchdog) made one ResourceError line
-    that ends with `hint()` (how to resume)."""
-    try:
-        # closing(): a failure in the caller must stop the pool now, not when collected
-        with contextlib.closing(in_order(items, workers, work, dog)) as results:
-            for item, result in results:
-                dog.check(hint())
-                yield item, result
+    except reading.ShmFull as e:
+        raise ResourceError(f"{e}; {hint()}") from None
     except BrokenProcessPool:
         dog.check(hint())
         raise ResourceError(
             "a worker process died (killed by the OS, out of memory?); "
             f"{hint()}, with fewer workers= if it happens again"
         ) from None
+    finally:
+        pool.stop(clean)
+        _release_all(flow)
+        dog.extra = None
     dog.check(hint())
 
 
-def _context(module: str) -> multiprocessing.context.BaseContext:
+class _Groups:
+    """The row groups to read, in input order, from a start position."""
+
+    def __init__(self, src: Source, start: Position) -> None:
+        self.it = self._walk(src, start)
+        self.next: tuple[int, int, int, int] | FileError | None = next(self.it, None)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next is None
+
+    def pop(self) -> tuple[int, int, int, int] | FileError:
+        assert self.next is not None
+        item, self.next = self.next, next(self.it, None)
+        return item
+
+    def skip_file(self, file_index: int) -> None:
+        while isinstance(self.next, tuple) and self.next[0] == file_index:
+            self.pop()
+
+    @staticmethod
+    def _walk(src: Source, start: Position) -> Iterator[tuple[int, int, int, int] | FileError]:
+        for fi in range(start.file_index, len(src.files)):
+            layout = src.groups[fi]
+            if isinstance(layout, str):  # unreadable: its error, in its place
+                yield FileError(fi, str(src.files[fi]), 0, None, layout)
+                continue
+            first = start.row_group if fi == start.file_index else 0
+            for g in range(first, len(layout)):
+                row = start.row if (fi, g) == (start.file_index, start.row_group) else 0
+                rows, nbytes = layout[g]
+                if row < rows:
+                    yield fi, g, row, nbytes
+
+
+def _groups(src: Source, start: Position) -> _Groups:
+    return _Groups(src, start)
+
+
+def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
+    """Queue decodes while the decoded bytes in flight stay under the budget."""
+    while not groups.exhausted and len(flow.decodes) < 2 * pool.workers:
+        nxt = groups.next
+        if isinstance(nxt, tuple):
+            busy = flow.inflight > 0 or flow.decodes
+            if busy and flow.inflight + nxt[3] > src.budget:
+                return
+        item = groups.pop()
+        if isinstance(item, FileError):
+            flow.decodes.append((item.file_index, "", 0, item))
+            continue
+        fi, g, row, nbytes = item
+        name = flow.name()
+        fut = pool.submit(
+            reading.decode_group,
+            src.files[fi],
+            fi,
+            g,
+            row,
+            src.text_column,
+            src.languages,
+            nbytes + 1024,
+            name,
+        )
+        flow.decodes.append((fi, name, nbytes, fut))
+        flow.inflight += nbytes
+
+
+def _unfold(src: Source, flow: _Flow, pool: _Pool, dog: MemoryWatchdog, groups: _Groups) -> None:
+    """The oldest decode's result: its ranges handed out, or its FileError passed on."""
+    _fi, _name, nbytes, fut = flow.decodes.popleft()
+    d = fut if isinstance(fut, FileError) else _result(fut, dog)
+    if isinstance(d, FileError):
+        flow.inflight -= nbytes
+        flow.pending.append((d, None, None))
+        groups.skip_file(d.file_index)
+        while flow.decodes and flow.decodes[0][0] == d.file_index:  # the rest of that file
+            _, _, more, f = flow.decodes.popleft()
+            flow.inflight -= more
+            extra = f if isinstance(f, FileError) else _result(f, dog)
+            if isinstance(extra, reading.Decoded):
+                reading.release(extra.shm)
+        return
+    spans = reading.ranges(d, src.batch_bytes)
+    flow.sizes[d.shm] = nbytes
+    if not spans:
+        flow.inflight -= nbytes
+        reading.release(d.shm)
+        return
+    flow.live[d.shm] = len(spans)
+    for a, b in spans:
+        t = reading.task(d, a, b, None)
+        if src.mark is not None:
+            t = dataclasses.replace(t, near_dup=src.mark(t.info))
+        flow.pending.append((t.info, pool.submit(reading.run_range, t, pool.work.fn), d.shm))
+
+
+def _release_all(flow: _Flow) -> None:
+    """Unlink every segment still held, once the workers are stopped: those being cut, and
+    those of the decodes still queued, done or killed half way (by their names)."""
+    for seg in set(flow.live) | {s for *_, s in flow.pending if s}:
+        reading.release(seg)
+    for _fi, name, _n, _fut in flow.decodes:
+        if name:
+            reading.discard(name)
+
+
+def _consumed(flow: _Flow, seg: str | None) -> None:
+    if seg is None:
+        return
+    flow.live[seg] -= 1
+    if flow.live[seg] == 0:
+        del flow.live[seg]
+        flow.inflight -= flow.sizes.pop(seg)
+        reading.release(seg)
+
+
+def _done(fut: Any) -> bool:
+    return not isinstance(fut, Future) or fut.done()
+
+
+def _result(fut: Any, dog: MemoryWatchdog) -> Any:
+    if not isinstance(fut, Future):
+        return fut
+    while True:
+        try:
+            return fut.result(timeout=0.2)
+        except FutureTimeout:
+            if dog.tripped is not None:  # the pool may respawn killed workers; do not wait
+                raise BrokenProcessPool("memory watchdog tripped") from None
+
+
+class _Pool:
+    """A process pool, or (one worker) calls in this process returning their results."""
+
+    def __init__(self, workers: int, work: Work) -> None:
+        self.workers, self.work = workers, work
+        self.executor: ProcessPoolExecutor | None = None
+        if workers > 1:
+            self.executor = ProcessPoolExecutor(
+                workers,
+                mp_context=_context([work.module, *work.preload]),
+                initializer=work.warm_up,
+                initargs=(os.getpid(),),
+            )
+        else:
+            work.warm_up(0)  # what a worker builds once, here (no parent to watch)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | Any:
+        if self.executor is None:
+            return functools.partial(fn, *args)()
+        return self.executor.submit(fn, *args)
+
+    def stop(self, clean: bool) -> None:
+        """Stop at once: a clean stop must not wait for the work still in flight."""
+        pool = self.executor
+        if pool is None:
+            return
+        if clean:
+            pool.shutdown(wait=True)
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(timeout=5)
+
+
+def _context(modules: list[str]) -> multiprocessing.context.BaseContext:
     """forkserver where there is one, else spawn; never a plain fork.
 
     The main process runs the watchdog thread, and forking a threaded process
@@ -103,32 +313,6 @@ def _context(module: str) -> multiprocessing.context.BaseContext:
     """
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([module])
+        ctx.set_forkserver_preload(modules)
         return ctx
     return multiprocessing.get_context("spawn")
-
-
-def _next(pending: Pending, dog: MemoryWatchdog) -> tuple[Item, Any]:
-    item, fut = pending.popleft()
-    if fut is None:
-        return item, None
-    while True:
-        try:
-            return item, fut.result(timeout=0.2)
-        except FutureTimeout:
-            if dog.tripped is not None:  # the pool may respawn killed workers; do not wait
-                raise BrokenProcessPool("memory watchdog tripped") from None
-
-
-def _stop_pool(pool: ProcessPoolExecutor, clean: bool) -> None:
-    """Stop at once: a clean stop must not wait for the batches still in flight."""
-    if clean:
-        pool.shutdown(wait=True)
-        return
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    for p in procs:
-        p.join(timeout=5)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from model import config as configlib
 from model.config import Config, option
 from pipeline.tokenize.batches import Rules
+from pipeline.tokenize.pool import Source
+from pipeline.tokenize.source import FileInfo
 
 OUTPUT = "output"  # the keys that change a stage's output bytes (compared on a rerun)
 RULES = ("output", "rules")  # ... and that a dedup decision must have been made with
@@ -49,6 +52,11 @@ class SourceConfig(Config):
     max_rss_gb: float = option(4.0, "stop cleanly when all processes together hold this", gt=0)
     min_available_gb: float = option(1.0, "stop cleanly when the machine has less available", ge=0)
     batch_bytes: int = option(1_000_000, "text bytes per batch sent to a worker", gt=0)
+    decode_mb: float = option(
+        256,
+        "text of decoded row groups in shared memory at once (a larger one is read alone)",
+        gt=0,
+    )
     # fail stops where skip goes on: the output before is the same, so it is not tagged
     on_error: Literal["fail", "skip"] = option(
         "fail", "unreadable parquet: fail, or skip it and record it"
@@ -69,6 +77,14 @@ class SourceConfig(Config):
             min_alnum_fraction=self.min_alnum_fraction,
             drop_generated=self.drop_generated,
             digest=digest,
+        )
+
+    def source(self, files: list[Path], infos: list[FileInfo | str], mark: Any = None) -> Source:
+        """What pool.read_in_order reads: the files, their row groups, these keys."""
+        groups = [i.groups if isinstance(i, FileInfo) else i for i in infos]
+        budget = int(self.decode_mb * 2**20)
+        return Source(
+            files, groups, self.text_column, self.languages, self.batch_bytes, budget, mark
         )
 
     def rule_values(self) -> dict[str, Any]:

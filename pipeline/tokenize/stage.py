@@ -20,11 +20,9 @@ resume (rerun the same command).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +35,8 @@ from model.lock import exclusive
 from pipeline.dedup import decision
 from pipeline.dedup.decision import Decision
 from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import Batch, FileError
-from pipeline.tokenize.pool import Work, run_in_order
+from pipeline.tokenize.batches import FileError
+from pipeline.tokenize.pool import Source, Work, read_in_order
 from pipeline.tokenize.progress import Progress
 from pipeline.tokenize.settings import OUTPUT, SourceConfig
 from pipeline.tokenize.watchdog import MemoryWatchdog
@@ -80,13 +78,9 @@ def settings_of(cfg: TokenizeConfig, near: Decision | None) -> dict[str, Any]:
     return settings
 
 
-def check_inputs(files: list[Path], cfg: TokenizeConfig) -> int:
-    """Open every footer before any work: schema errors first; total text bytes for the ETA."""
-    return sum(
-        f.text_bytes
-        for f in source.survey(files, cfg.text_column, cfg.languages, cfg.on_error)
-        if f
-    )
+def check_inputs(files: list[Path], cfg: TokenizeConfig) -> list[source.FileInfo | str]:
+    """Open every footer before any work: schema errors first, the row groups to read."""
+    return source.survey(files, cfg.text_column, cfg.languages, cfg.on_error)
 
 
 def previous_state(
@@ -142,12 +136,14 @@ def up_to_date(out: Path, old: dict[str, Any]) -> str:
 def run(cfg: TokenizeConfig) -> int:
     out = Path(cfg.output)
     files = source.list_inputs(cfg.input)
-    total_bytes = check_inputs(files, cfg)
+    infos = check_inputs(files, cfg)
     with exclusive(out, "tokenize"):  # one writer per shard folder
-        return _tokenize(cfg, out, files, total_bytes)
+        return _tokenize(cfg, out, files, infos)
 
 
-def _tokenize(cfg: TokenizeConfig, out: Path, files: list[Path], total_bytes: int) -> int:
+def _tokenize(
+    cfg: TokenizeConfig, out: Path, files: list[Path], infos: list[source.FileInfo | str]
+) -> int:
     inputs = manifest.input_entries(files)
     near = (
         decision.load(Path(cfg.near_dedup), inputs, cfg.rule_values()) if cfg.near_dedup else None
@@ -171,9 +167,10 @@ def _tokenize(cfg: TokenizeConfig, out: Path, files: list[Path], total_bytes: in
             writer.checkpoint_empty()  # a manifest exists before any shard does
         else:
             log.info("resuming %s from %s", out, writer.position)
+        total_bytes = sum(i.text_bytes for i in infos if isinstance(i, source.FileInfo))
         progress = Progress(total_bytes, writer.counts, cfg.progress_seconds)
         with MemoryWatchdog(cfg.max_rss_gb, cfg.min_available_gb) as dog:
-            _encode_all(cfg, files, writer, progress, dog, near)
+            _encode_all(cfg, cfg.source(files, infos, _marker(near)), writer, progress, dog)
         writer.finish()
     except OSError as e:  # reading errors became FileError items: this is the output side
         raise _write_error(e, out, writer) from None
@@ -195,17 +192,9 @@ def _write_error(e: OSError, out: Path, writer: ShardWriter | None) -> Exception
 
 
 def _encode_all(
-    cfg: TokenizeConfig,
-    files: list[Path],
-    writer: ShardWriter,
-    progress: Progress,
-    dog: MemoryWatchdog,
-    near: Decision | None,
+    cfg: TokenizeConfig, src: Source, writer: ShardWriter, progress: Progress, dog: MemoryWatchdog
 ) -> None:
     pos = writer.position
-    items = source.stream(files, cfg.text_column, cfg.languages, cfg.batch_bytes, pos)
-    if near is not None:
-        items = _mark_near(items, near)
     drop = pos.token_offset  # tokens of the first document already in a shard
     threshold = split_threshold(cfg.val_fraction)
     rules = cfg.rules(digest=cfg.dedup == "exact")
@@ -214,11 +203,9 @@ def _encode_all(
         warm_up,
         "pipeline.tokenize.worker",
     )
-    if cfg.n_workers() == 1:
-        warm_up(0)  # the encoding, built once in this process (no parent to watch)
     hint = functools.partial(_resume_hint, cfg, writer)
     # closing(): an error here (a bad file) must stop the pool now, not when collected
-    with contextlib.closing(run_in_order(items, cfg.n_workers(), work, dog, hint)) as results:
+    with contextlib.closing(read_in_order(src, pos, cfg.n_workers(), work, dog, hint)) as results:
         for item, enc in results:
             if isinstance(item, FileError):
                 _file_error(cfg, item, writer)
@@ -228,13 +215,11 @@ def _encode_all(
             progress.tick(writer)
 
 
-def _mark_near(items: Iterator[Batch | FileError], near: Decision) -> Iterator[Batch | FileError]:
-    """Each batch with the rows the near-dedup decision drops marked (workers skip them)."""
-    for item in items:
-        if isinstance(item, Batch):
-            mask = near.mark(item.file_index, item.file_row, item.num_rows)
-            item = dataclasses.replace(item, near_dup=mask)
-        yield item
+def _marker(near: Decision | None) -> Any:
+    """The rows of a batch that the near-dedup decision drops (workers skip them)."""
+    if near is None:
+        return None
+    return lambda info: near.mark(info.file_index, info.file_row, info.num_rows)
 
 
 def _resume_hint(cfg: TokenizeConfig, writer: ShardWriter) -> str:

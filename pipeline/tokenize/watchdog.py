@@ -292,6 +292,9 @@ class MemoryWatchdog:
         self._min_avail = int(min_available_gb * GB) if min_available_gb > 0 else 0
         self._trip: Trip | None = None
         self._peak = 0
+        # memory the process tree holds outside every RSS (shared-memory segments nobody
+        # maps); the caller sets it, and it counts towards max_rss_gb like the rest
+        self.extra: Callable[[], int] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -316,6 +319,8 @@ class MemoryWatchdog:
         """One synchronous sample; the Trip it found (None if within limits)."""
         trip = None
         rss, nproc = tree_rss(self.pid)  # also with the limit off: the peak is reported
+        extra = self.extra
+        rss += extra() if extra is not None else 0
         self._peak = max(self._peak, rss)
         if self._max_rss and rss >= self._max_rss:
             figure = f"resident memory of the stage ({nproc} processes)"

@@ -12,7 +12,7 @@ import pytest
 from model import shards
 from model.errors import InputError
 from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import Batch, FileError, Position
+from pipeline.tokenize.batches import Batch, FileError
 from tests.pipeline.tokenize.tokenize_fixtures import corpus, write_parquet
 
 
@@ -49,9 +49,12 @@ def test_start_position_resumes_at_the_row(tmp_path):
     files = [
         write_parquet(tmp_path / f"{k}.parquet", docs[k * 60 : (k + 1) * 60], 25) for k in (0, 1)
     ]
-    items = list(source.stream(files, "code", [], 30_000, start=Position(1, 1, 7)))
+    items = list(source.read_file(files[1], 1, "code", [], 30_000, start=(1, 7)))
     assert items[0].file_index == 1 and items[0].row_group == 1 and items[0].row == 7
+    assert items[0].file_row == 25 + 7
     assert _docs_of(items) == [d["code"] for d in docs[60 + 25 + 7 :]]
+    one = list(source.read_file(files[1], 1, "code", [], 30_000, start=(1, 7), groups=1))
+    assert _docs_of(one) == [d["code"] for d in docs[60 + 25 + 7 : 60 + 50]]
 
 
 def test_columns_are_read_in_our_order_and_languages_filter(tmp_path):
