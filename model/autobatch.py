@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from model import distributed, memory
+from model import distributed, memory, optim
 from model.errors import ConfigError, ResourceError
 from model.gpt import GPT, GPTConfig
 from model.runtime import maybe_compile, replace, resolve_precision
@@ -61,7 +61,7 @@ def trial(cfg: TrainConfig, device: torch.device, micro_batch: int) -> bool:
     try:
         model = GPT(GPTConfig.from_train(cfg)).to(device)
         optimizer = model.configure_optimizer(
-            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type
+            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type, cfg.optimizer
         )
         scaler = torch.amp.GradScaler(device.type, enabled=precision.uses_scaler)
         compiled = maybe_compile(model, cfg, device)
@@ -69,7 +69,8 @@ def trial(cfg: TrainConfig, device: torch.device, micro_batch: int) -> bool:
         with precision.autocast():
             _, loss = compiled(x, x)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        for opt in optim.parts(optimizer):
+            scaler.step(opt)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad(), precision.autocast():

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model import optim
 from model.loss import auto_chunk, head_cross_entropy
-from model.train_config import Loss
+from model.optim import Optimizers
+from model.train_config import Loss, Optimizer
 
 
 class ModelShape(Protocol):
@@ -283,15 +285,13 @@ class GPT(nn.Module):
         return n
 
     def configure_optimizer(
-        self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str
-    ) -> torch.optim.AdamW:
-        """AdamW; weight decay on matrices and embeddings (dim >= 2), none on biases and LayerNorms."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        # fused kernel: one launch for all parameters instead of a loop over them
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+        self,
+        weight_decay: float,
+        lr: float,
+        betas: tuple[float, float],
+        device_type: str,
+        kind: Optimizer = "adamw",
+    ) -> torch.optim.Optimizer | Optimizers:
+        """AdamW (weight decay on matrices and embeddings, none on biases and LayerNorms), or
+        Muon for the blocks' matrices and AdamW for the rest (model/optim.py)."""
+        return optim.build(self, kind, lr, weight_decay, betas, device_type)

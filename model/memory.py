@@ -8,7 +8,10 @@ s = bytes of the compute dtype (2 under bf16/fp16 autocast, 4 in fp32).
 
 Static (whole run): fp32 weights 4P, fp32 gradients 4P (kept between the
 micro-steps of an accumulation), AdamW exp_avg and exp_avg_sq 8P plus one
-fp32 `step` scalar per parameter tensor. Autocast keeps fp32 weights and
+fp32 `step` scalar per parameter tensor; with `optimizer: muon` the blocks'
+matrices (12 C^2 L) keep one fp32 momentum buffer instead (4 B each, no step).
+Muon's Newton-Schulz temporaries (a few bf16 copies of one matrix at a time)
+live only in the optimizer step, when the activations are gone. Autocast keeps fp32 weights and
 casts on the fly, so there is no separate master copy; the casts of the block
 weights (s * 12 C^2 per layer) are saved for backward.
 
@@ -44,10 +47,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from model.loss import auto_chunk, chunked_cross_entropy, dw_block_rows
+from model.optim import state_bytes as optim_state_bytes
 
 if TYPE_CHECKING:
     from model.gpt import GPTConfig
-    from model.train_config import Loss, TrainConfig
+    from model.train_config import Loss, Optimizer, TrainConfig
 
 GiB = 2**30
 # The CUDA context with cuBLAS handles and lazily loaded kernels (CUDA 12): 300-500 MiB.
@@ -80,6 +84,7 @@ class Workload:
     dtype: str = "bfloat16"  # resolved: bfloat16, float16 or float32
     compile: bool = False
     loss: Loss = "fused"  # fused | lean | plain (model/loss.py)
+    optimizer: Optimizer = "adamw"  # adamw | muon (model/optim.py)
     loss_chunk: int = 0
     dropout: float = 0.0
 
@@ -88,6 +93,8 @@ class Workload:
             raise ValueError(f"dtype must be resolved to one of {sorted(_BYTES)}, got {self.dtype}")
         if self.loss not in ("fused", "lean", "plain"):
             raise ValueError(f"loss must be fused, lean or plain, got {self.loss}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be adamw or muon, got {self.optimizer}")
 
     @property
     def s(self) -> int:
@@ -117,6 +124,7 @@ class Workload:
             dtype=dtype,
             compile=cfg.compile,
             loss=cfg.loss,
+            optimizer=cfg.optimizer,
             loss_chunk=cfg.loss_chunk,
             dropout=cfg.dropout,
         )
@@ -142,9 +150,13 @@ def param_tensors(w: Workload) -> int:
     return 2 + 12 * w.n_layer + 2
 
 
-def adamw_state_bytes(w: Workload) -> int:
-    """exp_avg + exp_avg_sq in fp32 (8 P) and one fp32 `step` scalar per parameter tensor."""
-    return 8 * param_count(w) + 4 * param_tensors(w)
+def optimizer_state_bytes(w: Workload) -> int:
+    """AdamW: exp_avg + exp_avg_sq in fp32 (8 P) and one fp32 `step` scalar per parameter
+    tensor. Muon: a fp32 momentum buffer for each block matrix (4 of them a layer, 12 C^2
+    parameters), AdamW's for the rest."""
+    muon = w.n_layer * 12 * w.n_embd**2 if w.optimizer == "muon" else 0
+    muon_tensors = 4 * w.n_layer if w.optimizer == "muon" else 0
+    return optim_state_bytes(param_count(w), param_tensors(w), muon, muon_tensors)
 
 
 def autocast_copy_bytes(w: Workload) -> int:
@@ -316,13 +328,19 @@ def _loss_peak_pass(w: Workload) -> str:
     return "forward" if w.loss == "fused" else "backward"
 
 
+_STATE_NAMES = {
+    "adamw": "AdamW states (fp32 exp_avg, exp_avg_sq)",
+    "muon": "optimizer states (Muon momentum, AdamW moments)",
+}
+
+
 def estimate(w: Workload, overhead: Overhead) -> Estimate:
     P = param_count(w)
     batch = 16 * w.tokens  # x and y, int64
     parts = {
         "weights (fp32)": 4 * P,
         "gradients (fp32)": 4 * P,
-        "AdamW states (fp32 exp_avg, exp_avg_sq)": adamw_state_bytes(w),
+        _STATE_NAMES[w.optimizer]: optimizer_state_bytes(w),
         "autocast weight casts kept for backward": autocast_copy_bytes(w),
         f"activations kept, {w.n_layer} layers": w.n_layer * layer_activation_bytes(w),
         "activations kept, embeddings and ln_f": trunk_extra_bytes(w) + batch,
@@ -332,7 +350,7 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
         ),
         f"eval pass peak ({w.loss} loss, no_grad)": eval_transient_bytes(w),
     }
-    static = parts["weights (fp32)"] + parts["gradients (fp32)"] + adamw_state_bytes(w)
+    static = parts["weights (fp32)"] + parts["gradients (fp32)"] + optimizer_state_bytes(w)
     # The fused loss peaks in its forward, the others at the start of their backward, both
     # with every activation alive. Late in the backward the embedding's dL/dW (4 V C) meets
     # the head's, waiting in autograd's buffer (4 V C, added in place): higher only for a
@@ -344,7 +362,7 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
     # eval runs after zero_grad(set_to_none=True): no gradients. Autocast caches the
     # casts of parameters until its context exits, in no_grad mode too.
     peak_eval = (
-        4 * P + adamw_state_bytes(w) + batch + autocast_copy_bytes(w) + eval_transient_bytes(w)
+        4 * P + optimizer_state_bytes(w) + batch + autocast_copy_bytes(w) + eval_transient_bytes(w)
     )
     e = Estimate(w, overhead, P, parts, peak_train, peak_eval)
     e.eval_after_train = peak_train + e.fragmentation + eval_largest_tensor(w)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.memory import Workload, adamw_state_bytes, loss_kept_bytes
+from model.memory import Workload, loss_kept_bytes, optimizer_state_bytes
 
 
 def trace_peaks(w: Workload) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
     the CPU device with CPU autocast in the workload's dtype. It is exact
     about the tensors PyTorch creates in eager mode; it does not see
     torch.compile's graphs, CUDA kernels' private workspaces or the
-    allocator's rounding. AdamW states are added from adamw_state_bytes
+    allocator's rounding. Optimizer states are added from optimizer_state_bytes
     (the optimizer step itself does not run), and so are, with compile on,
     the chunk logits the compiled lean loss keeps (loss_kept_bytes).
     """
@@ -58,4 +58,4 @@ def trace_peaks(w: Workload) -> tuple[int, int]:
 
     compiled_extra = loss_kept_bytes(w) - loss_kept_bytes(dataclasses.replace(w, compile=False))
     train, evals = step(True), step(False)
-    return train + adamw_state_bytes(w) + compiled_extra, evals + adamw_state_bytes(w)
+    return train + optimizer_state_bytes(w) + compiled_extra, evals + optimizer_state_bytes(w)

@@ -18,6 +18,8 @@ Device = Literal["auto", "cuda", "cpu"]
 # The head's loss (model/loss.py): fused (gradients made in forward, no recompute), lean
 # (chunked, recomputes the logits in backward) or plain (full logits, for comparison).
 Loss = Literal["fused", "lean", "plain"]
+# AdamW, or Muon for the blocks' matrices and AdamW for the rest (model/optim.py)
+Optimizer = Literal["adamw", "muon"]
 
 MODEL = ("model", "smoke")  # a model-shape key is also part of what smoke proves
 SMOKE = "smoke"
@@ -57,7 +59,13 @@ class TrainConfig(Config):
     min_lr: float = option(6e-5, "learning rate at the end of the cosine")
     warmup_iters: int = option(2000, "linear warmup steps", ge=0)
     max_iters: int = option(427_000, "optimizer steps in the run", ge=1)
-    weight_decay: float = option(0.1, "AdamW weight decay on 2-D weights")
+    optimizer: Optimizer = option(
+        "adamw",
+        "adamw, or muon: torch.optim.Muon for the blocks' 2-D weights, AdamW for the "
+        "embeddings (and tied head), norms and biases (model/optim.py)",
+        affects=SMOKE,
+    )
+    weight_decay: float = option(0.1, "weight decay on 2-D weights (AdamW and Muon)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "max gradient norm; 0 disables")

@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from model import config as configlib
-from model import distributed
+from model import distributed, optim
 from model.checkpoint import (
     CONFIG,
     LOADER,
@@ -97,7 +97,7 @@ class Trainer:
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self.raw_model = GPT(GPTConfig.from_train(cfg)).to(device)
         self.optimizer = self.raw_model.configure_optimizer(
-            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type
+            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type, cfg.optimizer
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.uses_scaler)
         self.compiled: Any = maybe_compile(self.raw_model, cfg, device)
@@ -147,7 +147,8 @@ class Trainer:
         if self.info.enabled:  # the logged loss is the mean over ranks
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= self.info.world_size
-        self.scaler.unscale_(self.optimizer)  # no-op without fp16
+        for opt in optim.parts(self.optimizer):  # the GradScaler's way for several
+            self.scaler.unscale_(opt)  # no-op without fp16
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
         loss_v, norm_v = (float(v) for v in torch.stack([loss_sum, norm.float()]).tolist())
@@ -156,7 +157,8 @@ class Trainer:
         ok = math.isfinite(loss_v) and (math.isfinite(norm_v) or self.scaler.is_enabled())
         if self.scaler.is_enabled():
             if ok:
-                self.scaler.step(self.optimizer)
+                for opt in optim.parts(self.optimizer):
+                    self.scaler.step(opt)
             self.scaler.update()
         elif ok:
             self.optimizer.step()
@@ -204,8 +206,16 @@ class Trainer:
         ckpts = list_checkpoints(self.run_dir)
         if ckpts:
             return ckpts[-1].stat().st_size
+        return self.estimated_checkpoint_bytes()
+
+    def estimated_checkpoint_bytes(self) -> int:
+        """A checkpoint's size from the model and optimizer alone (never under, tested)."""
         n_tensors = len(list(self.raw_model.parameters()))
-        return estimate_bytes(self.raw_model.num_params(), n_tensors)
+        muon = list(optim.muon_params(self.raw_model)) if self.cfg.optimizer == "muon" else []
+        state = optim.state_bytes(
+            self.raw_model.num_params(), n_tensors, sum(p.numel() for _, p in muon), len(muon)
+        )
+        return estimate_bytes(self.raw_model.num_params(), n_tensors, state)
 
     def save(self) -> Path | None:
         state = self.state()
@@ -231,6 +241,12 @@ class Trainer:
             raise StateError(
                 f"{path} has a different model shape ({diffs}); use another out_dir "
                 "or move the old checkpoints away"
+            )
+        was = saved.get("optimizer", "adamw")
+        if was != self.cfg.optimizer:
+            raise StateError(
+                f"{path} was trained with optimizer={was}, this run asks for "
+                f"optimizer={self.cfg.optimizer}; keep optimizer={was}, or use another out_dir"
             )
         self.raw_model.load_state_dict(state[MODEL])
         self.optimizer.load_state_dict(state[OPTIMIZER])

@@ -114,7 +114,9 @@ def _disk(cfg: PlanConfig) -> dict[str, Any]:
     from model.checkpoint import estimate_bytes, free_bytes
 
     w = memory.Workload.from_train(cfg, 1, "float32")  # the shape is all that matters here
-    one = estimate_bytes(memory.param_count(w), memory.param_tensors(w))
+    one = estimate_bytes(
+        memory.param_count(w), memory.param_tensors(w), memory.optimizer_state_bytes(w)
+    )
     return {
         "checkpoint_bytes": one,
         "checkpoints_disk_bytes": (cfg.keep_ckpts + 1) * one,
@@ -224,7 +226,7 @@ def _disk_lines(cfg: PlanConfig, p: dict[str, Any]) -> list[str]:
     verdict = "fits" if need <= free else "DOES NOT FIT: free space or lower keep_ckpts"
     return [
         f"{f'disk of {cfg.out_dir}':<58}{'GiB':>8}",
-        f"  {'one checkpoint (fp32 weights + AdamW moments)':<56}{_gib(p['checkpoint_bytes'])}",
+        f"  {'one checkpoint (fp32 weights + optimizer state)':<56}{_gib(p['checkpoint_bytes'])}",
         f"  {f'keep_ckpts {cfg.keep_ckpts} + the one being written':<56}{_gib(need)}",
         f"  {'free now':<56}{_gib(free)}  {verdict}",
     ]

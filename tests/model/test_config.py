@@ -127,6 +127,7 @@ def test_each_stage_states_what_shapes_its_output_once():
         "micro_batch",
         "grad_accum",
         "batch_size",
+        "optimizer",
         "dtype",
         "compile",
         "device",

@@ -34,9 +34,17 @@ def test_grad_accum_is_split_between_ranks_or_refused() -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_processes_match_one_process(tmp_path: Path, optimizer: str) -> None:
     data = write_tiny_shards(tmp_path / "shards")
-    common = dict(max_iters=6, grad_accum=4, eval_interval=3, ckpt_interval=6, log_interval=1)
+    common = dict(
+        max_iters=6,
+        grad_accum=4,
+        eval_interval=3,
+        ckpt_interval=6,
+        log_interval=1,
+        optimizer=optimizer,
+    )
     one = tiny_values(data, tmp_path / "one", **common)
     two = tiny_values(data, tmp_path / "two", **common)
     config = write_config_yaml(tmp_path / "two.yaml", two)
@@ -61,5 +69,9 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     states = w2[0]["loader"]  # one loader state per rank, one shuffled order for both
     assert len(states) == 2 and all(st["shuffle"] for st in states)
     assert states[0]["served"] == states[1]["served"] == w1[0]["loader"][0]["served"]
+    # Muon orthogonalises in bf16 (torch's Newton-Schulz): the all-reduced gradient's last
+    # fp32 bits move an element's update by a bf16 step, ~lr x 0.2 sqrt(128) x 2^-8 = 9e-5
+    # a step, up to 5e-4 seen after 6; the losses above still agree to 1e-4
+    atol = 1e-5 if optimizer == "adamw" else 2e-3
     for name, t in w1[0][MODEL].items():
-        torch.testing.assert_close(w2[0][MODEL][name], t, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(w2[0][MODEL][name], t, rtol=1e-4, atol=atol)

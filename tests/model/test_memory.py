@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import sys
@@ -61,13 +62,14 @@ def _saved_bytes(model: Any, w: Workload, params: set[int]) -> int:
     return sum(seen.values())
 
 
-def test_params_and_adamw_states_exact() -> None:
-    w = _workload(SHAPES[1])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_params_and_optimizer_states_exact(optimizer: str) -> None:
+    w = dataclasses.replace(_workload(SHAPES[1]), optimizer=optimizer)
     model = _model(w)
     assert model.num_params() == plan.param_count(w)
     assert len(list(model.parameters())) == plan.param_tensors(w)
     assert sum(p.nbytes for p in model.parameters()) == 4 * plan.param_count(w)
-    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer)
     x = torch.randint(0, w.vocab_size, (2, w.block_size))
     _, loss = model(x, x)
     assert loss is not None
@@ -77,7 +79,7 @@ def test_params_and_adamw_states_exact() -> None:
     ) == 4 * plan.param_count(w)
     opt.step()
     state_bytes = sum(t.nbytes for s in opt.state.values() for t in s.values())
-    assert state_bytes == plan.adamw_state_bytes(w)
+    assert state_bytes == plan.optimizer_state_bytes(w)
 
 
 def test_param_count_124m() -> None:

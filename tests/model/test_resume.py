@@ -30,12 +30,19 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path, optimizer: str) -> None:
     data = write_tiny_shards(tmp_path / "shards")
     # log_interval 7 does not divide ckpt_interval 10: a resume starts mid-interval, so the
     # logged interval means need the checkpoint's loss window; shuffle is on (the default)
     values = tiny_values(
-        data, tmp_path / "killed", max_iters=150, ckpt_interval=10, keep_ckpts=2, log_interval=7
+        data,
+        tmp_path / "killed",
+        max_iters=150,
+        ckpt_interval=10,
+        keep_ckpts=2,
+        log_interval=7,
+        optimizer=optimizer,
     )
     assert build(TrainConfig, values).shuffle
     config = write_config_yaml(tmp_path / "killed.yaml", values)
