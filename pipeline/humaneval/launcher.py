@@ -57,8 +57,8 @@ def main(settings: dict[str, Any]) -> NoReturn:
     child = os.fork()
     if child == 0:
         _start_program(settings)
-    with contextlib.suppress(OSError):  # the child does the same: whichever runs first
-        os.setpgid(child, child)
+    # No setpgid(child) here: were it first, the child, then a group leader, could not
+    # setsid. Until it has, it has no children, and _kill_all finds it by pid.
     code = _supervise(child, limits, jail, stopped)
     _kill_all(child, jail)
     os._exit(code)
@@ -109,9 +109,12 @@ def _expose(path: str, target: str) -> None:
 
 
 def _start_program(settings: dict[str, Any]) -> NoReturn:
-    """In the forked child: a group of its own, the limits, no privileges, then exec."""
+    """In the forked child: a session and group of its own, the limits, no privileges, exec.
+
+    A session of its own also leaves it no controlling terminal to type into (TIOCSTI).
+    """
     try:
-        os.setpgid(0, 0)
+        os.setsid()
         os.chdir(settings["workdir"])
         _set_limits(settings["limits"])
         _libc("prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid files give it nothing
