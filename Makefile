@@ -302,7 +302,8 @@ bench: bench-tokenize bench-train bench-sample ## all benchmarks -> docs/benchma
 bench-tokenize: setup ## tokenize rate and peak memory -> docs/benchmarks/tokenize.md
 	cd $(ROOT) && $(PYTHON) bench/tokenize_bench.py $(ARGS)
 
-bench-train: setup ## training step time vs a plain baseline -> docs/benchmarks/train.md
+bench-train: setup ## time to a val loss: a plain loop vs codegpt's losses and Muon -> docs/benchmarks/train.md
+	$(MAKE) $(DEMO) tokenize
 	cd $(ROOT) && $(PYTHON) bench/train_bench.py $(ARGS)
 
 bench-sample: setup ## sampling speed with and without the KV cache -> docs/benchmarks/sample.md

@@ -60,7 +60,8 @@ class Run:
         torch.manual_seed(0)
         self.device = device
         self.model = GPT(GPTConfig(**shape, loss=loss)).to(device)  # plain: the story's head
-        self.opt = self.model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), device.type)
+        # AdamW, as the planner's Workload below assumes by default
+        self.opt = self.model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), device.type, "adamw")
         self.fwd: Any = torch.compile(self.model) if comp else self.model
         self.dtype = (
             torch.bfloat16

@@ -1,17 +1,26 @@
-"""Training speed of the 124M reference on a GPU: micro-batch 4/8/16 x compile on/off, bf16.
+"""Training on a GPU, the 124M reference: time to a val loss, tokens/s, MFU and peak memory.
 
-For each setting: build the real trainer (configs/gpt2-124m.yaml, grad_accum 1
-so one step is one micro-batch), run warm-up steps (compilation happens
-there), then time `--steps` steps, and report ms/step, tokens/s, MFU (from
-model/hardware.py) and peak GPU memory. A setting that runs out of memory is
-reported as OOM and the others go on. Data: random token shards in a
-temporary folder (speed does not depend on the tokens).
+The comparison of `make bench-train` (bench/train_bench.py), for
+configs/gpt2-124m.yaml on one GPU, bf16: the plain loop (nanoGPT's train.py
+reduced to a step: full logits, F.cross_entropy, fused AdamW, torch.compile)
+against codegpt's trainer with each loss (fused, lean, plain) and with Muon.
+Each loop trains `--steps` steps of `--micro-batch` x 1024 tokens from the same
+initial weights on the same shuffled windows of `--data` (the demo shards by
+default: carry data/shards/demo to the machine), one loop after the other
+(a GPU's timing is steady; each loop's peak memory is its own). Every
+`--eval-every` steps each is scored on the same fixed val windows. Reported
+per loop: ms/step (median of the steps after the first `--warmup`, which
+compile), tokens/s, MFU (model/hardware.py's peak for the card), peak GPU
+memory (max_memory_allocated), the val loss at the end, and the training time
+to the plain loop's final val loss (steps timed one by one, compile steps
+counted at the median step; compile time reported on its own).
 
-    .venv/bin/python bench/train_gpu.py                 # on a GPU: the table
-    .venv/bin/python bench/train_gpu.py --tiny          # on the CPU: a tiny model, to know it works
+    .venv/bin/python bench/train_gpu.py                      # on a GPU: the table
+    .venv/bin/python bench/train_gpu.py --tiny --steps 6     # on the CPU: a dry run
     .venv/bin/python bench/train_gpu.py --out docs/benchmarks/train-gpu.md
 
-Prints a markdown table (and writes it with --out) with the device and date.
+`--speed` adds the older table: micro-batch 4/8/16 x compile on/off, codegpt's
+default loop only.
 """
 
 from __future__ import annotations
@@ -19,118 +28,212 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.train_bench import LOOPS, Curve, Loop, build, run_alone, shard_folder  # noqa: E402
 from model.config import load  # noqa: E402
+from model.metrics import MfuMeter  # noqa: E402
 from model.runtime import device_name  # noqa: E402
-from model.shards import write_shard  # noqa: E402
 from model.train_config import TrainConfig  # noqa: E402
-from model.trainer import Trainer  # noqa: E402
-from pipeline.tokenize import manifest  # noqa: E402
 
-TINY = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "device=cpu"]
-
-
-def make_shards(folder: Path, tokens: int) -> Path:
-    rng = np.random.default_rng(0)
-    write_shard(folder, "train", 0, rng.integers(0, 50257, tokens, dtype=np.uint16))
-    write_shard(folder, "val", 0, rng.integers(0, 50257, 100_000, dtype=np.uint16))
-    manifest.write_for_shards(folder, {"name": "random", "n_vocab": 50257})
-    return folder
+CONFIG = REPO / "configs" / "gpt2-124m.yaml"
+TINY = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "vocab_size=512", "eval_iters=2"]
 
 
-def measure(cfg: TrainConfig, run: Path, warmup: int, steps: int) -> dict[str, Any]:
-    device = torch.device("cuda") if cfg.device != "cpu" else torch.device("cpu")
+def overrides(args: argparse.Namespace) -> list[str]:
+    out = [
+        f"micro_batch={args.micro_batch}",
+        "grad_accum=1",
+        f"max_iters={args.steps}",
+        f"warmup_iters={max(1, args.steps // 10)}",
+        f"eval_iters={args.eval_iters}",
+        "dtype=auto",
+        f"compile={not args.tiny}",
+    ]
+    return out + (TINY if args.tiny else [])
+
+
+def mfu_of(loop: Loop, tokens_per_s: float) -> float | None:
+    cfg, model = loop.cfg, loop.model
+    meter = MfuMeter(
+        loop.device,
+        "bfloat16",
+        model.num_params(non_embedding=True),
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.block_size,
+        cfg.peak_tflops,
+    )
+    return meter(tokens_per_s)
+
+
+def race_one(
+    key: str, data: Path, tmp: Path, args: argparse.Namespace, target: float | None
+) -> dict[str, Any]:
+    device = torch.device("cpu" if args.tiny else "cuda")
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    trainer = Trainer(cfg, device, run)
-    for _ in range(warmup):
-        trainer.train_step(cfg.lr)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        result = trainer.train_step(cfg.lr)  # syncs once per step (loss guard)
-    ms = 1000 * (time.perf_counter() - t0) / steps
-    tps = cfg.tokens_per_step * 1000 / ms
-    mfu = trainer.mfu(tps)
-    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del trainer
-    return {"ms": ms, "tokens_per_s": tps, "mfu": mfu, "peak_mem_gb": mem, "loss": result.loss}
+    loop = build(key, data, tmp / "run", overrides(args), CONFIG, device)
+    curve = run_alone(loop, args.steps, args.eval_every, target, int(1.5 * args.steps))
+    warm = curve.ms[: args.warmup]
+    steady = statistics.median(curve.ms[args.warmup :] or curve.ms)
+    compile_s = max(0.0, sum(warm) - steady * len(warm)) / 1000
+    curve.ms[: args.warmup] = [steady] * len(warm)  # compile is not training
+    tok = loop.cfg.tokens_per_step
+    tps = tok * 1000 / steady
+    row = {
+        "key": key,
+        "ms": steady,
+        "tokens_per_s": tps,
+        "mfu": mfu_of(loop, tps) if device.type == "cuda" else None,
+        "peak_gb": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
+        "compile_s": compile_s,
+        "curve": curve,
+    }
+    del loop
+    print(json.dumps({k: v for k, v in row.items() if k != "curve"}), file=sys.stderr, flush=True)
+    return row
+
+
+def speed_table(data: Path, tmp: Path, args: argparse.Namespace) -> list[str]:
+    """codegpt's default loop at micro-batch 4/8/16 x compile on/off: ms/step, MFU, memory."""
+    lines = ["", "| micro-batch | compile | ms/step | tokens/s | MFU | peak memory |"]
+    lines.append("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for mb in (4, 8, 16):
+        for comp in (True, False):
+            extra = [*overrides(args), f"micro_batch={mb}", f"compile={comp and not args.tiny}"]
+            device = torch.device("cpu" if args.tiny else "cuda")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                loop = build("fused", data, tmp / f"speed-{mb}-{comp}", extra, CONFIG, device)
+                times = []
+                for k in range(args.warmup + 10):
+                    t0 = time.perf_counter()
+                    loop.step(k)
+                    times.append(1000 * (time.perf_counter() - t0))
+            except torch.cuda.OutOfMemoryError:
+                lines.append(f"| {mb} | {'on' if comp else 'off'} | OOM | | | |")
+                continue
+            ms = statistics.median(times[args.warmup :])
+            tps = loop.cfg.tokens_per_step * 1000 / ms
+            mfu = mfu_of(loop, tps) if device.type == "cuda" else None
+            mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            lines.append(
+                f"| {mb} | {'on' if comp else 'off'} | {ms:.1f} | {tps:,.0f} | "
+                f"{_pct(mfu)} | {_gb(mem)} |"
+            )
+            del loop
+    return lines
+
+
+def _pct(v: float | None) -> str:
+    return f"{100 * v:.1f}%" if v is not None else "n/a"
+
+
+def _gb(v: float | None) -> str:
+    return f"{v:.2f} GB" if v is not None else "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (a dry run)")
-    ap.add_argument("--micro-batches", default="4,8,16")
-    ap.add_argument("--compile", default="on,off", help="on, off or on,off")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--out", help="also write the markdown table here")
+    ap.add_argument("--data", default="data/shards/demo", help="a shard folder")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--eval-iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3, help="first steps (compile) not timed")
+    ap.add_argument("--loops", default=",".join(k for k, _, _ in LOOPS))
+    ap.add_argument("--speed", action="store_true", help="also the micro-batch x compile table")
+    ap.add_argument("--out", help="also write the markdown here")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print("no CUDA GPU: run on a GPU, or pass --tiny for a CPU dry run", file=sys.stderr)
         return 2
-    rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        data = make_shards(tmp / "shards", 2_000_000 if args.tiny else 20_000_000)
-        for mb in (int(v) for v in args.micro_batches.split(",")):
-            for comp in args.compile.split(","):
-                overrides = [f"data={data}", f"out_dir={tmp / 'run'}", f"micro_batch={mb}"]
-                overrides += ["grad_accum=1", f"compile={comp == 'on'}", "dtype=auto"]
-                overrides += TINY if args.tiny else ["device=cuda"]
-                cfg = load(TrainConfig, REPO / "configs" / "gpt2-124m.yaml", overrides)
-                row: dict[str, Any] = {"micro_batch": mb, "compile": comp}
-                try:
-                    row.update(measure(cfg, tmp / "run", args.warmup, args.steps))
-                except torch.cuda.OutOfMemoryError:
-                    row["oom"] = True
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
-    table = render(rows, args)
-    print(table)
+        if args.tiny:
+            base = load(TrainConfig, CONFIG, [*overrides(args), "device=cpu"])
+            data, desc = shard_folder(base, tmp / "shards", tiny=True)
+        else:
+            data, desc = REPO / args.data, args.data
+            if not (data / "manifest.json").is_file():
+                print(f"no shards in {data}: carry data/shards/demo, or --data", file=sys.stderr)
+                return 2
+        keys = [k for k in args.loops.split(",") if k]
+        rows: list[dict[str, Any]] = []
+        target = None
+        for k in ["plain", *(k for k in keys if k != "plain")] if "plain" in keys else keys:
+            rows.append(race_one(k, data, tmp, args, target))
+            if k == "plain":  # the target the others race to (and past the end, to 1.5x)
+                target = rows[-1]["curve"].evals[-1][1]
+        extra = speed_table(data, tmp, args) if args.speed else []
+    text = render(rows, desc, args) + "\n".join(extra) + "\n"
+    print(text)
     if args.out:
-        Path(args.out).write_text(table, encoding="utf-8")
+        Path(args.out).write_text(text, encoding="utf-8")
     return 0
 
 
-def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def render(rows: list[dict[str, Any]], data: str, args: argparse.Namespace) -> str:
     dev = device_name(torch.device("cuda")) if not args.tiny else "cpu (tiny dry run)"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     model = "tiny (2 x 64, block 64)" if args.tiny else "GPT-2 124M (12 x 768, block 1024)"
+    names = {k: n for k, n, _ in LOOPS}
+    by = {r["key"]: r for r in rows}
+    base = by.get("plain")
+    target = base["curve"].evals[-1][1] if base else None
+    base_s = None
+    if base and target is not None:
+        hit = base["curve"].reaches(target)
+        base_s = base["curve"].seconds_at(hit) if hit is not None else None
     lines = [
-        f"## Training speed: {model} on {dev}",
+        f"## Time to a val loss: {model} on {dev}",
         "",
-        f"{now}, torch {torch.__version__}, dtype auto, grad_accum 1, "
-        f"{args.warmup} warm-up + {args.steps} timed steps; "
-        f"`bench/train_gpu.py{' --tiny' if args.tiny else ''}`",
+        f"{now}, torch {torch.__version__}, bf16 autocast, micro_batch {args.micro_batch} x "
+        f"grad_accum 1, {args.steps} steps, val every {args.eval_every} on {args.eval_iters} "
+        f"fixed batches, data {data}; `bench/train_gpu.py{' --tiny' if args.tiny else ''}`",
+        f"target: the plain loop's val loss after {args.steps} steps"
+        + (f", {target:.4f}" if target is not None else " (not run)"),
         "",
-        "| micro-batch | compile | ms/step | tokens/s | MFU | peak memory |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| loop | ms/step | tokens/s | MFU | peak memory | compile s | val at the last step | "
+        "steps to target | seconds to target | vs plain loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        if r.get("oom"):
-            lines.append(f"| {r['micro_batch']} | {r['compile']} | OOM | | | |")
-            continue
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        mem = f"{r['peak_mem_gb']:.2f} GB" if r["peak_mem_gb"] is not None else "n/a"
+        c: Curve = r["curve"]
+        end = c.loss_at(args.steps)
+        hit = c.reaches(target) if target is not None else None
+        secs = c.seconds_at(hit) if hit is not None else None
+        ratio = f"{secs / base_s:.2f}x" if secs is not None and base_s else "-"
         lines.append(
-            f"| {r['micro_batch']} | {r['compile']} | {r['ms']:.1f} | "
-            f"{r['tokens_per_s']:,.0f} | {mfu} | {mem} |"
+            f"| {names[r['key']]} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {_pct(r['mfu'])} | "
+            f"{_gb(r['peak_gb'])} | {r['compile_s']:.0f} | {end:.4f} | "
+            f"{f'{hit:.0f}' if hit is not None else '-'} | "
+            f"{f'{secs:.1f}' if secs is not None else '-'} | {ratio} |"
         )
-    return "\n".join(lines) + "\n"
+    if base and "fused" in by:
+        speed = by["fused"]["tokens_per_s"] / base["tokens_per_s"]
+        lines += [
+            "",
+            f"codegpt's default step / the plain loop's, tokens/s: {speed:.2f}x (target >= 1.3x)",
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

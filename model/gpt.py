@@ -290,7 +290,7 @@ class GPT(nn.Module):
         lr: float,
         betas: tuple[float, float],
         device_type: str,
-        kind: Optimizer = "adamw",
+        kind: Optimizer,
     ) -> torch.optim.Optimizer | Optimizers:
         """AdamW (weight decay on matrices and embeddings, none on biases and LayerNorms), or
         Muon for the blocks' matrices and AdamW for the rest (model/optim.py)."""

@@ -60,9 +60,9 @@ class TrainConfig(Config):
     warmup_iters: int = option(2000, "linear warmup steps", ge=0)
     max_iters: int = option(427_000, "optimizer steps in the run", ge=1)
     optimizer: Optimizer = option(
-        "adamw",
-        "adamw, or muon: torch.optim.Muon for the blocks' 2-D weights, AdamW for the "
-        "embeddings (and tied head), norms and biases (model/optim.py)",
+        "muon",
+        "muon: torch.optim.Muon for the blocks' 2-D weights, AdamW for the embeddings (and "
+        "tied head), norms and biases; or adamw for all (model/optim.py)",
         affects=SMOKE,
     )
     weight_decay: float = option(0.1, "weight decay on 2-D weights (AdamW and Muon)")

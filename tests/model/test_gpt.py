@@ -137,7 +137,7 @@ def test_one_batch_can_be_overfit():
     torch.manual_seed(1)
     stream = torch.randint(0, 96, (4, 17))
     x, y = stream[:, :-1], stream[:, 1:]
-    opt = m.configure_optimizer(0.0, 3e-3, (0.9, 0.95), "cpu")
+    opt = m.configure_optimizer(0.0, 3e-3, (0.9, 0.95), "cpu", "adamw")
     first = last = float("nan")
     for step in range(150):
         _, loss = m(x, y)
@@ -161,7 +161,7 @@ def test_param_count_124m_on_meta():
 
 def test_optimizer_decays_only_matrices():
     m = _tiny()
-    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu", "adamw")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"])

@@ -67,7 +67,7 @@ def test_the_composite_steps_sets_lr_and_round_trips_its_state() -> None:
 
 def test_a_run_resumed_with_another_optimizer_is_refused_by_name(tmp_path: Path) -> None:
     data = write_tiny_shards(tmp_path / "shards")
-    cfg = tiny_config(data, tmp_path / "run")
+    cfg = tiny_config(data, tmp_path / "run", optimizer="adamw")
     first = Trainer(cfg, torch.device("cpu"), tmp_path / "run")
     first.train_step(cfg.lr)
     first.step = 1

@@ -57,7 +57,8 @@ def test_story_floor_and_the_12_gb_card(capsys: pytest.CaptureFixture[str], tmp_
     assert p["floor_hours"] == pytest.approx(57, abs=1.5)
     assert p["expected_hours"] == pytest.approx(p["floor_hours"] / 0.35)
     assert p["fits"] and p["micro_batch"] == 4
-    plain8 = _plan(capsys, run, "loss=plain", "micro_batch=8", "grad_accum=4")
+    # the story's run: nanoGPT's full-logits loss and AdamW at micro-batch 8 on 12 GB
+    plain8 = _plan(capsys, run, "loss=plain", "optimizer=adamw", "micro_batch=8", "grad_accum=4")
     assert not plain8["fits"]
     assert plain8["eval_largest_tensor_bytes"] / 2**30 == pytest.approx(1.54, abs=0.01)
     lean8 = _plan(capsys, run, "micro_batch=8", "grad_accum=4")
@@ -162,9 +163,12 @@ def test_dtype_auto_follows_the_named_card(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_the_disk_the_checkpoints_need(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    p = _plan(capsys, f"out_dir={tmp_path}", "keep_ckpts=3")
+    p = _plan(capsys, f"out_dir={tmp_path}", "keep_ckpts=3", "optimizer=adamw")
     assert p["checkpoints_disk_bytes"] == 4 * p["checkpoint_bytes"]  # 3 kept + 1 being written
-    assert p["checkpoint_bytes"] == pytest.approx(12 * p["params"], rel=0.01)
+    assert p["checkpoint_bytes"] == pytest.approx(12 * p["params"], rel=0.01)  # 4 P + AdamW's 8 P
+    muon = _plan(capsys, f"out_dir={tmp_path}", "keep_ckpts=3", "optimizer=muon")
+    blocks = 12 * 12 * 768**2  # the 12 layers' matrices: one momentum buffer, not two moments
+    assert muon["checkpoint_bytes"] == pytest.approx(p["checkpoint_bytes"] - 4 * blocks, rel=0.001)
     assert p["disk_free_bytes"] > 0
     assert main(["plan", "gpu_gb=12", RTX_4070, f"out_dir={tmp_path}"]) == 0
     assert "keep_ckpts 3 + the one being written" in capsys.readouterr().out

@@ -1,0 +1,47 @@
+"""bench/train_bench.py, the time-to-loss benchmark, on a tiny model: it runs, and the
+AdamW loops it races (the plain loop, codegpt's three losses) train the same model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_the_time_to_loss_bench_runs_and_its_adamw_loops_agree(tmp_path: Path) -> None:
+    out = tmp_path / "train.md"
+    cmd = [sys.executable, "bench/train_bench.py", "--tiny", "--steps", "8", "--eval-every", "4"]
+    cmd += ["--memory-steps", "1", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {
+        cells[0]: cells
+        for line in out.read_text().splitlines()
+        if line.startswith("| ")
+        and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 8
+    }
+    names = [n for n in rows if n.startswith(("plain loop", "codegpt"))]
+    assert len(names) == 5, rows.keys()
+    finals = {n: float(rows[n][3]) for n in names}
+    adamw = [v for n, v in finals.items() if "Muon" not in n]  # their val loss at step 8
+    assert max(adamw) - min(adamw) < 1e-3, finals  # same updates up to float rounding
+    plain = next(n for n in names if n.startswith("plain loop"))
+    assert rows[plain][6] == "1.00x" and rows[plain][4] == "8"  # the target is its own end
+    assert "time to the target, codegpt's default (fused loss, Muon)" in out.read_text()
+
+
+@pytest.mark.slow
+def test_the_gpu_training_bench_dry_runs_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "train-gpu.md"
+    cmd = [sys.executable, "bench/train_gpu.py", "--tiny", "--steps", "4", "--eval-every", "2"]
+    cmd += ["--warmup", "1", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert text.count("| codegpt, ") == 4 and "| plain loop" in text
+    assert "codegpt's default step / the plain loop's, tokens/s" in text
