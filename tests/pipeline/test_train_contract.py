@@ -8,7 +8,6 @@ a traceback.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 from model.checkpoint import list_checkpoints
 from model.shards import write_shard
 from pipeline.tokenize import manifest
-from tests.conftest import REPO
+from tests.conftest import REPO, tmpfs_or_skip
 from tests.model.train_fixtures import TOKENIZER, tiny_values, write_config_yaml, write_tiny_shards
 
 ENV = {**os.environ, "CODEGPT_SKIP_SMOKE_CHECK": "1", "CODEGPT_LOG": "WARNING"}
@@ -105,20 +104,9 @@ def test_a_second_trainer_on_the_same_run_stops_at_once_naming_the_first(
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def _tmpfs_or_skip(tmp_path: Path) -> None:
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare not available")
-    probe = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k none {tmp_path}"],
-        capture_output=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
-
-
 def _train_on_tmpfs(tmp_path: Path, data: Path, size_k: int, **over: Any) -> tuple[int, str, Path]:
     """Train with out_dir on a size_k KiB tmpfs (a private mount namespace); the run is copied out."""
-    _tmpfs_or_skip(tmp_path)
+    tmpfs_or_skip(tmp_path)
     disk, copy = tmp_path / "disk", tmp_path / "copy"
     disk.mkdir()
     values = tiny_values(data, disk / "run", **over)
@@ -160,7 +148,7 @@ def test_a_disk_too_small_for_one_checkpoint_is_refused_before_any_step(
 def test_torch_zip_writer_failing_on_a_full_disk_is_one_line(tmp_path: Path) -> None:
     """torch.save into a full tmpfs raises RuntimeError('... unexpected pos ...'): reported as
     a full disk with the last good checkpoint, the temporary removed."""
-    _tmpfs_or_skip(tmp_path)
+    tmpfs_or_skip(tmp_path)
     disk = tmp_path / "disk"
     disk.mkdir()
     code = (

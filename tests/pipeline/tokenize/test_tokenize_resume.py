@@ -7,7 +7,6 @@ with an uninterrupted run (shards, shard lists and counts in the manifest).
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import psutil
 import pytest
 
 from pipeline.__main__ import main
+from tests.conftest import tmpfs_or_skip
 from tests.pipeline.tokenize.tokenize_fixtures import (
     REPO,
     args,
@@ -150,14 +150,7 @@ def test_watchdog_stops_cleanly_and_the_rerun_finishes(reference, tmp_path):
 def test_full_disk_stops_cleanly_and_resumes_elsewhere(reference, tmp_path):
     """Output on a 96 KiB tmpfs (a private mount namespace): ENOSPC after a few shards."""
     src, ref = reference
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare not available")
-    probe = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k none {tmp_path}"],
-        capture_output=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    tmpfs_or_skip(tmp_path)
     disk, copy = tmp_path / "disk", tmp_path / "copy"
     disk.mkdir()
     cmd = " ".join([sys.executable, "-m", "pipeline", "tokenize", *args(src, disk / "out", **OPTS)])
