@@ -311,6 +311,15 @@ def _ratios(res: dict[str, dict[str, Any]], cores: int, nbytes: int) -> list[str
             f"({c1['main_cpu']:.2f} / {c1['worker_cpu']:.1f} s) | <= 1/16 | "
             f"{verdict(share <= 1 / 16)} |"
         )
+    c4 = res.get("c4", {})
+    if c1.get("worker_cpu") and c4.get("worker_cpu", 0) > c1["worker_cpu"]:
+        # What a longer run costs per extra input, without the fixed start-up (imports,
+        # schema checks, the pool, the first touch of the shard buffer).
+        main, work = c4["main_cpu"] - c1["main_cpu"], c4["worker_cpu"] - c1["worker_cpu"]
+        out.append(
+            f"| ... the same per extra input, (4x - 1x) | 1/{work / max(main, 1e-9):.1f} "
+            f"({main:.2f} / {work:.1f} s) | <= 1/16 | {verdict(main <= work / 16)} |"
+        )
     if "d1" in res:  # the rules' cost: documents read per second, 1x
         dc = res["c1"]["seconds"] / res["d1"]["seconds"]
         out.append(
