@@ -73,6 +73,7 @@ def nothing_left_behind() -> Iterator[None]:
     left = strays()
     for proc in left:
         proc.kill()
+    psutil.wait_procs(left, timeout=5)  # so that the next test does not start with them
     assert left == []
 
 
@@ -405,7 +406,9 @@ def test_control_the_stray_scan_sees_a_daemon_that_nothing_kills(tmp_path: Path)
     found = strays(TOKEN)
     for proc in found:
         proc.kill()
-    assert len(found) == 1
+    # kill() only sends the signal: without the wait the fixture's scan can still see it
+    psutil.wait_procs(found, timeout=5)
+    assert len(found) == 1 and strays(TOKEN) == []
 
 
 # --- many programs --------------------------------------------------------------------------
