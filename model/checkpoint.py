@@ -274,7 +274,7 @@ def load_for_inference(
         except Exception as e:
             raise InputError(f"{target}: checkpoint does not load ({e}); pick another") from None
     else:
-        raise InputError(f"{target}: no such checkpoint file or run folder")
+        raise InputError(f"{target}: no such checkpoint or run folder; train first (`make train`)")
     cfg = config_from_dict(state[CONFIG])
     model = GPT(GPTConfig.from_train(cfg))
     model.load_state_dict(state[MODEL])

@@ -27,7 +27,6 @@ import numpy as np
 
 from model.atomic import write_text
 from model.config import Config, option
-from model.errors import InputError
 from model.train_config import Device, DType
 
 log = logging.getLogger(__name__)
@@ -59,8 +58,6 @@ def run(cfg: EvalConfig) -> int:
     from model.scoring import Languages, Tally, token_losses
 
     target = Path(cfg.ckpt or cfg.out_dir)
-    if not target.exists():
-        raise InputError(f"{target}: no such checkpoint or run folder; train first (`make train`)")
     model, train_cfg, step = load_for_inference(target)
     device = resolve_device(replace(train_cfg, device=cfg.device))
     precision = resolve_precision(replace(train_cfg, dtype=cfg.dtype), device)

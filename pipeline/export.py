@@ -32,8 +32,6 @@ def run(cfg: ExportConfig) -> int:
     from model.hf_export import export
 
     source = Path(cfg.ckpt or cfg.out_dir)
-    if not source.exists():
-        raise InputError(f"{source}: no such checkpoint or run folder; train first (`make train`)")
     model, train_cfg, step = load_for_inference(source)
     if train_cfg.vocab_size < 50257:
         raise InputError(

@@ -114,9 +114,14 @@ def test_max_tokens_scores_windows_spread_over_the_split(scored: tuple[Path, Pat
     assert result["tokens_scored"] == 640 and not result["whole_split"]
 
 
-def test_no_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["eval", f"out_dir={tmp_path / 'nothing'}"]) == 2
-    assert "train first" in capsys.readouterr().err
+@pytest.mark.parametrize("stage", ["eval", "export", "humaneval"])
+def test_no_run_is_one_line(stage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each stage that loads a trained model says the same when there is none."""
+    assert main([stage, f"out_dir={tmp_path / 'nothing'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith(
+        "no such checkpoint or run folder; train first (`make train`)"
+    )
 
 
 def test_training_logs_the_val_loss_per_language_and_plot_and_report_show_it(
