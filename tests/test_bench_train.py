@@ -12,13 +12,17 @@ import pytest
 from tests.conftest import REPO
 
 
+def run_bench(script: str, out: Path, *args: str) -> None:
+    """`python bench/<script> --tiny ARGS --out OUT`, which must succeed."""
+    cmd = [sys.executable, f"bench/{script}", "--tiny", *args, "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_the_time_to_loss_bench_runs_and_its_adamw_loops_agree(tmp_path: Path) -> None:
     out = tmp_path / "train.md"
-    cmd = [sys.executable, "bench/train_bench.py", "--tiny", "--steps", "8", "--eval-every", "4"]
-    cmd += ["--memory-steps", "1", "--out", str(out)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench("train_bench.py", out, "--steps", "8", "--eval-every", "4", "--memory-steps", "1")
     rows = {
         cells[0]: cells
         for line in out.read_text().splitlines()
@@ -38,10 +42,7 @@ def test_the_time_to_loss_bench_runs_and_its_adamw_loops_agree(tmp_path: Path) -
 @pytest.mark.slow
 def test_the_gpu_training_bench_dry_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "train-gpu.md"
-    cmd = [sys.executable, "bench/train_gpu.py", "--tiny", "--steps", "4", "--eval-every", "2"]
-    cmd += ["--warmup", "1", "--out", str(out)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench("train_gpu.py", out, "--steps", "4", "--eval-every", "2", "--warmup", "1")
     text = out.read_text()
     assert text.count("| codegpt, ") == 4 and "| plain loop" in text
     assert "codegpt's default step / the plain loop's, tokens/s" in text
