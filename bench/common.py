@@ -30,7 +30,7 @@ def _rollup(pid: int) -> tuple[int, int]:
             f[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         return 0, 0
-    shmem = f.get("Shared_Shmem", 0)  # not in smaps_rollup: estimated from the status file
+    shmem = 0  # smaps_rollup has no shared-memory RSS line: the status file does
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("RssShmem:"):

@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         curves = race(loops, steps, args.eval_every)  # no warm-up step: it would train
         target = curves["plain"].evals[-1][1]
         extend(loops, curves, target, int(args.cap * steps), args.eval_every)
-    passthrough = [a for a in argv if a.startswith("--tiny")]
+    passthrough = ["--memory-steps", str(args.memory_steps)] + (["--tiny"] if args.tiny else [])
     memory = {k: memory_of(k, passthrough) for k, _, _ in LOOPS}
     report = render(base, data_desc, steps, curves, memory, args)
     print(report)

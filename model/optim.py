@@ -83,11 +83,11 @@ def _decay_groups(params: Sequence[torch.Tensor], weight_decay: float) -> list[d
     ]
 
 
-def muon_params(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
-    """The 2-D weights of the transformer blocks (`transformer.h.*`), by name."""
+def muon_params(model: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
+    """The 2-D weights of the transformer blocks (`transformer.h.*`)."""
     for name, p in model.named_parameters():
         if p.requires_grad and p.dim() == 2 and name.startswith("transformer.h."):
-            yield name, p
+            yield p
 
 
 def build(
@@ -104,7 +104,7 @@ def build(
         return _adamw(_decay_groups(params, weight_decay), lr, betas, device_type)
     if kind != "muon":
         raise ValueError(f"optimizer must be adamw or muon, got {kind!r}")
-    matrices: list[torch.Tensor] = [p for _, p in muon_params(model)]
+    matrices: list[torch.Tensor] = list(muon_params(model))
     chosen = {id(p) for p in matrices}
     rest = [p for p in params if id(p) not in chosen]
     muon = torch.optim.Muon(

@@ -213,7 +213,7 @@ class Trainer:
         n_tensors = len(list(self.raw_model.parameters()))
         muon = list(optim.muon_params(self.raw_model)) if self.cfg.optimizer == "muon" else []
         state = optim.state_bytes(
-            self.raw_model.num_params(), n_tensors, sum(p.numel() for _, p in muon), len(muon)
+            self.raw_model.num_params(), n_tensors, sum(p.numel() for p in muon), len(muon)
         )
         return estimate_bytes(self.raw_model.num_params(), n_tensors, state)
 
@@ -371,7 +371,7 @@ class Trainer:
         if self.info.is_main:
             tokens = self.step * self.cfg.tokens_per_step
             rec: dict[str, Any] = {"step": self.step, "val_loss": val.loss, "tokens": tokens}
-            if len(val.by_language) > 1:  # one slot means no document index
+            if len(val.by_language) > 1:  # with one language it is val_loss again
                 rec["val_by_language"] = {k: round(v, 5) for k, v in val.by_language.items()}
             self.metrics.append(rec)
             shown = ", ".join(f"{k} {v:.3f}" for k, v in list(val.by_language.items())[:4])
