@@ -200,27 +200,32 @@ def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
         flow.inflight += nbytes
 
 
+def _next_decode(flow: _Flow, dog: MemoryWatchdog) -> tuple[Any, int]:
+    """The oldest decode's result and its bytes. It leaves flow.decodes only once its result
+    is in: should waiting fail (a dead pool, a worker's error), _release_all still finds
+    its segment by name."""
+    _fi, _name, nbytes, fut = flow.decodes[0]
+    d = fut if isinstance(fut, FileError) else _result(fut, dog)
+    flow.decodes.popleft()
+    return d, nbytes
+
+
 def _unfold(src: Source, flow: _Flow, pool: _Pool, dog: MemoryWatchdog, groups: _Groups) -> None:
     """The oldest decode's result: its ranges handed out, or its FileError passed on."""
-    _fi, _name, nbytes, fut = flow.decodes.popleft()
-    d = fut if isinstance(fut, FileError) else _result(fut, dog)
+    d, nbytes = _next_decode(flow, dog)
     if isinstance(d, FileError):
         flow.inflight -= nbytes
         flow.pending.append((d, None, None))
         groups.skip_file(d.file_index)
         while flow.decodes and flow.decodes[0][0] == d.file_index:  # the rest of that file
-            _, _, more, f = flow.decodes.popleft()
+            extra, more = _next_decode(flow, dog)
             flow.inflight -= more
-            extra = f if isinstance(f, FileError) else _result(f, dog)
             if isinstance(extra, reading.Decoded):
                 reading.release(extra.shm)
         return
     spans = reading.ranges(d, src.batch_bytes)
+    assert spans, "a decode starts at a row its row group has (_Groups._walk)"
     flow.sizes[d.shm] = nbytes
-    if not spans:
-        flow.inflight -= nbytes
-        reading.release(d.shm)
-        return
     flow.live[d.shm] = len(spans)
     for a, b in spans:
         t = reading.task(d, a, b, None)

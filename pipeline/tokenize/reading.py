@@ -119,6 +119,10 @@ def decode_group(
             parts.append((dataclasses.replace(item, text=_no_data(item.text)), pos))
             pos += len(data)
         name = shm.name
+    except BaseException:  # a full /dev/shm while growing, or any error: leave no segment
+        with contextlib.suppress(FileNotFoundError):
+            shm.unlink()
+        raise
     finally:
         shm.close()
         # pyarrow's allocator (mimalloc) keeps the decoded pages (~170 MB for a 250 MB row

@@ -110,6 +110,29 @@ def test_a_column_that_decodes_larger_than_its_footer_says_grows_its_segment(
     assert not {s for s in _segments() if s.startswith(name)}
 
 
+def test_a_full_dev_shm_while_growing_leaves_no_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grown copy cannot be made (ShmFull, as from a full /dev/shm): the first segment
+    must go too, or it would hold its RAM until the next reboot."""
+    docs = [dict(d, code="x = 1\n" * 800) for d in corpus(200)]  # grows, as in the test above
+    f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=200)
+    layout = source.survey([f], "code", [], "fail")[0]
+    assert not isinstance(layout, str)
+    real = reading._create
+
+    def create(name: str, size: int):  # type: ignore[no-untyped-def]
+        if "." in name:  # the grown copy
+            raise reading.ShmFull("/dev/shm has 0 MiB free (test)")
+        return real(name, size)
+
+    monkeypatch.setattr(reading, "_create", create)
+    name = f"codegpt-test-{os.getpid()}-full"
+    with pytest.raises(reading.ShmFull):
+        reading.decode_group(f, 0, 0, 0, "code", [], layout.groups[0][1], name)
+    assert not {s for s in _segments() if s.startswith(name)}
+
+
 def test_a_read_stopped_half_way_leaves_no_segment(tmp_path: Path) -> None:
     docs = corpus(400)
     files = [write_parquet(tmp_path / f"{k}.parquet", docs[k::4], 20) for k in range(4)]
