@@ -9,10 +9,28 @@ file is removed and the error propagates.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from model.errors import CodegptError, ResourceError, StateError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room: free space, then rerun
+
+
+def write_error(e: OSError, out: Path, kept: str) -> CodegptError:
+    """An OSError while writing into `out` as the one-line error a stage exits with: a
+    full disk is a resource stop (exit 3; `kept` says what stays for the rerun to resume
+    from), anything else a folder that cannot be written."""
+    where = e.filename or str(out)
+    if e.errno in DISK_FULL:
+        return ResourceError(
+            f"disk full writing {where} ({e.strerror}); {kept}: "
+            "free space, then rerun the same command to resume"
+        )
+    return StateError(f"cannot write {where} ({e.strerror}); fix the output folder and rerun")
 
 
 def fsync_dir(folder: Path) -> None:

@@ -28,7 +28,6 @@ save is even tried.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import random
 import re
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.atomic import write_atomically
+from model.atomic import DISK_FULL, write_atomically
 from model.errors import InputError, ResourceError
 
 if TYPE_CHECKING:
@@ -61,7 +60,6 @@ FORMAT_VERSION = 1
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 _TMP_PREFIX = ".tmp-"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # torch.save's zip writer turns a failed write into a RuntimeError, e.g. "[enforce fail at
 # inline_container.cc:672] . unexpected pos 123 vs 456" or "PytorchStreamWriter failed writing"
 _ZIP_WRITER_FAILED = ("inline_container", "PytorchStreamWriter", "unexpected pos")

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from model import distributed
+from model.atomic import DISK_FULL
 from model.autobatch import resolve_config
-from model.checkpoint import DISK_FULL, check_space, disk_full
+from model.checkpoint import check_space, disk_full
 from model.distributed import DistInfo
 from model.lock import exclusive
 from model.rundir import check_smoke_stamp, write_config

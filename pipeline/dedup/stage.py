@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from model import config as configlib
+from model.atomic import write_error
 from model.config import option
 from model.errors import InputError, StateError
 from model.lock import exclusive
@@ -91,7 +92,10 @@ def run(cfg: DedupConfig) -> int:
     files = source.list_inputs(cfg.input)
     infos = source.survey(files, cfg.text_column, cfg.languages, cfg.on_error)
     with exclusive(out, "dedup"):
-        return _dedup(cfg, out, files, infos)
+        try:
+            return _dedup(cfg, out, files, infos)
+        except OSError as e:  # reading errors became FileError items: this is the output side
+            raise write_error(e, out, f"the work so far is kept in {out}") from None
 
 
 def _dedup(cfg: DedupConfig, out: Path, files: list[Path], infos: list[Any]) -> int:
@@ -238,14 +242,15 @@ def _cluster(
                 yield chunk
 
     root = components(int(offsets[-1]), chunks)
+    dog.check(f"rerun the same command to redo the clustering in {parts.folder}")
     edge_file.unlink()
-    dense = np.flatnonzero(root != np.arange(len(root)))
+    dense = np.flatnonzero(root != np.arange(len(root), dtype=root.dtype))
     files = np.searchsorted(offsets, dense, side="right") - 1
     ids = (files.astype(np.uint64) << np.uint64(decision.ROW_BITS)) + (
         dense - offsets[files]
     ).astype(np.uint64)
-    members = np.bincount(root.astype(np.int64), minlength=len(root))
-    summary = {"dropped": len(dense), "clusters": int((members > 1).sum())}
+    # a cluster of two or more is a root that some dropped row points to
+    summary = {"dropped": len(dense), "clusters": len(np.unique(root[dense]))}
     return ids, summary
 
 

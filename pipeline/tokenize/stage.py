@@ -20,7 +20,6 @@ resume (rerun the same command).
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ from typing import Any, Literal
 
 from model import config as configlib
 from model import shards, tokenizer
+from model.atomic import write_error
 from model.config import option
-from model.errors import InputError, ResourceError, StateError
+from model.errors import InputError, StateError
 from model.lock import exclusive
 from pipeline.dedup import decision
 from pipeline.dedup.decision import Decision
@@ -46,7 +46,6 @@ from pipeline.tokenize.writer import ShardWriter
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/tokenize.yaml"
-DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass(kw_only=True)
@@ -182,13 +181,7 @@ def _tokenize(
 
 def _write_error(e: OSError, out: Path, writer: ShardWriter | None) -> Exception:
     kept = writer.complete_shards() if writer is not None else 0
-    where = f"{e.filename}" if e.filename else str(out)
-    if e.errno in DISK_FULL:
-        return ResourceError(
-            f"disk full writing {where} ({e.strerror}); {kept} complete shards kept in {out}: "
-            "free space, then rerun the same command to resume"
-        )
-    return StateError(f"cannot write {where} ({e.strerror}); fix the output folder and rerun")
+    return write_error(e, out, f"{kept} complete shards kept in {out}")
 
 
 def _encode_all(

@@ -19,7 +19,7 @@ from pipeline.__main__ import main
 from pipeline.dedup import decision
 from pipeline.dedup.buckets import EDGE, components
 from pipeline.dedup.minhash import MinHasher, Params, jaccard, lsh_bands
-from tests.conftest import REPO
+from tests.conftest import REPO, tmpfs_or_skip
 from tests.pipeline.tokenize.tokenize_fixtures import RULES_OFF, corpus, make_input, tokenize
 
 # tokenize with the dedup stage's (default) rules, and exact dedup off to see near-dups alone
@@ -111,11 +111,6 @@ def dropped_rows(out: Path) -> set[int]:
 def test_near_copies_are_found_unrelated_files_kept_first_one_kept(tmp_path: Path) -> None:
     docs, copies, originals = near_copies()
     src = make_input(tmp_path / "in", docs, files=1, row_group_size=50)
-    for i in copies:
-        assert (
-            0.7 < jaccard(docs[i]["code"].encode(), docs[next(iter(originals))]["code"].encode())
-            or True
-        )
     out = tmp_path / "out"
     assert main(["dedup", *dedup_args(src, out)]) == 0
     gone = dropped_rows(out)
@@ -200,3 +195,28 @@ def test_sigkill_in_the_middle_then_rerun_gives_the_same_decision(tmp_path: Path
     a = json.loads((out / decision.STATE).read_text())
     b = json.loads((ref / decision.STATE).read_text())
     assert a["counts"] == b["counts"] and a["sha256"] == b["sha256"]
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_elsewhere_resumes(tmp_path: Path) -> None:
+    """Output on a 48 KiB tmpfs (a private mount namespace): ENOSPC while signing."""
+    docs, _, _ = near_copies()
+    src = make_input(tmp_path / "in", docs * 3, files=4, row_group_size=20)
+    ref = tmp_path / "ref"
+    assert main(["dedup", *dedup_args(src, ref)]) == 0
+    tmpfs_or_skip(tmp_path)
+    disk, copy = tmp_path / "disk", tmp_path / "copy"
+    disk.mkdir()
+    opts = dedup_args(src, disk / "out", checkpoint_mb=0.001)
+    cmd = " ".join([sys.executable, "-m", "pipeline", "dedup", *opts])
+    script = (
+        f"mount -t tmpfs -o size=48k none {disk} && cd {REPO} && "
+        f"{{ {cmd} 2>{tmp_path}/err; echo $? > {tmp_path}/rc; }}; cp -a {disk}/out {copy}"
+    )
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=120)
+    err = (tmp_path / "err").read_text().strip().splitlines()
+    assert int((tmp_path / "rc").read_text()) == 3, err
+    assert err[-1].startswith("codegpt dedup: error: disk full writing"), err[-1]
+    assert "rerun the same command to resume" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert main(["dedup", *dedup_args(src, copy)]) == 0
+    assert (copy / decision.DROPPED).read_bytes() == (ref / decision.DROPPED).read_bytes()
