@@ -70,8 +70,8 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Params:
     num_perm: int = 128
-    bands: int = 9
-    rows: int = 13
+    bands: int = 14  # lsh_bands(0.7, 128), the stage's default threshold
+    rows: int = 9
     shingle: int = 5
 
     def __post_init__(self) -> None:

@@ -45,9 +45,8 @@ def _partial(folder: Path, index: int) -> Path:
 class DocIndex:
     """The open records (documents reaching into the unfinished val shard), and their ids.
 
-    Records get ids in the order they are added (one per val document, input order);
-    `upto(batch_id)` style counts let a checkpoint persist exactly the documents before
-    its resume position.
+    Records get ids in the order they are added (one per val document, input order), so a
+    checkpoint persists exactly the documents before its resume position by their count.
     """
 
     def __init__(self, folder: Path, shard_tokens: int) -> None:

@@ -259,7 +259,7 @@ def read_file(
     try:
         pf = open_checked(path, text_column, languages)
     except READ_ERRORS as e:
-        yield FileError(file_index, str(path), 0, None, _one_line(e))
+        yield FileError(file_index, str(path), group, None, _one_line(e))
         return
     cols = columns_for(text_column, has_language(pf))
     md = pf.metadata

@@ -2,10 +2,10 @@
 
     python -m pipeline tokenize --config configs/tokenize.yaml [key=value ...]
 
-The main process streams batches (bounded by bytes) from the sorted input
-files (source.py), has a pool of worker processes encode them (pool.py,
-worker.py) and consumes the results in input order, so the shards are the
-same bytes for any worker count. The writer (writer.py) copies each result
+The main process hands out the sorted input files' row groups and row ranges
+to a pool of worker processes that read, decode and encode them (pool.py,
+reading.py, worker.py) and consumes the results in input order, so the shards
+are the same bytes for any worker count. The writer (writer.py) copies each result
 into one preallocated uint16 buffer per split and writes a shard when a
 buffer is full (model/shards.py: temporary name, fsync, rename). After every
 shard the manifest (manifest.py) records the resume position and the

@@ -56,6 +56,7 @@ def test_signatures_estimate_jaccard() -> None:
 
 def test_lsh_bands_put_the_s_curve_at_the_threshold() -> None:
     bands, rows = lsh_bands(0.7, 128)
+    assert (Params().bands, Params().rows) == (bands, rows)  # the defaults are this choice
     assert bands * rows <= 128 and abs(Params(128, bands, rows).threshold - 0.7) < 0.06
     p = lambda s: 1 - (1 - s**rows) ** bands  # noqa: E731
     assert p(0.9) > 0.99 and p(0.5) < 0.05
