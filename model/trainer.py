@@ -174,8 +174,11 @@ class Trainer:
         sums = torch.zeros(2, len(langs.names), dtype=torch.float64, device=self.device)
         for i in range(self.val_set.iters):
             x, y = self.val_set.batch(i)
+            # the plain loss evaluates as nanoGPT does, on all the logits at once (what the
+            # planner counts for it, model/memory.py); the others a chunk at a time
+            chunk = x.numel() if self.cfg.loss == "plain" else self.cfg.loss_chunk
             with self.precision.autocast():
-                losses = token_losses(self.raw_model, x, y, self.cfg.loss_chunk)  # (B, T)
+                losses = token_losses(self.raw_model, x, y, chunk)  # (B, T)
             slots = torch.from_numpy(langs.of(self.val_set.positions(i))).to(self.device)
             sums[0].index_add_(0, slots.view(-1), losses.view(-1).double())
             sums[1].index_add_(0, slots.view(-1), torch.ones_like(losses).view(-1).double())

@@ -77,6 +77,30 @@ def test_eval_reads_the_same_batches_every_time(shards: Path, tmp_path: Path) ->
     assert trainer.evaluate() == trainer.evaluate()
 
 
+def test_the_plain_loss_evaluates_on_all_logits_at_once_and_agrees(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loss=plain is the nanoGPT comparison: its eval makes the full (B*T, V) logits, as
+    the planner counts for it; the value is the chunked losses' value."""
+    import model.trainer as trainer_module
+
+    chunks: list[int] = []
+    real = trainer_module.token_losses
+
+    def recording(model: Any, x: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        chunks.append(chunk)
+        return real(model, x, y, chunk)
+
+    monkeypatch.setattr(trainer_module, "token_losses", recording)
+    fused = Trainer(tiny_config(shards, tmp_path / "f", loss="fused", loss_chunk=7), CPU, tmp_path)
+    plain = Trainer(tiny_config(shards, tmp_path / "p", loss="plain"), CPU, tmp_path)
+    plain.raw_model.load_state_dict(fused.raw_model.state_dict())
+    a, b = fused.evaluate(), plain.evaluate()
+    n = plain.cfg.micro_batch * plain.cfg.block_size
+    assert set(chunks) == {7, n}
+    assert abs(a.loss - b.loss) < 1e-5
+
+
 def _poison(trainer: Trainer, bad_calls: set[int]) -> None:
     """Make the forward pass return a NaN loss on the given call numbers."""
     forward = trainer.raw_model.forward
