@@ -13,8 +13,7 @@ import numpy as np
 from pipeline.dedup.minhash import MinHasher, Params
 from pipeline.tokenize.batches import Batch, Rules
 from pipeline.tokenize.lifeline import exit_with
-from pipeline.tokenize.rules import early_status, verdict
-from pipeline.tokenize.worker import decode
+from pipeline.tokenize.rules import status_of
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,7 @@ def sign_batch(batch: Batch, rules: Rules, params: Params) -> Signed:
     rows: list[int] = []
     keys: list[np.ndarray] = []
     for i in range(n):
-        status[i] = early_status(batch, i, int(nbytes[i]), rules)
-        if status[i]:
-            continue
-        raw = batch.text.value(i)
-        status[i] = verdict(raw, decode(raw)[0], rules)
+        status[i], raw, _text, _replaced = status_of(batch, i, int(nbytes[i]), rules)
         if status[i]:
             continue
         sig = hasher.signature(raw)

@@ -119,6 +119,25 @@ def verdict(raw: bytes, text: str, rules: Rules) -> int:
     return 0
 
 
+def decode(raw: bytes) -> tuple[str, bool]:
+    """UTF-8 text; invalid bytes (lone surrogates included) become U+FFFD, flagged."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), True
+
+
+def status_of(batch: Batch, i: int, nbytes: int, rules: Rules) -> tuple[int, bytes, str, bool]:
+    """Row i through the rules in STATUS order: (status, its bytes, its text, whether
+    invalid UTF-8 was replaced); status 0 keeps it. What tokenize and dedup both apply."""
+    early = early_status(batch, i, nbytes, rules)
+    if early:
+        return early, b"", "", False
+    raw = batch.text.value(i)
+    text, replaced = decode(raw)
+    return verdict(raw, text, rules), raw, text, replaced
+
+
 def digest(raw: bytes) -> int:
     """The exact-dedup hash: blake2b-64 of the bytes without ASCII whitespace."""
     stripped = raw.translate(None, _WHITESPACE)

@@ -16,7 +16,7 @@ from model import tokenizer
 from pipeline.tokenize import rules as _rules
 from pipeline.tokenize.batches import STATUS, TRAIN, VAL, Batch, Encoded, Rules
 from pipeline.tokenize.lifeline import exit_with
-from pipeline.tokenize.rules import early_status, verdict
+from pipeline.tokenize.rules import status_of
 
 _NO_SPECIAL: frozenset[str] = frozenset()  # `<|endoftext|>` in code is plain text
 _TOKENIZER_ERROR = STATUS.index("tokenizer_error")
@@ -31,14 +31,6 @@ def split_of(repo: bytes, threshold: int) -> int:
     """Stable across processes and runs (unlike hash()): blake2b of the repo name."""
     h = int.from_bytes(hashlib.blake2b(repo, digest_size=8).digest(), "big")
     return VAL if h < threshold else TRAIN
-
-
-def decode(raw: bytes) -> tuple[str, bool]:
-    """UTF-8 text; invalid bytes (lone surrogates included) become U+FFFD, flagged."""
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace"), True
 
 
 def encode_doc(text: str) -> np.ndarray | None:
@@ -73,13 +65,7 @@ def encode_batch(batch: Batch, rules: Rules, threshold: int) -> Encoded:
     digest = np.zeros(n, dtype=np.uint64)
     parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     for i in range(n):
-        early = early_status(batch, i, int(nbytes[i]), rules)
-        if early:
-            status[i] = early
-            continue
-        raw = batch.text.value(i)
-        text, replaced[i] = decode(raw)
-        status[i] = verdict(raw, text, rules)
+        status[i], raw, text, replaced[i] = status_of(batch, i, int(nbytes[i]), rules)
         if status[i]:
             continue
         if rules.digest:
