@@ -38,7 +38,8 @@ def index_name(index: int) -> str:
     return shards.shard_name("val", index).removesuffix(".npy") + SUFFIX
 
 
-def _partial(folder: Path, index: int) -> Path:
+def partial_path(folder: Path, index: int) -> Path:
+    """The val shard's document records not yet in a finished index file."""
     return Path(folder) / (shards.shard_name("val", index).removesuffix(".npy") + ".docs.partial")
 
 
@@ -97,13 +98,13 @@ class DocIndex:
         n = max(0, min(upto_id - self.first_id, len(self.open)))
         if n > self.persisted:
             new = self.open[self.persisted : n]
-            manifest.append_items(_partial(self.folder, self.shard), new, self.persisted)
+            manifest.append_items(partial_path(self.folder, self.shard), new, self.persisted)
             self.persisted = n
 
     def restore(self, shard: int, count: int, stream: int) -> None:
         self.shard, self.stream, self.persisted = shard, stream, count
         if count:
-            self.open = manifest.load_items(_partial(self.folder, shard), _OPEN, count)
+            self.open = manifest.load_items(partial_path(self.folder, shard), _OPEN, count)
 
     def remove_partial(self, shard: int) -> None:
-        _partial(self.folder, shard).unlink(missing_ok=True)
+        partial_path(self.folder, shard).unlink(missing_ok=True)

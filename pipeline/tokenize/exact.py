@@ -44,13 +44,6 @@ class Seen:
         self.count = 0  # digests in the set
         self.persisted = 0  # of which in the file
 
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for r in self.runs) + sum(x.nbytes for x in self.log)
-
-    def __contains__(self, digest: int) -> bool:
-        return bool(self._contains(np.array([digest], dtype=np.uint64))[0])
-
     def _contains(self, d: np.ndarray) -> np.ndarray:
         found = np.zeros(len(d), dtype=bool)
         for run in self.runs:

@@ -19,7 +19,6 @@ no pool: the same code runs in this process.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import multiprocessing
 import os
 from collections import deque
@@ -287,7 +286,7 @@ class _Pool:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | Any:
         if self.executor is None:
-            return functools.partial(fn, *args)()
+            return fn(*args)
         return self.executor.submit(fn, *args)
 
     def stop(self, clean: bool) -> None:

@@ -30,7 +30,7 @@ from model.errors import StateError
 from pipeline.tokenize import manifest
 from pipeline.tokenize.batches import VAL, BatchInfo, Encoded, FileError, Position
 from pipeline.tokenize.counts import Counts
-from pipeline.tokenize.docindex import DocIndex
+from pipeline.tokenize.docindex import DocIndex, partial_path
 from pipeline.tokenize.exact import Seen
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class ShardWriter:
             self.seen.restore(int(old.get("dedup_digests", 0)))
         val_shards = len(old["shards"]["val"])
         self.docs.restore(val_shards, int(old.get("partial_docs", 0)), int(c["tokens"]["val"]))
-        keep = {self.docs_partial(val_shards)}
+        keep = {partial_path(self.out, val_shards)}
         for sb in self.splits:
             sb.shards = list(old["shards"][sb.name])
             for e in sb.shards:
@@ -131,9 +131,6 @@ class ShardWriter:
 
     def complete_shards(self) -> int:
         return sum(sb.index for sb in self.splits)
-
-    def docs_partial(self, index: int) -> Path:
-        return self.out / (shards.shard_name("val", index).removesuffix(".npy") + ".docs.partial")
 
     # ------------------------------------------------------------ consuming
 
