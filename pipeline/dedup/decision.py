@@ -26,6 +26,7 @@ import numpy as np
 
 from model.atomic import write_atomically, write_text
 from model.errors import InputError, StateError
+from pipeline.tokenize import manifest
 
 STATE = "dedup.json"
 DROPPED = "near_duplicates.npy"
@@ -91,16 +92,13 @@ def load(folder: Path, inputs: list[dict[str, Any]], rules: dict[str, Any]) -> D
     fix = f"run `make dedup` (or python -m pipeline dedup) for this input and output={folder}"
     if state is None or not state.get("complete"):
         raise StateError(f"{folder / STATE}: no finished near-dedup decision; {fix}")
-    if [(e["path"], e["size"], e["mtime_ns"]) for e in state["inputs"]] != [
-        (e["path"], e["size"], e["mtime_ns"]) for e in inputs
-    ]:
-        raise StateError(f"{folder / STATE} was made for other input files; {fix}")
-    changed = [
-        k for k in sorted(set(rules) | set(state["rules"])) if state["rules"].get(k) != rules.get(k)
-    ]
+    # the rules as "settings": tokenize's rule keys must be the ones the decision applied
+    made = {"inputs": state["inputs"], "settings": state["rules"]}
+    changed = manifest.differences(made, inputs, rules, None)
     if changed:
-        shown = ", ".join(f"{k} {state['rules'].get(k)!r} -> {rules.get(k)!r}" for k in changed)
-        raise StateError(f"{folder / STATE} was made with other rules ({shown}); {fix}")
+        raise StateError(
+            f"{folder / STATE} was made for other inputs or rules ({'; '.join(changed[:5])}); {fix}"
+        )
     path = folder / DROPPED
     try:
         dropped = np.load(path, allow_pickle=False)
