@@ -171,6 +171,15 @@ class Windows:
             i += 1
         return out
 
+    def spread(self, n: int) -> np.ndarray:
+        """n window indices evenly over [0, count); with fewer windows some repeat."""
+        return (np.arange(n, dtype=np.int64) * self.count) // n
+
+    def targets(self, windows: np.ndarray) -> np.ndarray:
+        """(len(windows), T): the stream position of each target (window k's targets are
+        tokens k T + 1 .. k T + T)."""
+        return windows[:, None] * self.T + 1 + np.arange(self.T)[None, :]
+
     def batch(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x, y (B, T) int64 for window indices (B,), token ids checked against vocab_size."""
         rows = np.stack([self.read(int(k) * self.T, self.T + 1) for k in windows])  # (B, T + 1)
@@ -310,26 +319,19 @@ class EvalSet:
         self.windows, self.B, self.iters = windows, micro_batch, iters
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
-        n = iters * world_size * micro_batch
-        # window j of n evenly over [0, W); a split with fewer windows repeats some
-        self.all = (np.arange(n, dtype=np.int64) * windows.count) // n
+        self.all = windows.spread(iters * world_size * micro_batch)
         self.languages = languages or Languages(None)  # one slot: `other`
 
     def positions(self, i: int) -> np.ndarray:
-        """(B, T): the val-stream position of each target of batch i (window k's targets
-        are tokens k T + 1 .. k T + T)."""
+        """(B, T): the val-stream position of each target of batch i."""
         start = (i * self.world_size + self.rank) * self.B
-        ks = self.all[start : start + self.B]
-        return ks[:, None] * self.windows.T + 1 + np.arange(self.windows.T)[None, :]
+        return self.windows.targets(self.all[start : start + self.B])
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
         """Batch i (0 <= i < iters) of this rank."""
         start = (i * self.world_size + self.rank) * self.B
         x, y = self.windows.batch(self.all[start : start + self.B])
         return _to_device(x, self.device), _to_device(y, self.device)
-
-    def __iter__(self) -> Any:
-        return (self.batch(i) for i in range(self.iters))
 
 
 def make_loaders(

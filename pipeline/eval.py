@@ -104,8 +104,7 @@ def _windows(val: Any, max_tokens: int) -> _Plan:
     T, W = val.T, val.count
     if max_tokens and max_tokens < val.tokens - 1:
         n = max(1, min(W, max_tokens // T))
-        ks = (np.arange(n, dtype=np.int64) * W) // n
-        return _Plan(ks, None, n * T)
+        return _Plan(val.spread(n), None, n * T)
     tail = val.tokens - 1 - W * T
     return _Plan(np.arange(W, dtype=np.int64), tail, val.tokens - 1)
 
@@ -118,8 +117,7 @@ def _batches(val: Any, plan: _Plan, micro_batch: int, device: Any) -> Any:
     for i in range(0, len(plan.windows), micro_batch):
         ks = plan.windows[i : i + micro_batch]
         x, y = val.batch(ks)
-        pos = ks[:, None] * T + 1 + np.arange(T)[None, :]
-        yield torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), pos
+        yield torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), val.targets(ks)
     if plan.tail:
         start = val.count * T
         span = val.read(start, plan.tail + 1)

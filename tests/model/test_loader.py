@@ -184,8 +184,13 @@ def test_shards_are_memory_mapped(folder: Path) -> None:
 def test_eval_set_is_fixed_and_spread_over_the_whole_split(folder: Path) -> None:
     val = windows(folder, "val", T=16)
     ev = EvalSet(val, 2, iters=5)
-    first = [y for _, y in ev]
-    assert all(torch.equal(a, b) for a, b in zip(first, [y for _, y in ev], strict=True))
+    first = [ev.batch(i)[1] for i in range(ev.iters)]
+    assert all(torch.equal(a, ev.batch(i)[1]) for i, a in enumerate(first))
+    assert all(  # positions name the targets the batch holds
+        torch.equal(ev.batch(i)[1], torch.from_numpy(val.batch(ev.all[2 * i : 2 * i + 2])[1]))
+        and (ev.positions(i)[:, 0] == ev.all[2 * i : 2 * i + 2] * 16 + 1).all()
+        for i in range(ev.iters)
+    )
     assert ev.all.min() == 0 and ev.all.max() >= 0.85 * val.count  # not the first 10 windows
     # two ranks evaluate what one process does with twice the batches, between them
     one = EvalSet(val, 2, iters=10)
