@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from model.atomic import write_text
 from model.config import Config, option
+from model.progress import Ticker
 from model.train_config import Device, DType
 
 log = logging.getLogger(__name__)
@@ -142,21 +142,16 @@ def render(rows: list[dict[str, Any]], step: int, dest: Path) -> str:
 
 class _Progress:
     def __init__(self, total: int, every: float) -> None:
-        self.total, self.every, self.done = total, every, 0
-        self.t0 = self.last = time.monotonic()
+        self.total, self.ticker, self.done = total, Ticker(every), 0
 
     def tick(self, n: int) -> None:
         self.done += n
-        now = time.monotonic()
-        if now - self.last < self.every:
+        if not self.ticker.due():
             return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else math.inf
         log.info(
-            "%s of %s tokens, %.0f tokens/s, ETA %.0fs",
+            "%s of %s tokens, %.0f tokens/s, ETA %s",
             f"{self.done:,}",
             f"{self.total:,}",
-            rate,
-            eta,
+            self.ticker.rate(self.done),
+            self.ticker.eta(self.done, self.total - self.done),
         )

@@ -2,12 +2,16 @@
 
 - `model/` is the library and imports nothing from `pipeline/` (the stages);
 - no import circle among the project's modules, lazy imports inside functions included;
-- no module much over 400 lines and no function over 60 (STYLE.md, habit 1).
+- no module much over 400 lines and no function over 60 (STYLE.md, habit 1);
+- the data stages (tokenize, dedup) start without torch: its import costs each of them
+  seconds and hundreds of MB they do not need.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -96,3 +100,14 @@ def test_the_checker_sees_an_import_from_pipeline(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from pipeline.tokenize import stage\n    return stage\n")
     assert imports_of(probe, known) == {"pipeline.tokenize", "pipeline.tokenize.stage"}
+
+
+def test_the_data_stages_do_not_import_torch() -> None:
+    code = (
+        "import sys, pipeline.tokenize.stage, pipeline.dedup.stage, pipeline.sample_data.stage\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "False"

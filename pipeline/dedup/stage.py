@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from model.atomic import write_error
 from model.config import option
 from model.errors import InputError, StateError
 from model.lock import exclusive
+from model.progress import Ticker
 from pipeline.dedup import decision
 from pipeline.dedup.buckets import (
     EDGE,
@@ -268,19 +268,15 @@ class _Progress:
     """A line on stderr every `every` seconds: documents, MB/s, share done, ETA."""
 
     def __init__(self, total_bytes: int, every: float, state: dict[str, Any]) -> None:
-        self.total, self.every, self.state = total_bytes, every, state
-        self.t0 = self.last = time.monotonic()
+        self.total, self.ticker, self.state = total_bytes, Ticker(every), state
         self.bytes0 = state["counts"]["text_bytes"]
 
     def tick(self) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
+        if not self.ticker.due():
             return
-        self.last = now
         c = self.state["counts"]
-        mb_s = (c["text_bytes"] - self.bytes0) / max(now - self.t0, 1e-9) / 1e6
-        left = max(self.total - c["text_bytes"], 0)
-        eta = f"{left / (mb_s * 1e6):.0f}s" if mb_s > 0 else "?"
+        done = c["text_bytes"] - self.bytes0
+        mb_s = self.ticker.rate(done) / 1e6
         pct = 100.0 * c["text_bytes"] / self.total if self.total else 0.0
         log.info(
             "%s docs, %s signed, %.1f MB/s, %.0f%%, ETA %s",
@@ -288,5 +284,5 @@ class _Progress:
             f"{c['signed']:,}",
             mb_s,
             pct,
-            eta,
+            self.ticker.eta(done, self.total - c["text_bytes"]),
         )

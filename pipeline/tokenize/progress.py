@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from model import shards
+from model.progress import Ticker
 from pipeline.tokenize.writer import Counts, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -17,26 +18,22 @@ class Progress:
 
     def __init__(self, total_bytes: int, counts: Counts, every: float) -> None:
         self.total_bytes = total_bytes
-        self.every = every
-        self.t0 = self.last = time.monotonic()
+        self.ticker = Ticker(every)
         self.bytes0 = counts.text_bytes
         self.tokens0 = sum(counts.tokens.values())
 
     def _rates(self, counts: Counts) -> tuple[float, float, float]:
-        secs = max(time.monotonic() - self.t0, 1e-9)
+        secs = max(time.monotonic() - self.ticker.t0, 1e-9)
         mb_s = (counts.text_bytes - self.bytes0) / secs / 1e6
         tok_s = (sum(counts.tokens.values()) - self.tokens0) / secs
         return secs, mb_s, tok_s
 
     def tick(self, writer: ShardWriter) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
+        if not self.ticker.due():
             return
-        self.last = now
         c = writer.counts
         _, mb_s, tok_s = self._rates(c)
-        left = max(self.total_bytes - c.text_bytes, 0)
-        eta = f"{left / (mb_s * 1e6):.0f}s" if mb_s > 0 else "?"
+        eta = self.ticker.eta(c.text_bytes - self.bytes0, self.total_bytes - c.text_bytes)
         pct = 100.0 * c.text_bytes / self.total_bytes if self.total_bytes else 0.0
         log.info(
             "%s docs, %s tokens, %d shards, %.1f MB/s, %.2f M tokens/s, %.0f%%, ETA %s",
