@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from bench.train_bench import LOOPS, Curve, Loop, build, run_alone, shard_folder  # noqa: E402
 from model.config import load  # noqa: E402
 from model.metrics import MfuMeter  # noqa: E402
-from model.runtime import device_name  # noqa: E402
+from model.runtime import device_name, resolve_precision  # noqa: E402
 from model.train_config import TrainConfig  # noqa: E402
 
 CONFIG = REPO / "configs" / "gpt2-124m.yaml"
@@ -67,7 +67,7 @@ def mfu_of(loop: Loop, tokens_per_s: float) -> float | None:
     cfg, model = loop.cfg, loop.model
     meter = MfuMeter(
         loop.device,
-        "bfloat16",
+        resolve_precision(cfg, loop.device).name,  # dtype=auto: bf16, or fp16 on older cards
         model.num_params(non_embedding=True),
         cfg.n_layer,
         cfg.n_embd,
