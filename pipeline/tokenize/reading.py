@@ -186,7 +186,8 @@ def _grow(
 
 def _decoded(parts: list[tuple[Batch, int]], name: str) -> Decoded:
     """One Decoded from the row group's batches (their text already in the segment)."""
-    first = parts[0][0] if parts else None
+    assert parts, "a decode starts at a row its row group has (pool._Groups._walk)"
+    first = parts[0][0]
     names: list[str] = []
     codes: list[np.ndarray] = []
     offsets, nulls, repos = [np.zeros(1, np.int64)], [], []
@@ -200,11 +201,11 @@ def _decoded(parts: list[tuple[Batch, int]], name: str) -> Decoded:
         if batch.keep is not None:
             keeps.append(batch.keep)
     info = BatchInfo(
-        file_index=first.file_index if first else 0,
-        row_group=first.row_group if first else 0,
-        row=first.row if first else 0,
-        file_row=first.file_row if first else 0,
-        lang=np.concatenate(codes) if codes else np.empty(0, np.int32),
+        file_index=first.file_index,
+        row_group=first.row_group,
+        row=first.row,
+        file_row=first.file_row,
+        lang=np.concatenate(codes),
         lang_names=tuple(names),
     )
     keep = np.concatenate(keeps) if keeps else None
