@@ -33,6 +33,21 @@ NAME = "gpt2"
 VOCAB_SIZE = 50257  # 50000 merges + 256 bytes + <|endoftext|>
 EOT = 50256
 EOT_TEXT = "<|endoftext|>"
+# Fill-in-the-middle sentinels (StarCoder's names, which llama.cpp, Continue and Tabby
+# know), on rows of the padded 50304 vocabulary that GPT-2 never uses. Shards never hold
+# them: tokenize encodes a document's text as ordinary text, so a file that spells
+# "<fim_prefix>" stays plain text; the loader (model/fim.py) and prompts put them in.
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = 50257, 50258, 50259, 50260
+FIM_PREFIX_TEXT, FIM_MIDDLE_TEXT = "<fim_prefix>", "<fim_middle>"
+FIM_SUFFIX_TEXT, FIM_PAD_TEXT = "<fim_suffix>", "<fim_pad>"
+SPECIAL_TOKENS = {
+    EOT_TEXT: EOT,
+    FIM_PREFIX_TEXT: FIM_PREFIX,
+    FIM_MIDDLE_TEXT: FIM_MIDDLE,
+    FIM_SUFFIX_TEXT: FIM_SUFFIX,
+    FIM_PAD_TEXT: FIM_PAD,
+}
+N_IDS = 50261  # every id the encoding can produce: the GPT-2 vocabulary and the sentinels
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
@@ -81,18 +96,32 @@ def get_encoding() -> tiktoken.Encoding:
         name=NAME,
         pat_str=PAT_STR,
         mergeable_ranks=ranks,
-        special_tokens={EOT_TEXT: EOT},
-        explicit_n_vocab=VOCAB_SIZE,
+        special_tokens=dict(SPECIAL_TOKENS),
+        explicit_n_vocab=N_IDS,
     )
 
 
 def encode(text: str) -> list[int]:
-    """Ordinary text -> ids; `<|endoftext|>` inside source code is plain text here."""
+    """Ordinary text -> ids; `<|endoftext|>` or `<fim_prefix>` inside source code is plain
+    text here (what tokenize uses for every document)."""
     return get_encoding().encode_ordinary(text)
 
 
+def encode_with_specials(text: str) -> list[int]:
+    """Text -> ids where the special tokens written as text (`<fim_prefix>`, ...,
+    `<|endoftext|>`) are their ids: for prompts that template FIM into one string, as
+    Continue and Tabby do. Never for a training document."""
+    return get_encoding().encode(text, allowed_special="all")
+
+
 def decode(ids: list[int]) -> str:
+    """Ids -> text; a special id decodes to its name (`<fim_middle>`)."""
     return get_encoding().decode(ids)
+
+
+def special_tokens() -> dict[str, int]:
+    """The special tokens, as the manifest records them (name -> id)."""
+    return dict(SPECIAL_TOKENS)
 
 
 def fetch(dest: Path | None = None) -> Path:

@@ -57,6 +57,7 @@ def tiny_values(data: Path, out_dir: Path, **overrides: Any) -> dict[str, Any]:
         compile=False,
         device="cpu",
         seed=7,
+        fim_rate=0.0,  # the counting stream has no tokenizer to cut text with (model/fim.py)
     )
     values.update(overrides)
     return values
