@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from model.gpt import GPT, KVCache
-from model.tokenizer import EOT, VOCAB_SIZE, get_encoding
+from model.fim import STOP_TOKENS
+from model.tokenizer import EOT, N_IDS, VOCAB_SIZE, get_encoding
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,11 +53,17 @@ class Sampling:
         assert self.temperature >= 0 and self.top_k >= 0 and 0 < self.top_p <= 1, self
 
 
-def next_token(logits: Tensor, s: Sampling, generator: torch.Generator | None = None) -> Tensor:
-    """logits (B, V) -> token ids (B, 1), never a padded id >= 50257."""
+def next_token(
+    logits: Tensor,
+    s: Sampling,
+    generator: torch.Generator | None = None,
+    allowed: int = VOCAB_SIZE,
+) -> Tensor:
+    """logits (B, V) -> token ids (B, 1), never an id >= `allowed` (50257: GPT-2's own;
+    `tokenizer.N_IDS` lets a fill-in-the-middle prompt end on a sentinel)."""
     logits = logits.float().clone()
-    if logits.shape[-1] > VOCAB_SIZE:
-        logits[:, VOCAB_SIZE:] = -torch.inf
+    if logits.shape[-1] > allowed:
+        logits[:, allowed:] = -torch.inf
     if s.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits /= s.temperature
@@ -76,27 +83,34 @@ def next_token(logits: Tensor, s: Sampling, generator: torch.Generator | None = 
 
 
 class Head:
-    """The output projection for decoding, (B, C) -> (B, min(V, 50257)) logits.
+    """The output projection for decoding, (B, C) -> (B, min(V, rows)) logits; `rows` is
+    50257 (GPT-2's ids), or `tokenizer.N_IDS` to keep the FIM sentinels' rows too.
 
     On the CPU in fp32 it multiplies by a contiguous (C, V) copy of the tied
     weight: MKL's gemv runs about 4x faster on that layout than on
     nn.Linear's (V, C) (~1 ms against ~4 ms for the demo model's 50304 x 128
     table on 2 cores). Elsewhere it is the model's own `lm_head`. The rows
-    past 50257 (padding, never sampled) are dropped either way.
+    past `rows` (padding, never sampled) are dropped either way.
     """
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT, rows: int = VOCAB_SIZE) -> None:
         w = model.lm_head.weight
-        self.linear = model.lm_head
+        self.linear, self.rows = model.lm_head, rows
         self.wt: Tensor | None = None
         if w.device.type == "cpu" and w.dtype == torch.float32:
-            self.wt = w.detach()[:VOCAB_SIZE].t().contiguous()  # (C, V)
+            self.wt = w.detach()[:rows].t().contiguous()  # (C, V)
 
     def __call__(self, h: Tensor) -> Tensor:
         if self.wt is not None and h.dtype == torch.float32:
             return h @ self.wt
-        out: Tensor = self.linear(h)[:, :VOCAB_SIZE]
+        out: Tensor = self.linear(h)[:, : self.rows]
         return out
+
+
+def vocabulary(fim: bool) -> tuple[int, frozenset[int]]:
+    """(ids that may be sampled, ids that end a sample): a fill-in-the-middle prompt may
+    end on any sentinel as well as on end-of-text."""
+    return (N_IDS, STOP_TOKENS) if fim else (VOCAB_SIZE, frozenset({EOT}))
 
 
 @torch.no_grad()
@@ -110,10 +124,14 @@ def generate(
     use_cache: bool = True,
     keep: int | None = None,
     stop_token: int | None = EOT,
+    fim: bool = False,
     autocast: Callable[[], AbstractContextManager[object]] | None = None,
     cache_dtype: torch.dtype | None = None,
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` new ids after `prompt`; ends early at `stop_token` (not yielded).
+
+    `fim`: the prompt is a fill-in-the-middle one (model/fim.py's `psm_prompt`): the
+    sentinels may be sampled, and any of them ends the middle as end-of-text does.
 
     `keep`: tokens kept when the context outgrows block_size (see the module
     docstring); `autocast`: makes the run's mixed-precision context (e.g.
@@ -128,7 +146,10 @@ def generate(
     if not 1 <= keep <= block:
         raise ValueError(f"keep={keep} must be in [1, block_size={block}]")
     device = next(model.parameters()).device
-    head = Head(model)
+    allowed, stops = vocabulary(fim)
+    if not fim:
+        stops = frozenset() if stop_token is None else frozenset({stop_token})
+    head = Head(model, allowed)
     ctx = list(prompt[-block:])  # a prompt longer than the window keeps its end
     cache: KVCache | None = None
     fresh = True  # the cache must be (re)built from ctx
@@ -150,8 +171,8 @@ def generate(
                 idx = torch.tensor([todo], dtype=torch.long, device=device)
                 logits = head(model.hidden_cached(idx, cache)[:, -1, :])  # (1, V)
                 fresh = False
-        tok = int(next_token(logits, sampling, generator).item())
-        if tok == stop_token:
+        tok = int(next_token(logits, sampling, generator, allowed).item())
+        if tok in stops:
             return
         yield tok
         ctx.append(tok)
@@ -170,12 +191,14 @@ def generate_batch(
     *,
     generator: torch.Generator | None = None,
     done: Callable[[int, list[int]], bool] | None = None,
+    fim: bool = False,
     autocast: Callable[[], AbstractContextManager[object]] | None = None,
     cache_dtype: torch.dtype | None = None,
 ) -> list[list[int]]:
     """`n` samples of one prompt drawn together: one KV cache of batch n, one forward per
     step for all of them. Each sample ends at end-of-text, when `done(i, tokens)` says so
     (e.g. a stop sequence), or after `max_new_tokens`; the batch stops when all have.
+    `fim`: a fill-in-the-middle prompt, which a sentinel ends too (as in `generate`).
 
     No sliding window: the prompt keeps its last `block_size - max_new_tokens` tokens (at
     least half the block), and max_new_tokens shrinks to what then fits.
@@ -186,7 +209,8 @@ def generate_batch(
     prompt = prompt[-(block - min(max_new_tokens, block // 2)) :]
     steps = min(max_new_tokens, block - len(prompt))
     device = next(model.parameters()).device
-    head = Head(model)
+    allowed, stops = vocabulary(fim)
+    head = Head(model, allowed)
     dtype = cache_dtype or next(model.parameters()).dtype
     cache = KVCache(model.cfg, n, len(prompt) + steps, device, dtype)
     out: list[list[int]] = [[] for _ in range(n)]
@@ -195,11 +219,11 @@ def generate_batch(
     for _ in range(steps):
         with autocast() if autocast else contextlib.nullcontext():
             logits = head(model.hidden_cached(idx, cache)[:, -1, :])  # (n, V)
-        idx = next_token(logits, sampling, generator)  # (n, 1)
+        idx = next_token(logits, sampling, generator, allowed)  # (n, 1)
         for i, tok in enumerate(idx[:, 0].tolist()):
             if not live[i]:
                 continue
-            if tok == EOT:
+            if tok in stops:
                 live[i] = False
                 continue
             out[i].append(tok)

@@ -27,10 +27,21 @@ def test_known_ids():
 
 def test_vocab_and_eot():
     enc = tokenizer.get_encoding()
-    assert enc.n_vocab == tokenizer.VOCAB_SIZE == 50257
+    assert tokenizer.VOCAB_SIZE == 50257 and enc.n_vocab == tokenizer.N_IDS == 50261
     assert enc.eot_token == tokenizer.EOT == 50256
     # <|endoftext|> inside source text is ordinary text, never the special id
     assert tokenizer.EOT not in tokenizer.encode("x = '<|endoftext|>'")
+
+
+def test_fim_sentinels_at_their_ids_and_never_in_a_document():
+    names = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
+    assert [tokenizer.SPECIAL_TOKENS[n] for n in names] == [50257, 50258, 50259, 50260]
+    text = "s = '<fim_prefix>a<fim_suffix>b<fim_middle>'<|endoftext|>"
+    plain = tokenizer.encode(text)  # how tokenize encodes every document
+    assert max(plain) < tokenizer.EOT and tokenizer.decode(plain) == text
+    special = tokenizer.encode_with_specials(text)  # how a templated prompt is encoded
+    assert [t for t in special if t >= tokenizer.EOT] == [50257, 50259, 50258, 50256]
+    assert tokenizer.decode(special) == text
 
 
 def test_round_trip_unicode():
