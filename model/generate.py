@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.gpt import GPT, KVCache
 from model.fim import STOP_TOKENS
+from model.gpt import GPT, KVCache
 from model.tokenizer import EOT, N_IDS, VOCAB_SIZE, get_encoding
 
 

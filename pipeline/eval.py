@@ -53,7 +53,8 @@ def run(cfg: EvalConfig) -> int:
     import torch
 
     from model.checkpoint import load_for_inference
-    from model.loader import Windows, open_dataset
+    from model.dataset import open_dataset
+    from model.loader import Windows
     from model.runtime import replace, resolve_device, resolve_precision
     from model.scoring import Languages, Tally, token_losses
 

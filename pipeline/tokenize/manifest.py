@@ -80,8 +80,13 @@ def differences(
     for key in sorted(set(settings) | set(old_cfg)):
         if old_cfg.get(key) != settings.get(key):
             changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
-    if old.get("tokenizer") != tokenizer:
-        changes.append(f"tokenizer {old.get('tokenizer')} -> {tokenizer}")
+    was = old.get("tokenizer")
+    if isinstance(was, dict) and "special_tokens" not in was and tokenizer is not None:
+        # a manifest from before the special tokens were recorded: the same encoder, whose
+        # shards hold no sentinel (documents are encoded as ordinary text either way)
+        was = {**was, "special_tokens": tokenizer.get("special_tokens")}
+    if was != tokenizer:
+        changes.append(f"tokenizer {was} -> {tokenizer}")
     return changes
 
 

@@ -113,7 +113,11 @@ def previous_state(
 
 
 def tokenizer_info() -> dict[str, Any]:
-    return {"name": tokenizer.NAME, "vocab_sha256": tokenizer.vocab_hash()}
+    return {
+        "name": tokenizer.NAME,
+        "vocab_sha256": tokenizer.vocab_hash(),
+        "special_tokens": tokenizer.special_tokens(),
+    }
 
 
 def up_to_date(out: Path, old: dict[str, Any]) -> str:

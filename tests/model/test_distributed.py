@@ -18,7 +18,13 @@ from model.metrics import read_metrics
 from model.train_config import TrainConfig
 from pipeline.train import train
 from tests.conftest import REPO
-from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
+from tests.model.train_fixtures import (
+    FIM_ON,
+    tiny_values,
+    write_code_shards,
+    write_config_yaml,
+    write_tiny_shards,
+)
 
 
 def test_from_env_reads_torchrun_variables() -> None:
@@ -34,9 +40,10 @@ def test_grad_accum_is_split_between_ranks_or_refused() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_two_gloo_processes_match_one_process(tmp_path: Path, optimizer: str) -> None:
-    data = write_tiny_shards(tmp_path / "shards")
+# (optimizer, FIM on GPT-2 shards of real code, or the counting stream without it)
+@pytest.mark.parametrize(("optimizer", "fim"), [("adamw", False), ("muon", False), ("muon", True)])
+def test_two_gloo_processes_match_one_process(tmp_path: Path, optimizer: str, fim: bool) -> None:
+    data = (write_code_shards if fim else write_tiny_shards)(tmp_path / "shards")
     common = dict(
         max_iters=6,
         grad_accum=4,
@@ -44,6 +51,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, optimizer: str) ->
         ckpt_interval=6,
         log_interval=1,
         optimizer=optimizer,
+        **FIM_ON if fim else {},
     )
     one = tiny_values(data, tmp_path / "one", **common)
     two = tiny_values(data, tmp_path / "two", **common)
@@ -73,5 +81,10 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, optimizer: str) ->
     # fp32 bits move an element's update by a bf16 step, ~lr x 0.2 sqrt(128) x 2^-8 = 9e-5
     # a step, up to 5e-4 seen after 6; the losses above still agree to 1e-4
     atol = 1e-5 if optimizer == "adamw" else 2e-3
+    if fim:
+        # a 50304-row embedding: AdamW moves a row that a rare token's few gradients touch
+        # by ~lr x m / sqrt(v) whatever their size, so an all-reduce's last bit can move it
+        # by a part of lr (3e-3 seen, 1 element of 1.6 M); the losses still agree to 1e-4
+        atol = 5e-3
     for name, t in w1[0][MODEL].items():
         torch.testing.assert_close(w2[0][MODEL][name], t, rtol=1e-4, atol=atol)

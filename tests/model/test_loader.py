@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from model import tokenizer
+from model.dataset import open_dataset
 from model.errors import InputError
-from model.loader import EvalSet, TrainLoader, Windows, open_dataset
+from model.loader import EvalSet, TrainLoader, Windows
 from model.order import permute
 from model.shards import list_shards, write_shard
 from pipeline.tokenize import manifest
@@ -240,6 +241,15 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_named(folder: Path) -> None:
     assert open_dataset(folder, 50304).complete
     with pytest.raises(InputError, match="50,257 ids"):
         open_dataset(folder, 50000)
+
+
+def test_shards_made_with_other_special_tokens_are_refused(folder: Path) -> None:
+    gpt2 = {"name": tokenizer.NAME, "vocab_sha256": tokenizer.RANKS_SHA256}
+    manifest.write_for_shards(folder, {**gpt2, "special_tokens": {"<|endoftext|>": 50256}})
+    with pytest.raises(InputError, match=r"other special tokens.*tokenize again"):
+        open_dataset(folder, 50304)
+    manifest.write_for_shards(folder, {**gpt2, "special_tokens": tokenizer.special_tokens()})
+    assert open_dataset(folder, 50304).complete
 
 
 def test_an_id_the_model_has_no_row_for_names_the_shard_and_offset(tmp_path: Path) -> None:

@@ -18,7 +18,13 @@ from model.metrics import read_metrics
 from model.train_config import TrainConfig
 from pipeline.train import train
 from tests.conftest import REPO
-from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
+from tests.model.train_fixtures import (
+    FIM_ON,
+    tiny_values,
+    write_code_shards,
+    write_config_yaml,
+    write_tiny_shards,
+)
 
 TIMING = ("ms", "tokens_per_s")
 
@@ -30,9 +36,12 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path, optimizer: str) -> None:
-    data = write_tiny_shards(tmp_path / "shards")
+# (optimizer, FIM on GPT-2 shards of real code, or the counting stream without it)
+@pytest.mark.parametrize(("optimizer", "fim"), [("adamw", False), ("muon", False), ("muon", True)])
+def test_sigkill_midway_then_rerun_is_bitwise_identical(
+    tmp_path: Path, optimizer: str, fim: bool
+) -> None:
+    data = (write_code_shards if fim else write_tiny_shards)(tmp_path / "shards")
     # log_interval 7 does not divide ckpt_interval 10: a resume starts mid-interval, so the
     # logged interval means need the checkpoint's loss window; shuffle is on (the default)
     values = tiny_values(
@@ -43,6 +52,7 @@ def test_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path, optimize
         keep_ckpts=2,
         log_interval=7,
         optimizer=optimizer,
+        **FIM_ON if fim else {},
     )
     assert build(TrainConfig, values).shuffle
     config = write_config_yaml(tmp_path / "killed.yaml", values)

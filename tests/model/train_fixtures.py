@@ -15,6 +15,7 @@ from pipeline.tokenize import manifest
 
 VOCAB = 256
 TOKENIZER = {"name": "counting", "n_vocab": 200}  # the stream's ids are < 200
+FIM_ON = {"vocab_size": 50304, "fim_rate": 0.5}  # with write_code_shards: FIM at the default rate
 
 
 def write_tiny_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int = 4_000) -> Path:
@@ -70,3 +71,28 @@ def tiny_config(data: Path, out_dir: Path, **overrides: Any) -> TrainConfig:
 def write_config_yaml(path: Path, values: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(values), encoding="utf-8")
     return path
+
+
+def write_code_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int = 4_000) -> Path:
+    """GPT-2 shards of real source text (this Python's standard library), each document
+    followed by end-of-text, with a GPT-2 manifest: what the FIM loader cuts into examples."""
+    import sysconfig
+
+    from model import tokenizer
+
+    ids: list[int] = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")[:3000]  # many documents
+        ids += [*tokenizer.encode(text), tokenizer.EOT]
+        if len(ids) >= train_tokens + val_tokens:
+            break
+    stream = np.array(ids[: train_tokens + val_tokens], dtype=np.uint16)
+    write_shard(folder, "train", 0, stream[:train_tokens])
+    write_shard(folder, "val", 0, stream[train_tokens:])
+    info = {
+        "name": tokenizer.NAME,
+        "vocab_sha256": tokenizer.RANKS_SHA256,
+        "special_tokens": tokenizer.special_tokens(),
+    }
+    manifest.write_for_shards(folder, info)
+    return folder

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from model import tokenizer
 from model.checkpoint import load_for_inference
-from model.loader import Windows, open_dataset
+from model.dataset import open_dataset
+from model.loader import Windows
 from model.scoring import Languages, Tally, token_bytes
 from model.shards import DOC_RECORD
 from model.trainer import Trainer

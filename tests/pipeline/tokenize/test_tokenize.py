@@ -64,9 +64,34 @@ def test_round_trip(src, tmp_path, docs, capsys):
     assert c["tokens"] == {"train": len(want["train"]), "val": len(want["val"])}
     assert [i["path"] for i in m["inputs"]] == sorted(str(p) for p in src.glob("*.parquet"))
     assert m["tokenizer"]["vocab_sha256"] == tokenizer.vocab_hash()
+    assert m["tokenizer"]["special_tokens"] == tokenizer.SPECIAL_TOKENS
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.partial"))
     line = capsys.readouterr().out
     assert f"{len(docs):,} documents read = {len(docs):,} tokenized + 0 skipped" in line
+
+
+def test_a_document_that_spells_the_sentinels_is_plain_text(tmp_path):
+    """A file that writes `<fim_prefix>` or `<|endoftext|>` is ordinary text in the shards."""
+    code = "S = ['<fim_prefix>', '<fim_suffix>', '<fim_middle>', '<fim_pad>', '<|endoftext|>']\n"
+    docs = [{**d, "code": code + d["code"]} for d in corpus(40)]
+    out = tmp_path / "out"
+    assert tokenize(make_input(tmp_path / "in", docs), out) == 0
+    stream = np.concatenate([read_split(out, s) for s in ("train", "val")])
+    assert stream.max() == tokenizer.EOT and (stream == tokenizer.EOT).sum() == len(docs)
+    assert tokenizer.decode(stream.tolist()).count(code) == len(docs)
+
+
+def test_a_manifest_from_before_the_special_tokens_record_resumes(tmp_path, docs):
+    """An output written before the manifest named its special tokens is not 'changed'."""
+    src, out = make_input(tmp_path / "in", docs), tmp_path / "out"
+    assert tokenize(src, out) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    del m["tokenizer"]["special_tokens"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert tokenize(src, out) == 0  # up to date, not refused
+    m["tokenizer"]["special_tokens"] = {"<|endoftext|>": 50256, "<fim_prefix>": 50300}
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert tokenize(src, out) == 2  # another set is a change: force=true to start over
 
 
 def test_no_repository_in_both_splits(tmp_path, docs):
