@@ -120,7 +120,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     Values are parsed as YAML scalars or flow lists, so `true`, `4`, `[python, go]`
     and `null` mean what they mean in the config file. No config key takes a
     mapping, so text that YAML would read as one (`prompt=def main():`) or
-    cannot read at all stays the string that was typed.
+    cannot read at all stays the string that was typed, and so does unquoted text
+    (`prompt=def f(x):\\n    ` keeps its trailing spaces, `prompt=x  # y` its comment).
     """
     out: dict[str, Any] = {}
     bad: list[str] = []
@@ -133,8 +134,10 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, dict):
-            value = raw
+        if isinstance(value, dict) or (
+            isinstance(value, str) and not raw.lstrip().startswith(("'", '"'))
+        ):
+            value = raw  # text as typed: YAML would trim its spaces and drop a `# ...`
         out[key.strip()] = value
     if bad:
         raise ConfigError(f"expected key=value, got: {' '.join(bad)}")

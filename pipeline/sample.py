@@ -5,12 +5,19 @@ run folder (or one checkpoint file, `ckpt=`) is all that is needed. Tokens are
 printed as they are sampled; each sample ends at `<|endoftext|>` or after
 `max_new_tokens`. The same seed gives the same text on the same device.
 Generation and its KV cache live in model/generate.py.
+
+With `suffix`, the model fills in the middle (a run trained with fim_rate > 0):
+the prompt is PSM, `<fim_prefix> prompt <fim_suffix> suffix <fim_middle>`
+(model/fim.py), the middle ends at end-of-text or a sentinel, and the text is
+printed as prompt + middle + suffix with the middle between MARK's two halves
+(coloured instead when stdout is a terminal).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +32,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/sample.yaml"
 SEPARATOR = "\n" + "-" * 40 + "\n"
+MARK = ("⟪", "⟫")  # the middle of a fill-in-the-middle sample: ⟪middle⟫
+TTY_MARK = ("\033[7m", "\033[0m")  # reverse video on a terminal
 
 
 @dataclass(kw_only=True)
@@ -33,6 +42,12 @@ class SampleConfig(Config):
     ckpt: str = option("", "one checkpoint file instead of out_dir's newest")
     prompt: str = option("", "text to continue; empty = from <|endoftext|>")
     prompt_file: str = option("", "read the prompt from this file instead")
+    suffix: str = option(
+        "", "text after the cursor: the model fills in the middle between prompt and suffix"
+    )
+    escapes: bool = option(
+        True, "read \\n, \\t, \\r and \\\\ in prompt= and suffix= as escapes (not in prompt_file)"
+    )
     num_samples: int = option(1, "samples to draw, one after another", ge=1)
     max_new_tokens: int = option(500, "new tokens per sample at most", ge=1)
     temperature: float = option(0.8, "softmax temperature; 0 = greedy", ge=0)
@@ -52,9 +67,18 @@ class SampleConfig(Config):
 CONFIG = SampleConfig
 
 
+ESCAPES = re.compile(r"\\([ntr\\])")
+ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """`\\n` -> a newline, and so on: a shell's command line has no other way to say it."""
+    return ESCAPES.sub(lambda m: ESCAPED[m.group(1)], text)
+
+
 def read_prompt(cfg: SampleConfig) -> str:
     if not cfg.prompt_file:
-        return cfg.prompt
+        return unescape(cfg.prompt) if cfg.escapes else cfg.prompt
     path = Path(cfg.prompt_file)
     try:
         return path.read_text(encoding="utf-8")
@@ -75,12 +99,14 @@ def checkpoint_target(cfg: SampleConfig) -> Path:
     return target
 
 
-def _one_sample(text: str, tokens: Iterator[int], what: str) -> None:
-    """Print the prompt, then each new token's text as soon as it is sampled."""
+def _one_sample(text: str, tokens: Iterator[int], what: str, suffix: str | None = None) -> None:
+    """Print the prompt, then each new token's text as soon as it is sampled (then, for a
+    fill-in-the-middle sample, the end of the mark and the suffix)."""
     from model.generate import StreamDecoder
 
     out = sys.stdout
-    out.write(text)
+    mark = TTY_MARK if out.isatty() else MARK
+    out.write(text + (mark[0] if suffix is not None else ""))
     out.flush()
     decoder = StreamDecoder()
     t0, n = time.perf_counter(), 0
@@ -88,7 +114,7 @@ def _one_sample(text: str, tokens: Iterator[int], what: str) -> None:
         out.write(decoder.push(tok))
         out.flush()
         n += 1
-    out.write(decoder.flush() + "\n")
+    out.write(decoder.flush() + ("\n" if suffix is None else mark[1] + suffix))
     out.flush()
     secs = time.perf_counter() - t0
     log.info("%s: %d tokens, %.1f tokens/s", what, n, n / secs if secs > 0 else 0.0)
@@ -98,6 +124,7 @@ def run(cfg: SampleConfig) -> int:
     import torch  # only when the stage runs
 
     from model.checkpoint import load_for_inference
+    from model.fim import psm_prompt
     from model.generate import Sampling, generate
     from model.runtime import replace, resolve_device, resolve_precision
     from model.tokenizer import EOT, encode
@@ -112,7 +139,14 @@ def run(cfg: SampleConfig) -> int:
         dtype = "float32"
     precision = resolve_precision(replace(train_cfg, dtype=dtype), device)
     model.to(device)
-    prompt = encode(text) if text else [EOT]
+    fim = bool(cfg.suffix)
+    suffix = unescape(cfg.suffix) if cfg.escapes else cfg.suffix
+    if fim and train_cfg.fim_rate == 0:
+        raise InputError(
+            f"{target}: this run was trained with fim_rate=0, so it cannot fill in the middle; "
+            "drop suffix= or train a run with fim_rate > 0 (the default)"
+        )
+    prompt = psm_prompt(text, suffix) if fim else encode(text) if text else [EOT]
     sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
@@ -130,10 +164,12 @@ def run(cfg: SampleConfig) -> int:
                     cfg.max_new_tokens,
                     sampling,
                     generator=gen,
+                    fim=fim,
                     autocast=precision.autocast,
                     cache_dtype=cache_dtype,
                 ),
                 f"sample {i + 1}/{cfg.num_samples}",
+                suffix if fim else None,
             )
     except BrokenPipeError:  # `... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

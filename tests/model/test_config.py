@@ -83,6 +83,17 @@ def test_override_text_that_yaml_reads_as_a_mapping_stays_text() -> None:
     assert got == {"prompt": "def main():", "languages": ["Python", "Go"], "x": "a: b: c"}
 
 
+def test_unquoted_override_text_is_kept_as_typed_quoted_text_is_yaml() -> None:
+    raw = ["prompt=def f(x):\\n    ", "suffix=  y = 1  # why", "q='a # b'", 'd=" pad "']
+    got = configlib.parse_overrides(raw)
+    assert got == {
+        "prompt": "def f(x):\\n    ",
+        "suffix": "  y = 1  # why",
+        "q": "a # b",
+        "d": " pad ",
+    }
+
+
 @dataclass(kw_only=True)
 class Tagged(configlib.Config):
     size: int = configlib.option(4, "a size", affects=("output", "model"), ge=1)
@@ -122,6 +133,8 @@ def test_each_stage_states_what_shapes_its_output_once():
     assert SHAPE_KEYS == configlib.keys(TrainConfig, "model") == model_keys
     assert configlib.keys(TrainConfig, "smoke") == (
         "data",
+        "fim_rate",
+        "fim_spm_rate",
         *model_keys,
         "dropout",
         "micro_batch",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.generate import Sampling, StreamDecoder, generate, next_token
+from model.fim import psm_prompt
+from model.generate import Sampling, StreamDecoder, generate, generate_batch, next_token
 from model.gpt import GPT, GPTConfig
-from model.tokenizer import EOT, VOCAB_SIZE, decode, encode, get_encoding
+from model.tokenizer import EOT, FIM_PAD, VOCAB_SIZE, decode, encode, get_encoding
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -113,6 +114,20 @@ def test_padded_vocabulary_rows_are_never_sampled() -> None:
         model.transformer.wte.weight[VOCAB_SIZE:] = model.transformer.wte.weight[:47].mul(5)
     out = list(generate(model, [EOT], 20, Sampling(temperature=1.0), generator=g))
     assert all(t < VOCAB_SIZE for t in out)
+
+
+def test_a_fim_sample_ends_at_a_sentinel_a_plain_one_never_samples_one() -> None:
+    model = tiny_gpt(vocab=50304, block=16)
+    prompt = psm_prompt("def f(x):\n", "\n    return y\n")[-8:]
+    plain = list(generate(model, prompt, 6, GREEDY))
+    with torch.no_grad():  # <fim_pad> louder than the greedy choice
+        wte = model.transformer.wte.weight
+        wte[FIM_PAD] = wte[plain[0]] * 3
+    assert list(generate(model, prompt, 6, GREEDY)) == plain  # sentinels masked
+    assert list(generate(model, prompt, 6, GREEDY, fim=True)) == []  # ended by <fim_pad>
+    batch = generate_batch(model, prompt, 2, 6, GREEDY, fim=True)
+    assert batch == [[], []]
+    assert generate_batch(model, prompt, 2, 6, GREEDY) == [plain, plain]
 
 
 def test_stream_decoder_holds_back_split_characters() -> None:

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from model.checkpoint import CONFIG, MODEL, save_checkpoint
+from model.fim import psm_prompt
 from model.generate import Sampling, generate
 from model.gpt import GPT, GPTConfig
 from model.tokenizer import decode, encode
 from pipeline.__main__ import main
-from pipeline.sample import SEPARATOR
+from pipeline.sample import MARK, SEPARATOR
 from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_config
 
@@ -26,6 +27,17 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with one checkpoint of a tiny GPT over the full GPT-2 vocabulary."""
     out = tmp_path_factory.mktemp("run")
     cfg = tiny_config(out, out, vocab_size=50304, block_size=32)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_train(cfg))
+    save_checkpoint(out, 3, {MODEL: model.state_dict(), CONFIG: dataclasses.asdict(cfg)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def fim_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny GPT, saved as a run trained with fill-in-the-middle."""
+    out = tmp_path_factory.mktemp("fim-run")
+    cfg = tiny_config(out, out, vocab_size=50304, block_size=64, fim_rate=0.5)
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_train(cfg))
     save_checkpoint(out, 3, {MODEL: model.state_dict(), CONFIG: dataclasses.asdict(cfg)})
@@ -61,6 +73,39 @@ def test_greedy_output_is_the_decoded_greedy_tokens(
     model, _, _ = load_for_inference(run_dir)
     want = list(generate(model, encode("import os"), 25, Sampling(temperature=0)))
     assert code == 0 and out == "import os" + decode(want) + "\n"
+
+
+def test_suffix_fills_in_the_middle_and_prints_it_marked(
+    fim_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # as the README's command writes it: \\n on the command line is a newline
+    args = ("prompt=def f(x):\\n    ", "suffix=\\n    return y\\n", "temperature=0")
+    code, out, _ = sample(capsys, f"out_dir={fim_run}", *args, "max_new_tokens=12")
+    from model.checkpoint import load_for_inference
+
+    model, _, _ = load_for_inference(fim_run)
+    prompt = psm_prompt("def f(x):\n    ", "\n    return y\n")
+    middle = list(generate(model, prompt, 12, Sampling(temperature=0), fim=True))
+    assert code == 0
+    assert out == f"def f(x):\n    {MARK[0]}{decode(middle)}{MARK[1]}\n    return y\n"
+
+
+def test_suffix_on_a_run_trained_without_fim_is_refused(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = sample(capsys, f"out_dir={run_dir}", "prompt=a", "suffix=b")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "trained with fim_rate=0, so it cannot fill in the middle" in err
+
+
+def test_escapes_on_the_command_line_and_off(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = (f"out_dir={run_dir}", "temperature=0", "max_new_tokens=3")
+    _, out, _ = sample(capsys, *common, "prompt=a\\tb\\\\n")
+    assert out.startswith("a\tb\\n")  # \\\\ is one backslash, then n
+    _, out, _ = sample(capsys, *common, "prompt=a\\tb", "escapes=false")
+    assert out.startswith("a\\tb")
 
 
 def test_num_samples_prompt_file_and_the_empty_prompt(
