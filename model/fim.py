@@ -127,9 +127,18 @@ def _layout(
     ]
 
 
-def transform(row: np.ndarray, rates: Rates, rng: np.random.Generator) -> Example | None:
+def _in_order(parts: tuple[list[int], list[int], list[int]]) -> list[tuple[list[int], int]]:
+    prefix, middle, suffix = parts
+    return [(prefix, PREFIX), (middle, MIDDLE), (suffix, SUFFIX)]
+
+
+def transform(
+    row: np.ndarray, rates: Rates, rng: np.random.Generator, left_to_right: bool = False
+) -> Example | None:
     """One window's T + 1 tokens -> its FIM example, or None when no piece was chosen
-    (the window is then used exactly as it is)."""
+    (the window is then used exactly as it is). `left_to_right`: the same draws, but each
+    chosen piece laid out prefix, middle, suffix without sentinels, so the same middle
+    tokens can be scored given the prefix only (make eval's baseline)."""
     n = len(row)
     runs: list[tuple[np.ndarray | list[int], int, int]] = []  # (tokens, role, origin)
     chosen = False
@@ -142,7 +151,8 @@ def transform(row: np.ndarray, rates: Rates, rng: np.random.Generator) -> Exampl
             chosen = True
             parts = _split(piece, rng)
             spm = bool(rng.random() < rates.spm_rate)
-            runs.extend((toks, role, start) for toks, role in _layout(parts, spm))
+            layout = _layout(parts, spm) if not left_to_right else _in_order(parts)
+            runs.extend((toks, role, start) for toks, role in layout)
         else:
             runs.append((piece, PLAIN, start))
         at = end

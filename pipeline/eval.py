@@ -11,6 +11,14 @@ For each language and overall: documents, tokens, UTF-8 bytes, the loss in
 nats per token and bits per byte (sum of nats / ln 2 / bytes). The table goes
 to stdout and the numbers to `out/<run>/eval/step-NNNNNNN.json` (atomically).
 Memory is one micro-batch of windows and one chunk of logits.
+
+Fill in the middle, beside it: `fim_windows` val windows spread over the split
+are made FIM examples with a fixed seed (model/fim.py, every piece PSM), the
+same middles for every run. Each middle token is scored twice: given prefix
+and suffix (the PSM example), and given the prefix only (the same pieces laid
+out prefix, middle, suffix, no sentinels), per language. A FIM-trained model
+uses the suffix when its first loss is below the second; a left-to-right
+model's second number is the baseline it beats.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ class EvalConfig(Config):
     device: Device = option("auto", "auto, cuda or cpu")
     dtype: DType = option("auto", "auto (bf16 on a GPU, fp32 on the CPU), or a dtype")
     progress_seconds: float = option(10.0, "seconds between progress lines on stderr")
+    fim_windows: int = option(
+        256, "val windows made fill-in-the-middle examples (fixed seed); 0 = no FIM rows", ge=0
+    )
 
 
 CONFIG = EvalConfig
@@ -77,6 +88,11 @@ def run(cfg: EvalConfig) -> int:
             tally.add(losses.ravel(), y.cpu().numpy().ravel(), pos.ravel())
             progress.tick(pos.size)
     rows = list(tally.rows())
+    with torch.no_grad(), precision.autocast():
+        fim_rows = {
+            name: list(t.rows())
+            for name, t in _fim_pass(model, val, Languages(index), cfg, train_cfg.loss_chunk)
+        }
     run_dir = target.parent if target.is_file() else target
     body = {
         "step": step,
@@ -86,9 +102,10 @@ def run(cfg: EvalConfig) -> int:
         "tokens_scored": plan.targets,
         "whole_split": plan.tail is not None,
         "rows": rows,
+        "fim": {"windows": min(cfg.fim_windows, val.count), "seed": FIM_SEED, **fim_rows},
     }
     dest = write_text(run_dir / "eval" / f"step-{step:07d}.json", json.dumps(body, indent=1) + "\n")
-    print(render(rows, step, dest))
+    print(render(rows, step, dest, fim_rows))
     return 0
 
 
@@ -127,7 +144,71 @@ def _batches(val: Any, plan: _Plan, micro_batch: int, device: Any) -> Any:
         yield x.to(device), y.to(device), pos
 
 
-def render(rows: list[dict[str, Any]], step: int, dest: Path) -> str:
+FIM_SEED = 0  # make eval's FIM examples: the same middles for every run and every step
+
+
+def _fim_pass(model: Any, val: Any, langs: Any, cfg: EvalConfig, chunk: int) -> Any:
+    """(name, Tally) for the middle tokens given prefix and suffix, and given the prefix
+    only; a token counts in both or in neither (the PSM example is 3 tokens longer, so a
+    window's end can cut a middle token from one layout and not the other)."""
+    from model.scoring import Tally
+
+    tallies = {"with_suffix": Tally(langs), "prefix_only": Tally(langs)}
+    if not cfg.fim_windows:
+        return []
+    ks = val.spread(min(cfg.fim_windows, val.count))
+    device = next(model.parameters()).device
+    for i in range(0, len(ks), cfg.micro_batch):
+        batch = ks[i : i + cfg.micro_batch]
+        rows = val.rows(batch)
+        scored = {
+            name: _middles(model, rows, batch, val.T, name == "prefix_only", chunk, device)
+            for name in tallies
+        }
+        common = sorted(scored["with_suffix"].keys() & scored["prefix_only"].keys())
+        for name, tally in tallies.items():
+            got = np.array([scored[name][k] for k in common], dtype=np.float64).reshape(-1, 3)
+            tally.add(got[:, 0], got[:, 1].astype(np.int64), got[:, 2].astype(np.int64))
+    return list(tallies.items())
+
+
+def _middles(
+    model: Any, rows: np.ndarray, ks: np.ndarray, T: int, l2r: bool, chunk: int, device: Any
+) -> dict[tuple[int, int, int], tuple[float, int, int]]:
+    """(window, piece, k-th middle token) -> (its loss, its id, the piece's val position)."""
+    import torch
+
+    from model import fim
+    from model.scoring import token_losses
+    from model.tokenizer import EOT, FIM_PAD
+
+    rates = fim.Rates(1.0, 0.0)  # every piece, PSM
+    exs = [
+        fim.transform(r, rates, fim.window_rng(FIM_SEED, 0, int(k)), l2r)
+        for r, k in zip(rows, ks, strict=True)
+    ]
+    tokens = np.stack([e.tokens if e is not None else r for e, r in zip(exs, rows, strict=True)])
+    tokens = np.where(tokens == FIM_PAD, EOT, tokens)  # never scored; a valid id
+    x, y = (torch.from_numpy(a).to(device) for a in (tokens[:, :-1], tokens[:, 1:]))
+    losses = token_losses(model, x, y, chunk).cpu().numpy()  # (B, T)
+    out: dict[tuple[int, int, int], tuple[float, int, int]] = {}
+    for b, ex in enumerate(exs):
+        if ex is None:
+            continue
+        first: dict[int, int] = {}
+        for j in np.flatnonzero(ex.role[1:] == fim.MIDDLE).tolist():  # target j is token j+1
+            o = int(ex.origin[j + 1])
+            rank = j - first.setdefault(o, j)
+            out[(b, o, rank)] = (float(losses[b, j]), int(tokens[b, j + 1]), int(ks[b]) * T + o)
+    return out
+
+
+def render(
+    rows: list[dict[str, Any]],
+    step: int,
+    dest: Path,
+    fim_rows: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
     head = f"{'language':<16} {'documents':>10} {'tokens':>12} {'bytes':>14} {'loss':>8} {'bits/byte':>10}"
     lines = [f"eval: step {step:,}, val split", head, "-" * len(head)]
     for r in sorted(rows[:-1], key=lambda r: -r["tokens"]) + rows[-1:]:
@@ -137,6 +218,16 @@ def render(rows: list[dict[str, Any]], step: int, dest: Path) -> str:
             f"{r['language']:<16} {r['documents']:>10,} {r['tokens']:>12,} {r['bytes']:>14,} "
             f"{loss:>8} {bpb:>10}"
         )
+    if fim_rows:
+        head = f"{'language':<16} {'middle tokens':>14} {'prefix+suffix':>14} {'prefix only':>12}"
+        lines += ["fill in the middle: loss of the middle tokens given", head, "-" * len(head)]
+        both = list(zip(fim_rows["with_suffix"], fim_rows["prefix_only"], strict=True))
+        for a, b in sorted(both[:-1], key=lambda r: -r[0]["tokens"]) + both[-1:]:
+            if not a["tokens"]:
+                continue
+            lines.append(
+                f"{a['language']:<16} {a['tokens']:>14,} {a['loss']:>14.4f} {b['loss']:>12.4f}"
+            )
     lines.append(f"eval: wrote {dest}")
     return "\n".join(lines)
 

@@ -149,3 +149,41 @@ def test_training_logs_the_val_loss_per_language_and_plot_and_report_show_it(
     assert h > 0.75 * w  # the second panel below (one panel alone is about 0.6 w)
     assert main(["report", f"out_dir={tmp_path / 'run'}"]) == 0
     assert "by language  " in capsys.readouterr().out
+
+
+def test_fim_rows_score_the_same_middle_tokens_both_ways(
+    scored: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    from model import fim
+
+    data, run, result = scored
+    a, b = result["fim"]["with_suffix"], result["fim"]["prefix_only"]
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b] and a[-1]["tokens"] > 100
+    assert result["fim"]["windows"] == min(256, result["tokens_scored"] // 64)
+    # four windows, by hand with the full logits: the middle tokens in both layouts
+    assert main(["eval", f"out_dir={run}", "fim_windows=4", "max_tokens=64"]) == 0
+    four = json.loads((run / "eval" / "step-0000000.json").read_text())["fim"]
+    model, _, _ = load_for_inference(run)
+    val = Windows(open_dataset(data, 50304).shards["val"], "val", 64, 50304)
+    ks = val.spread(4)
+    nll: dict[bool, dict[tuple[int, int, int], float]] = {False: {}, True: {}}
+    for k, row in zip(ks.tolist(), val.rows(ks), strict=True):
+        for l2r in (False, True):
+            ex = fim.transform(row, fim.Rates(1.0, 0.0), fim.window_rng(0, 0, k), l2r)
+            assert ex is not None
+            toks = torch.from_numpy(np.where(ex.tokens == fim.FIM_PAD, 0, ex.tokens))
+            with torch.no_grad():
+                logits, _ = model(toks[None, :-1])
+            assert logits is not None
+            per = F.cross_entropy(logits[0].float(), toks[1:], reduction="none").numpy()
+            mid = ex.role[1:] == fim.MIDDLE
+            # the k-th middle token of a piece: its rank is its count so far in that piece
+            origin = ex.origin[1:][mid].tolist()
+            rank = [origin[:i].count(o) for i, o in enumerate(origin)]
+            for o, r, v in zip(origin, rank, per[mid].tolist(), strict=True):
+                nll[l2r][(k, o, r)] = v
+    common = nll[False].keys() & nll[True].keys()
+    assert four["with_suffix"][-1]["tokens"] == len(common) > 0
+    want = [np.mean([nll[l2r][c] for c in common]) for l2r in (False, True)]
+    got = [four["with_suffix"][-1]["loss"], four["prefix_only"][-1]["loss"]]
+    assert got == pytest.approx(want, rel=1e-4)
