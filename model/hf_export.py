@@ -6,7 +6,10 @@ how the weights are stored:
 - HF's GPT-2 uses `Conv1D` for c_attn, c_proj and c_fc: y = x W + b with W
   (in, out), where `nn.Linear` keeps (out, in). Those weights are transposed.
 - Our vocabulary is padded from 50257 to `vocab_size` (50304) rows for fast
-  matmuls; the padded rows are never targets, so they are cropped.
+  matmuls; the rows past the four FIM sentinels (50257-50260) are never
+  targets, so they are cropped to 50261. The sentinels are added special
+  tokens of the tokenizer at their ids (`GPT2TokenizerFast` encodes
+  `<fim_prefix>` to 50257).
 - The head is tied to `wte` (`tie_word_embeddings: true`), so only
   `transformer.wte.weight` is stored and transformers ties `lm_head` on load.
 
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from model.atomic import fsync_dir
 from model.gpt import GPT
-from model.tokenizer import EOT, EOT_TEXT, VOCAB_SIZE, get_encoding
+from model.tokenizer import EOT, EOT_TEXT, N_IDS, SPECIAL_TOKENS, get_encoding
 from model.train_config import TrainConfig
 
 # nn.Linear weights stored as HF Conv1D (transposed); the names are the same in both.
@@ -44,7 +47,7 @@ def hf_config(cfg: TrainConfig) -> dict[str, Any]:
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": VOCAB_SIZE,
+        "vocab_size": N_IDS,
         "n_positions": cfg.block_size,
         "n_ctx": cfg.block_size,
         "n_embd": cfg.n_embd,
@@ -70,15 +73,17 @@ def hf_config(cfg: TrainConfig) -> dict[str, Any]:
 
 def hf_state_dict(model: GPT) -> dict[str, Tensor]:
     """Our state dict under HF's names: Conv1D weights transposed, vocabulary cropped, no head."""
-    if model.cfg.vocab_size < VOCAB_SIZE:
-        raise ValueError(f"vocab_size={model.cfg.vocab_size} < {VOCAB_SIZE}: not a GPT-2 model")
+    if model.cfg.vocab_size < N_IDS:
+        raise ValueError(
+            f"vocab_size={model.cfg.vocab_size} < {N_IDS}: not a GPT-2 model with its sentinels"
+        )
     out: dict[str, Tensor] = {}
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
             continue  # the same tensor as wte; tied again on load
         t = t.detach().float().cpu()
         if name == "transformer.wte.weight":
-            t = t[:VOCAB_SIZE]  # (50304, C) -> (50257, C)
+            t = t[:N_IDS]  # (50304, C) -> (50261, C): GPT-2's ids and the FIM sentinels
         elif name.endswith(CONV1D):
             t = t.t()  # (out, in) -> (in, out)
         out[name] = t.contiguous().clone()
@@ -128,18 +133,36 @@ def tokenizer_files(block_size: int) -> dict[str, str]:
         return "".join(alpha[x] for x in b)
 
     vocab = {show(tok): i for tok, i in ranks.items()}
-    vocab[EOT_TEXT] = EOT
+    vocab.update(SPECIAL_TOKENS)  # <|endoftext|> and the FIM sentinels at their ids
     merges = [
         f"{show(a)} {show(b)}"
         for tok, r in sorted(ranks.items(), key=lambda kv: kv[1])
         if len(tok) > 1
         for a, b in [_merge_of(tok, r, ranks)]
     ]
-    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+    fim = [t for t in SPECIAL_TOKENS if t != EOT_TEXT]
+    special = {
+        "bos_token": EOT_TEXT,
+        "eos_token": EOT_TEXT,
+        "unk_token": EOT_TEXT,
+        "additional_special_tokens": fim,
+    }
+    added = {
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+            "special": True,
+        }
+        for t, i in SPECIAL_TOKENS.items()
+    }
     tok_cfg = {
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": block_size,
         "add_prefix_space": False,
+        "added_tokens_decoder": added,
         **special,
     }
     return {
@@ -163,6 +186,18 @@ def _readme(cfg: TrainConfig, step: int, source: Path) -> str:
         "    tok = GPT2TokenizerFast.from_pretrained(path)  # GPT-2's BPE\n\n"
         "The tokenizer is GPT-2's byte-level BPE (50257 ids, `<|endoftext|>` = 50256);\n"
         "codegpt encodes source text as plain text, `<|endoftext|>` only between documents.\n"
+        "\n## Fill in the middle\n\n"
+        + (
+            f"Trained with fill-in-the-middle (fim_rate {cfg.fim_rate}, SPM share "
+            f"{cfg.fim_spm_rate}). "
+            if cfg.fim_rate > 0
+            else "Trained left to right only (fim_rate 0): the sentinels below are untrained. "
+        )
+        + "The sentinels are added special tokens: `<fim_prefix>` 50257, `<fim_middle>` 50258,\n"
+        "`<fim_suffix>` 50259, `<fim_pad>` 50260. To fill in the code between `prefix` and\n"
+        "`suffix`, give the PSM prompt\n\n"
+        "    <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>\n\n"
+        "and generate: the middle follows, ended by `<|endoftext|>`.\n"
     )
 
 

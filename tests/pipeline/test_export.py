@@ -11,7 +11,7 @@ import torch
 
 from model.checkpoint import load_for_inference
 from model.hf_export import byte_alphabet
-from model.tokenizer import VOCAB_SIZE, encode
+from model.tokenizer import N_IDS, SPECIAL_TOKENS, encode, encode_with_specials
 from pipeline.__main__ import main
 from pipeline.train import train
 from tests.model.train_fixtures import tiny_config, write_tiny_shards
@@ -54,7 +54,7 @@ def test_the_export_folder_is_complete(exported: Path) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in hf.iterdir()}
     assert modes["model.safetensors"] == modes["config.json"]  # readable like the rest
     cfg = json.loads((hf / "config.json").read_text())
-    assert cfg["vocab_size"] == VOCAB_SIZE and cfg["n_positions"] == 256
+    assert cfg["vocab_size"] == N_IDS == 50261 and cfg["n_positions"] == 256
     assert cfg["activation_function"] == "gelu_new" and cfg["tie_word_embeddings"] is True
 
 
@@ -68,10 +68,10 @@ def test_transformers_gives_the_same_logits_on_real_code(exported: Path) -> None
     ids = torch.tensor([encode(real_code())[:200]])  # (1, 200)
     with torch.no_grad():
         want, _ = ours(ids)
-        got = hf_model(ids).logits  # (1, 200, 50257)
-    assert want is not None and got.shape == (1, 200, VOCAB_SIZE)
-    assert torch.allclose(got, want[..., :VOCAB_SIZE], atol=1e-4, rtol=0)
-    assert want[..., :VOCAB_SIZE].std() > 0.1  # trained logits, not a constant
+        got = hf_model(ids).logits  # (1, 200, 50261): GPT-2's ids and the FIM sentinels
+    assert want is not None and got.shape == (1, 200, N_IDS)
+    assert torch.allclose(got, want[..., :N_IDS], atol=1e-4, rtol=0)
+    assert want[..., :N_IDS].std() > 0.1  # trained logits, not a constant
 
 
 def test_the_tokenizer_files_give_our_ids(exported: Path) -> None:
@@ -81,6 +81,17 @@ def test_the_tokenizer_files_give_our_ids(exported: Path) -> None:
     for text in texts:
         assert tok(text)["input_ids"] == encode(text)
     assert tok.eos_token_id == 50256 and tok.decode(encode(texts[2])) == texts[2]
+
+
+def test_the_fim_sentinels_are_special_tokens_at_their_ids(exported: Path) -> None:
+    tok = transformers.GPT2TokenizerFast.from_pretrained(exported / "hf", local_files_only=True)
+    for text, i in SPECIAL_TOKENS.items():
+        assert tok.convert_tokens_to_ids(text) == i and tok(text)["input_ids"] == [i]
+    prompt = "<fim_prefix>def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>"
+    assert tok(prompt)["input_ids"] == encode_with_specials(prompt)
+    readme = (exported / "hf" / "README.md").read_text()
+    assert "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>" in readme
+    assert "fim_rate 0" in readme  # this run was trained left to right: said so
 
 
 def test_byte_alphabet_is_a_bijection_onto_printable_characters() -> None:
