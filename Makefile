@@ -35,11 +35,13 @@ NPROC ?= 1## GPUs of this box that `make train` uses (torchrun when > 1)
 CONFIG ?= configs/gpt2-124m.yaml## train/smoke/plan config
 SAMPLE_DATA_CONFIG ?= configs/sample-data.yaml## sample-data config
 SAMPLE_CONFIG ?= configs/sample.yaml## sample config
+SERVE_CONFIG ?= configs/serve.yaml## serve config
+PORT ?= 8000## make serve: the port on 127.0.0.1
 RUN_NAME ?= ## run folder out/$(RUN_NAME) instead of the config's out_dir
 ARGS ?= ## key=value overrides for the stage(s) named on the command line
 COMPOSE ?= docker compose
 
-STAGES := sample-data dedup tokenize plan smoke train sample eval humaneval export plot report
+STAGES := sample-data dedup tokenize plan smoke train sample serve eval humaneval export plot report
 
 # ---------------------------------------------------------------- where stages run
 ifeq ($(RUN),auto)
@@ -91,6 +93,7 @@ goal_args = $(if $(filter $(1),$(MAKECMDGOALS)),$(ARGS))
 SAMPLE_DATA_ARGS ?= $(call goal_args,sample-data)
 TRAIN_ARGS ?= $(strip $(if $(RUN_NAME),out_dir=out/$(RUN_NAME)) $(call goal_args,plan smoke train))
 SAMPLE_ARGS ?= $(call goal_args,sample)
+SERVE_ARGS ?= $(call goal_args,serve)
 OUT_ARGS ?= $(call goal_args,export plot report)
 EVAL_ARGS ?= $(call goal_args,eval)
 HUMANEVAL_ARGS ?= $(call goal_args,humaneval)
@@ -146,7 +149,7 @@ $(shell mkdir -p $(STAMPS))
 endif
 
 .PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
-	$(STAGES) bench bench-tokenize bench-train bench-sample clean clean-stamps clean-venv FORCE
+	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve clean clean-stamps clean-venv FORCE
 
 help: ## list the targets and the variables
 	@echo "targets:"
@@ -253,6 +256,18 @@ sample: | $(RUNTIME) ## text from the newest checkpoint of CONFIG's run (SAMPLE_
 	@mkdir -p data out
 	$(call stage,sample,gpu,--config $(SAMPLE_CONFIG) out_dir=$(RUN_DIR) $(SAMPLE_ARGS))
 
+# In a container the server listens on every interface of the container, and only the
+# host's 127.0.0.1:$(PORT) reaches it (docker -p); on the host it listens on 127.0.0.1:$(PORT).
+ifeq ($(RUN_MODE),docker)
+SERVE_NET := host=0.0.0.0 port=8000
+SERVE_DOCKER := -p 127.0.0.1:$(PORT):8000 -e CODEGPT_API_KEY
+else
+SERVE_NET := port=$(PORT)
+endif
+serve: | $(RUNTIME) ## OpenAI-compatible completions server over the run on 127.0.0.1:$(PORT) (docs/serve.md)
+	@mkdir -p data out
+	$(call stage,serve,gpu,--config $(SERVE_CONFIG) out_dir=$(RUN_DIR) $(SERVE_NET) $(SERVE_ARGS),$(SERVE_DOCKER))
+
 eval: | $(RUNTIME) ## per-language loss and bits per byte of the run on the val split (out/<run>/eval/)
 	@mkdir -p data out
 	$(call stage,eval,gpu,out_dir=$(RUN_DIR) $(EVAL_ARGS))
@@ -297,7 +312,7 @@ demo: setup ## the whole chain on the CPU on the built-in sample (tiny GPT, a fe
 	$(MAKE) $(DEMO) eval ARGS="max_tokens=100000"
 
 # ---------------------------------------------------------------- benchmarks (host)
-bench: bench-tokenize bench-train bench-sample ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
+bench: bench-tokenize bench-train bench-sample bench-serve ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
 
 bench-tokenize: setup ## tokenize rate and peak memory -> docs/benchmarks/tokenize.md
 	cd $(ROOT) && $(PYTHON) bench/tokenize_bench.py $(ARGS)
@@ -308,6 +323,9 @@ bench-train: setup ## time to a val loss: a plain loop vs codegpt's losses and M
 
 bench-sample: setup ## sampling speed with and without the KV cache -> docs/benchmarks/sample.md
 	cd $(ROOT) && $(PYTHON) bench/sample_bench.py $(ARGS)
+
+bench-serve: setup ## the server: 8 streaming clients vs 1, time to first token, overhead vs sample -> docs/benchmarks/serve.md
+	cd $(ROOT) && $(PYTHON) bench/serve_bench.py $(ARGS)
 
 # ---------------------------------------------------------------- cleaning
 clean-stamps: ## delete .stamps/ only: the next make re-runs each stage, which skips finished work itself

@@ -104,6 +104,15 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    def row(self, i: int) -> KVCache:
+        """Row i as a batch-1 cache over the same storage (views, length 0): a prefill
+        through it fills row i of this cache (model/engine.py's slots)."""
+        view = object.__new__(KVCache)
+        view.k = [t[i : i + 1] for t in self.k]
+        view.v = [t[i : i + 1] for t in self.v]
+        view.max_len, view.length = self.max_len, 0
+        return view
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
@@ -154,6 +163,41 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
         return self._merge(y)
 
+    def forward_rows(self, x: Tensor, cache: KVCache, layer: int, rows: Rows) -> Tensor:
+        """x (A, 1, C): one new token for each of cache rows [0, A), row i at its own
+        position rows.pos[i]; row i attends to its own keys [0, rows.pos[i]]."""
+        q, k, v = self._heads(x)  # (A, nh, 1, hs)
+        A = x.shape[0]
+        index = torch.arange(A, device=x.device)
+        # advanced indices on dims 0 and 2: the (A, nh, hs) entries (i, :, pos[i], :)
+        cache.k[layer][index, :, rows.pos] = k[:, :, 0]
+        cache.v[layer][index, :, rows.pos] = v[:, :, 0]
+        keys = cache.k[layer][:A, :, : rows.span].to(q.dtype)  # (A, nh, span, hs)
+        vals = cache.v[layer][:A, :, : rows.span].to(q.dtype)
+        # rows.mask (A, 1, 1, span) hides the keys past each row's own position; None when
+        # every row is at the same position: then this is forward_cached's T == 1 case
+        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=rows.mask)
+        return self._merge(y)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Where each row of a ragged decode step writes: `pos` (A,) its position, `span` the
+    keys any row sees (max(pos) + 1), `mask` (A, 1, 1, span) or None when all are equal."""
+
+    pos: Tensor
+    span: int
+    mask: Tensor | None
+
+    @classmethod
+    def at(cls, positions: list[int], device: torch.device) -> Rows:
+        pos = torch.tensor(positions, dtype=torch.long, device=device)
+        span = max(positions) + 1
+        mask = None
+        if min(positions) != span - 1:
+            mask = (torch.arange(span, device=device)[None, :] <= pos[:, None])[:, None, None]
+        return cls(pos, span, mask)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
@@ -182,6 +226,10 @@ class Block(nn.Module):
 
     def forward_cached(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
         x = x + self.attn.forward_cached(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_rows(self, x: Tensor, cache: KVCache, layer: int, rows: Rows) -> Tensor:
+        x = x + self.attn.forward_rows(self.ln_1(x), cache, layer, rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -272,6 +320,20 @@ class GPT(nn.Module):
         """idx (B, T_new) continuing at position cache.length -> logits (B, T_new, V)."""
         logits: Tensor = self.lm_head(self.hidden_cached(idx, cache))
         return logits
+
+    def hidden_rows(self, idx: Tensor, cache: KVCache, positions: list[int]) -> Tensor:
+        """idx (A, 1): the next token of each of cache rows [0, A), row i at position
+        positions[i] (rows of different lengths in one forward: continuous batching,
+        model/engine.py) -> (A, 1, C) after ln_f. cache.length is not used."""
+        if max(positions) >= cache.max_len:
+            raise ValueError(f"cache holds {cache.max_len} positions; {max(positions)} asked")
+        rows = Rows.at(positions, idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(rows.pos)[:, None, :]  # (A, 1, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = cast(Block, block).forward_rows(x, cache, i, rows)  # (A, 1, C)
+        out: Tensor = self.transformer.ln_f(x)
+        return out
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, the tied wte/lm_head weight counted once.

@@ -97,3 +97,18 @@ def device_name(device: torch.device) -> str:
 def replace(cfg: TrainConfig, **changes: object) -> TrainConfig:
     """A checked copy of `cfg` with `changes` (runs `__post_init__` again)."""
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def inference_precision(
+    cfg: TrainConfig, device: str, dtype: str
+) -> tuple[torch.device, Precision, torch.dtype]:
+    """Where and in what a checkpoint generates (sample, serve): the `device` and `dtype`
+    keys against its training config (`auto` = the run's dtype), float16 falling back
+    to float32 on the CPU; and the KV cache's dtype."""
+    where = resolve_device(replace(cfg, device=device))
+    name = cfg.dtype if dtype == "auto" else dtype
+    if where.type == "cpu" and name == "float16":
+        log.info("float16 needs a GPU; generating in float32 on the CPU")
+        name = "float32"
+    precision = resolve_precision(replace(cfg, dtype=name), where)
+    return where, precision, _DTYPES[precision.name]

@@ -30,6 +30,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "smoke": ("pipeline.smoke", "10 steps + eval + checkpoint round trip; writes smoke.ok"),
     "train": ("pipeline.train", "train (resumes from the newest good checkpoint)"),
     "sample": ("pipeline.sample", "text from a checkpoint"),
+    "serve": ("pipeline.serve.stage", "OpenAI-compatible completions server over a run"),
     "eval": ("pipeline.eval", "val split per language: loss and bits per byte"),
     "humaneval": ("pipeline.humaneval.stage", "HumanEval pass@k, the programs run in a sandbox"),
     "export": ("pipeline.export", "write a Hugging Face GPT2LMHeadModel folder"),

@@ -170,6 +170,7 @@ def test_plain_up_starts_only_the_trainer() -> None:
     assert sorted(compose_model("*")["services"]) == [
         "dedup",
         "sample",
+        "server",
         "smoke",
         "tokenize",
         "trainer",
@@ -213,6 +214,17 @@ def test_defaults_keep_swap_equal_to_memory_and_config_follows_env() -> None:
     assert "deploy" not in services["tokenize"]
     for name in ("smoke", "sample"):
         assert services[name]["deploy"]["resources"]["reservations"]["devices"]
+
+
+def test_the_server_serves_a_run_with_the_gpu_on_loopback() -> None:
+    env = {"RUN_DIR": "out/demo", "PORT": "9002"}
+    svc = compose_model("server", env=env)["services"]["server"]
+    assert svc["command"][0] == "serve" and "out_dir=out/demo" in svc["command"]
+    assert "host=0.0.0.0" in svc["command"] and "port=8000" in svc["command"]
+    (port,) = svc["ports"]
+    assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "9002", 8000)
+    assert svc["deploy"]["resources"]["reservations"]["devices"]
+    assert "CODEGPT_API_KEY" in svc["environment"]
 
 
 @pytest.mark.parametrize("field", ["mem_limit", "memswap_limit"])

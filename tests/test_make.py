@@ -26,7 +26,7 @@ MAKEFILE = REPO / "Makefile"
 IMAGE = "codegpt-test"
 MEM = "6g"
 SHM = "1g"
-GPU_STAGES = {"plan", "smoke", "train", "sample", "eval", "humaneval"}
+GPU_STAGES = {"plan", "smoke", "train", "sample", "serve", "eval", "humaneval"}
 CPU_STAGES = {"sample-data", "dedup", "tokenize", "export", "plot", "report"}
 # Variables the Makefile reads; a developer's environment must not leak into the tests.
 MAKE_VARS = {
@@ -73,7 +73,7 @@ class DockerRun:
     command: list[str] = field(default_factory=list)
 
 
-VALUE_OPTIONS = {"--user", "-v", "-e", "--gpus", "--entrypoint"}
+VALUE_OPTIONS = {"--user", "-v", "-e", "-p", "--gpus", "--entrypoint"}
 
 
 def parse_docker_run(line: str) -> DockerRun:
@@ -147,6 +147,19 @@ def test_stage_arguments_in_docker_mode(box: Path) -> None:
         "plot",
         "out_dir=out/demo",
     ]
+
+
+def test_serve_publishes_its_port_on_loopback_only(box: Path) -> None:
+    run = stage_run(box, "serve", "CONFIG=configs/demo.yaml", "PORT=9001")
+    assert run.values["-p"] == ["127.0.0.1:9001:8000"]  # the host's loopback only
+    assert "CODEGPT_API_KEY" in run.values["-e"]
+    # inside the container it listens on the container's interfaces, on the published port
+    assert run.command[:3] == ["serve", "--config", "configs/serve.yaml"]
+    assert {"out_dir=out/demo", "host=0.0.0.0", "port=8000"} <= set(run.command)
+    r = make(box, "-n", "RUN=local", "serve", "CONFIG=configs/demo.yaml", "PORT=9001")
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if " -m pipeline serve " in ln]
+    assert "out_dir=out/demo port=9001" in line and "host=" not in line  # 127.0.0.1
 
 
 def test_demo_config_pairs_with_its_tokenize_config(box: Path) -> None:
