@@ -149,7 +149,7 @@ $(shell mkdir -p $(STAMPS))
 endif
 
 .PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
-	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve clean clean-stamps clean-venv FORCE
+	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve bench-loader clean clean-stamps clean-venv FORCE
 
 help: ## list the targets and the variables
 	@echo "targets:"
@@ -312,7 +312,7 @@ demo: setup ## the whole chain on the CPU on the built-in sample (tiny GPT, a fe
 	$(MAKE) $(DEMO) eval ARGS="max_tokens=100000"
 
 # ---------------------------------------------------------------- benchmarks (host)
-bench: bench-tokenize bench-train bench-sample bench-serve ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
+bench: bench-tokenize bench-train bench-sample bench-serve bench-loader ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
 
 bench-tokenize: setup ## tokenize rate and peak memory -> docs/benchmarks/tokenize.md
 	cd $(ROOT) && $(PYTHON) bench/tokenize_bench.py $(ARGS)
@@ -323,6 +323,9 @@ bench-train: setup ## time to a val loss: a plain loop vs codegpt's losses and M
 
 bench-sample: setup ## sampling speed with and without the KV cache -> docs/benchmarks/sample.md
 	cd $(ROOT) && $(PYTHON) bench/sample_bench.py $(ARGS)
+
+bench-loader: setup ## the train loader's tokens/s with and without FIM, one core, vs the 124M GPU step -> docs/benchmarks/loader.md
+	cd $(ROOT) && $(PYTHON) bench/loader_bench.py $(ARGS)
 
 bench-serve: setup ## the server: 8 streaming clients vs 1, time to first token, overhead vs sample -> docs/benchmarks/serve.md
 	cd $(ROOT) && $(PYTHON) bench/serve_bench.py $(ARGS)
