@@ -295,15 +295,12 @@ class Engine:
         if lg.shape[-1] > VOCAB_SIZE and plain:
             lg = lg.clone()
             lg[plain, VOCAB_SIZE:] = -torch.inf  # a plain prompt never draws a sentinel
-        picked: list[Tensor] = []
-        for i, s in enumerate(seqs):
+        toks = lg.argmax(dim=-1)  # (A,): every greedy row in one call
+        for i, s in enumerate(seqs):  # the sampled rows, each with its own generator
             req = s.job.request
-            if req.sampling.temperature == 0:
-                picked.append(lg[i].argmax().view(1))
-            else:
+            if req.sampling.temperature > 0:
                 allowed = vocabulary(req.fim)[0]
-                picked.append(next_token(lg[i : i + 1], req.sampling, s.generator, allowed)[0])
-        toks = torch.cat(picked)
+                toks[i] = next_token(lg[i : i + 1], req.sampling, s.generator, allowed)[0, 0]
         infos = self._logprobs(seqs, lg, toks)
         self.tokens += len(seqs)
         for s, tok, info in zip(seqs, toks.tolist(), infos, strict=True):
