@@ -150,9 +150,11 @@ def test_the_context_error_names_both_numbers_through_the_client(server: Server)
     healthy(server)
 
 
-def test_a_client_that_disconnects_frees_its_slot(tmp_path: Path) -> None:
-    """A long stream (1000 tokens) whose client closes the socket after its first chunk."""
-    s = start(make_run(tmp_path / "long", fim_rate=0.0, block_size=1024), tmp_path / "log")
+def test_full_means_429_and_a_client_that_disconnects_frees_its_slot(tmp_path: Path) -> None:
+    """One slot, no queue: a long stream (1000 tokens) holds it, so another request gets a
+    429 with Retry-After; its client closes the socket and the slot is free again."""
+    run = make_run(tmp_path / "long", fim_rate=0.0, block_size=1024)
+    s = start(run, tmp_path / "log", "max_batch=1", "max_queue=0")
     health = s.url.replace("/v1", "/health")
     try:
         body = {"model": "long", "prompt": "a", "max_tokens": 1000, "stream": True}
@@ -165,6 +167,10 @@ def test_a_client_that_disconnects_frees_its_slot(tmp_path: Path) -> None:
         while b"data: " not in got:  # it streams...
             got += sock.recv(4096)
         assert httpx.get(health).json()["active"] == 1
+        with pytest.raises(openai.RateLimitError) as busy:
+            client(s).completions.create(model="long", prompt="b", max_tokens=2)
+        assert busy.value.response.headers["retry-after"] == "1"
+        assert "max_batch, max_queue" in str(busy.value)
         sock.close()  # ...and the client goes away mid-stream
         deadline = time.monotonic() + 10
         while httpx.get(health).json()["active"] and time.monotonic() < deadline:
