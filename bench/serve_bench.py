@@ -91,11 +91,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(run: Path, log: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    run: Path, log: Path, args: list[str], threads: int
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "pipeline", "serve", f"out_dir={run}", f"port={port}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("wb") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=f)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=f, env=env)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if proc.poll() is not None:
@@ -180,7 +183,7 @@ def measure(run: Path, args: argparse.Namespace, device: str) -> tuple[Round, Ro
     """(1 client, N clients, sample's tokens/s); the server runs alone during its rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         server_args = [f"device={device}", f"max_batch={max(8, args.clients)}"]
-        proc, base = start_server(run, Path(tmp) / "server.log", server_args)
+        proc, base = start_server(run, Path(tmp) / "server.log", server_args, args.threads)
         try:
             model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
             load_round(base, model, 1, 1, args.tokens)  # warm-up
@@ -189,6 +192,7 @@ def measure(run: Path, args: argparse.Namespace, device: str) -> tuple[Round, Ro
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    torch.set_num_threads(args.threads)  # generate() here with the server's thread count
     return single, many, sample_rate(run, args.tokens, 5, device)
 
 
@@ -218,10 +222,14 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads (both sides)"
+    )
     p.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "serve.md")
     args = p.parse_args()
     cfg = load(TrainConfig, args.config)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         run, weights = run_folder(cfg, Path(tmp))
         single, many, sample = measure(run, args, "cpu")
@@ -231,7 +239,9 @@ def main() -> int:
             "# The completions server: continuous batching and its overhead (CPU, demo model)",
             "",
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-            f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+            f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{args.threads} torch threads (server and sample), load average before "
+            f"{load_before:.2f}",
             f"- command: `{cmd.strip()}`",
             f"- model: {args.config.name} shape ({cfg.n_layer} layers, width {cfg.n_embd}, "
             f"context {cfg.block_size}), {weights}; fp32",

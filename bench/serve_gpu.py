@@ -41,6 +41,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU")
     p.add_argument("--out", type=Path, help="also write the markdown here")
     args = p.parse_args()
