@@ -130,14 +130,10 @@ def generate(
 ) -> Iterator[int]:
     """Yield up to `max_new_tokens` new ids after `prompt`; ends early at `stop_token` (not yielded).
 
-    `fim`: the prompt is a fill-in-the-middle one (model/fim.py's `psm_prompt`): the
-    sentinels may be sampled, and any of them ends the middle as end-of-text does.
-
-    `keep`: tokens kept when the context outgrows block_size (see the module
-    docstring); `autocast`: makes the run's mixed-precision context (e.g.
-    `Precision.autocast`), entered around each forward only, not around the
-    caller's code between tokens; `cache_dtype`: the KV cache's dtype
-    (default: the model's).
+    `fim`: a fill-in-the-middle prompt (model/fim.py): any sentinel ends it too. `keep`:
+    tokens kept when the context outgrows block_size (module docstring); `autocast`: makes
+    the run's mixed-precision context, entered around each forward only; `cache_dtype`:
+    the KV cache's dtype (default: the model's).
     """
     if not prompt:
         raise ValueError("empty prompt: start from [EOT]")
@@ -146,9 +142,7 @@ def generate(
     if not 1 <= keep <= block:
         raise ValueError(f"keep={keep} must be in [1, block_size={block}]")
     device = next(model.parameters()).device
-    allowed, stops = vocabulary(fim)
-    if not fim:
-        stops = frozenset() if stop_token is None else frozenset({stop_token})
+    allowed, stops = vocabulary(fim) if fim else (VOCAB_SIZE, frozenset({stop_token} - {None}))
     head = Head(model, allowed)
     ctx = list(prompt[-block:])  # a prompt longer than the window keeps its end
     cache: KVCache | None = None

@@ -171,7 +171,14 @@ def test_optimizer_decays_only_matrices():
 
 def test_from_train_copies_shape():
     tc = TrainConfig(
-        n_layer=3, n_head=2, n_embd=16, block_size=8, vocab_size=64, loss="lean", loss_chunk=5
+        n_layer=3,
+        n_head=2,
+        n_embd=16,
+        block_size=8,
+        vocab_size=64,
+        loss="lean",
+        loss_chunk=5,
+        fim_rate=0.0,
     )
     g = GPTConfig.from_train(tc)
     assert (g.n_layer, g.n_head, g.n_embd, g.block_size, g.vocab_size, g.loss, g.loss_chunk) == (
