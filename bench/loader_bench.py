@@ -55,15 +55,18 @@ def code_shards(folder: Path, tokens: int) -> Path:
 
 
 def rate(windows: Windows, fim_rate: float, ahead: bool, seconds: float) -> float:
-    """Tokens per second of next_batch (the host tensors; no device copy on the CPU)."""
+    """Tokens per second of the loader's batches (host arrays; no device copy on the CPU):
+    `next_batch` as the trainer calls it (ahead: the next one made in the loader's thread),
+    or the batch itself made on the calling thread, nothing ahead (the CPU cost)."""
     rates = fim.Rates(fim_rate, 0.5) if fim_rate else None
     dl = TrainLoader(windows, B, shuffle=True, seed=1337, fim_rates=rates)
     dl.next_batch()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        dl.next_batch()
-        if not ahead:
-            dl._ahead.clear()  # drop the batch made ahead: the next one is made in full
+        if ahead:
+            dl.next_batch()
+        else:
+            dl._make(n // T)  # the batch at this run position, made here and now
         n += B * T
     return n / (time.perf_counter() - t0)
 
@@ -84,6 +87,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=3_000_000)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "loader.md")
     args = p.parse_args()
+    box = machine()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, threads included
     with tempfile.TemporaryDirectory() as tmp:
         windows = Windows(
@@ -99,7 +103,7 @@ def main() -> int:
     lines = [
         "# Loader: tokens/s with and without fill-in-the-middle",
         "",
-        f"{datetime.date.today()}, {machine()}, pinned to one core; "
+        f"{datetime.date.today()}, {box}, pinned to one core; "
         f"`python bench/loader_bench.py --seconds {args.seconds:g}`; micro-batch {B} x {T}, "
         "GPT-2 shards of this Python's standard library.",
         "",
