@@ -332,7 +332,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def setup(args: argparse.Namespace, tmp: Path) -> tuple[TrainConfig, Path, str, list[str]]:
     """The demo config (tiny: shrunk), its shard folder and a description of it."""
-    extra = TINY if args.tiny else []
+    # fim_rate 0: every loop races on the same left-to-right windows (the FIM loader's
+    # cost is bench/loader_bench.py's to measure)
+    extra = ["fim_rate=0", *(TINY if args.tiny else [])]
     base = load(TrainConfig, CONFIG, [f"out_dir={tmp / 'run'}", "device=cpu", *extra])
     data, desc = shard_folder(base, tmp / "shards", args.tiny)
     return base, data, desc, extra

@@ -59,6 +59,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"eval_iters={args.eval_iters}",
         "dtype=auto",
         f"compile={not args.tiny}",
+        "fim_rate=0",  # the same left-to-right windows for every loop, the plain one too
     ]
     return out + (TINY if args.tiny else [])
 

@@ -117,4 +117,10 @@ def fim_rates(cfg: TrainConfig, data: Dataset) -> fim.Rates | None:
             f"fim_rate={cfg.fim_rate} re-encodes text with GPT-2's; set fim_rate=0 or "
             "tokenize with `make tokenize`"
         )
+    if cfg.vocab_size <= tokenizer.FIM_PAD:
+        raise InputError(
+            f"fim_rate={cfg.fim_rate} needs the FIM sentinels' rows (ids up to "
+            f"{tokenizer.FIM_PAD}) but vocab_size={cfg.vocab_size}; set fim_rate=0 or "
+            "vocab_size=50304"
+        )
     return fim.Rates(cfg.fim_rate, cfg.fim_spm_rate)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from model.config import Config, option
-from model.tokenizer import FIM_PAD
 
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -112,11 +111,6 @@ class TrainConfig(Config):
         out = super().checks()
         if self.n_head >= 1 and self.n_embd % self.n_head != 0:
             out.append(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.fim_rate > 0 and self.vocab_size <= FIM_PAD:
-            out.append(
-                f"fim_rate={self.fim_rate} needs the FIM sentinel rows (ids up to {FIM_PAD}) "
-                f"but vocab_size={self.vocab_size}; set fim_rate=0 or vocab_size=50304"
-            )
         if self.min_lr > self.lr:
             out.append(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
         return out

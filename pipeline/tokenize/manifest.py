@@ -81,10 +81,14 @@ def differences(
         if old_cfg.get(key) != settings.get(key):
             changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
     was = old.get("tokenizer")
-    if isinstance(was, dict) and "special_tokens" not in was and tokenizer is not None:
+    if (
+        isinstance(was, dict)
+        and "special_tokens" not in was
+        and "special_tokens" in (tokenizer or {})
+    ):
         # a manifest from before the special tokens were recorded: the same encoder, whose
         # shards hold no sentinel (documents are encoded as ordinary text either way)
-        was = {**was, "special_tokens": tokenizer.get("special_tokens")}
+        was = {**was, "special_tokens": (tokenizer or {})["special_tokens"]}
     if was != tokenizer:
         changes.append(f"tokenizer {was} -> {tokenizer}")
     return changes

@@ -173,3 +173,11 @@ def test_fim_needs_shards_of_gpt2_text(shards: Path, tmp_path: Path) -> None:
     cfg = tiny_config(shards, tmp_path, **FIM_ON)
     with pytest.raises(InputError, match=r"tokenizer is 'counting'.*set fim_rate=0"):
         make_loaders(cfg, 0, 1, torch.device("cpu"))
+
+
+def test_fim_needs_the_sentinels_rows(code: Path, tmp_path: Path) -> None:
+    from model.errors import InputError
+
+    cfg = tiny_config(code, tmp_path, vocab_size=50258, fim_rate=0.5)
+    with pytest.raises(InputError, match=r"vocab_size=50258; set fim_rate=0 or vocab_size=50304"):
+        make_loaders(cfg, 0, 1, torch.device("cpu"))
