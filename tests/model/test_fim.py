@@ -98,14 +98,16 @@ def test_draws_are_a_pure_function_of_seed_epoch_and_window() -> None:
 
 
 def test_padded_targets_are_ignored_by_the_loss() -> None:
-    row = window("if x:\n    y = 'é' * 3\n")  # a multi-byte character: re-encoding shifts
-    rows = np.stack([row, row])
-    examples = [fim.transform(row, ALWAYS_PSM, fim.window_rng(0, 0, w)) for w in (0, 1)]
-    padded = [e for e in examples if e is not None and (e.tokens == FIM_PAD).any()]
-    x, y = fim.xy(rows, examples)
-    assert x.shape == y.shape == (2, len(row) - 1)
-    assert ((y == fim.IGNORE) == (np.stack([e.tokens for e in examples])[:, 1:] == FIM_PAD)).all()
-    assert padded or (y != fim.IGNORE).all()
+    row = window("if x:\n    y = 1\n", length=12)
+    short = np.array([FIM_PREFIX, 5, FIM_SUFFIX, 6, FIM_MIDDLE, 7, EOT] + [FIM_PAD] * 5)
+    ex = fim.Example(short, np.zeros(12, np.int8), np.zeros(12, np.int64))
+    x, y = fim.xy(np.stack([row, row]), [ex, None])
+    assert x.shape == y.shape == (2, 11)
+    assert y[0].tolist() == [5, FIM_SUFFIX, 6, FIM_MIDDLE, 7, EOT] + [fim.IGNORE] * 5
+    assert x[0].tolist() == short[:-1].tolist() and y[1].tolist() == row[1:].tolist()
+    # and transform pads when re-encoding makes a window shorter than T + 1
+    grown = [fim.transform(row, ALWAYS_PSM, fim.window_rng(0, 0, w)) for w in range(50)]
+    assert all(len(e.tokens) == 12 for e in grown if e is not None)
 
 
 def test_the_psm_prompt() -> None:
