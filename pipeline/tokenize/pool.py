@@ -287,7 +287,10 @@ class _Pool:
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | Any:
         if self.executor is None:
             return fn(*args)
-        return self.executor.submit(fn, *args)
+        try:
+            return self.executor.submit(fn, *args)
+        except (EOFError, OSError) as e:  # a worker could not start: its forkserver is gone
+            raise BrokenProcessPool(f"could not start a worker ({e!r})") from None
 
     def stop(self, clean: bool) -> None:
         """Stop at once: a clean stop must not wait for the work still in flight."""

@@ -24,7 +24,7 @@ and usage and takes the smaller headroom, so the watchdog stops first.
 
 On a trip the watchdog kills the stage's descendants at once (they are the
 encoding workers that hold the memory, and the main thread may be blocked
-waiting on them), logs one warning, and records the first `Trip`. It never
+waiting on them; multiprocessing's forkserver and resource tracker are spared), logs one warning, and records the first `Trip`. It never
 kills the process it watches: the caller sees the dead pool or `tripped`,
 removes its temporaries, keeps every complete shard and exits non-zero with
 `trip.message()`.
@@ -237,11 +237,32 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+# multiprocessing's own helpers, started as direct children of the main process: the
+# forkserver (its workers are its children, with the same command line) and the resource
+# tracker. They hold none of the stage's memory; killing them only breaks the pool's
+# next start of a worker (EOFError in the main thread) and floods stderr with the
+# relaunched tracker's tracebacks.
+_HELPERS = ("from multiprocessing.forkserver import", "from multiprocessing.resource_tracker import")
+
+
+def _helper(p: psutil.Process, parent: int) -> bool:
+    """A multiprocessing helper of `parent` (see _HELPERS)."""
+    try:
+        if p.ppid() != parent:
+            return False
+        line = " ".join(p.cmdline())
+    except _GONE:
+        return False
+    return any(h in line for h in _HELPERS)
+
+
 def kill_children(pid: int | None = None, timeout: float = 3.0) -> int:
     """SIGTERM, then after `timeout` s SIGKILL, every descendant of `pid` (not `pid`
-    itself); returns how many there were. Does not reap (see `_alive`)."""
+    itself, nor multiprocessing's forkserver and resource tracker); returns how many
+    were signalled. Does not reap (see `_alive`)."""
+    parent = os.getpid() if pid is None else pid
     try:
-        kids = psutil.Process(pid).children(recursive=True)
+        kids = [p for p in psutil.Process(parent).children(recursive=True) if not _helper(p, parent)]
     except _GONE:
         return 0
     alive = kids

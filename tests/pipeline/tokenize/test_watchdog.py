@@ -171,6 +171,37 @@ def test_kill_children_escalates_to_sigkill() -> None:
     assert (n, rc) == ("1", "-9") and 0.4 <= float(secs) < 3
 
 
+def test_kill_children_spares_the_forkserver_and_resource_tracker() -> None:
+    """The workers die; multiprocessing's helpers live, so the next worker can still start.
+
+    Killing the forkserver made a pool's next submit fail with EOFError while the
+    tripped stage was stopping (a traceback instead of its one line), and killing the
+    resource tracker printed the relaunched tracker's KeyError tracebacks.
+    """
+    code = (
+        "import multiprocessing as mp, os, psutil\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from pipeline.tokenize.watchdog import kill_children\n"
+        "ctx = mp.get_context('forkserver')\n"
+        "pool = ProcessPoolExecutor(2, mp_context=ctx)\n"
+        "workers = {pool.submit(os.getpid).result() for _ in range(20)}\n"
+        "helpers = {p.pid for p in psutil.Process().children()}\n"
+        "n = kill_children(os.getpid(), timeout=2)\n"
+        "left = {p.pid for p in psutil.Process().children(recursive=True) if p.status() != 'zombie'}\n"
+        "again = ProcessPoolExecutor(1, mp_context=ctx)\n"
+        "print(n, len(helpers), left == helpers, again.submit(int, '7').result())\n"
+        "again.shutdown()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    # the pool runs up to 2 workers; both helpers (forkserver, resource tracker) survive
+    n, helpers, kept, answer = out.stdout.split()
+    assert 1 <= int(n) <= 2 and helpers == "2" and kept == "True" and answer == "7"
+    assert "Traceback" not in out.stderr, out.stderr
+
+
 def test_min_available_trips_at_once() -> None:
     total_gb = psutil.virtual_memory().total / GB
     seen: list[Trip] = []
