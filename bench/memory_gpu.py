@@ -12,10 +12,17 @@ plain full-logits loss at micro-batch 8 should run out of memory; the lean
 and fused losses should fit 8 or more. For each size that runs: tokens/s and
 MFU against the same loss at micro-batch 4.
 
-    .venv/bin/python bench/memory_gpu.py                   # on a GPU: both tables (~10 min)
-    .venv/bin/python bench/memory_gpu.py --tiny            # on the CPU: a dry run of the code
-    .venv/bin/python bench/memory_gpu.py --parts b --out docs/benchmarks/memory-gpu.md
-    .venv/bin/python bench/memory_gpu.py --parts a --loss lean      # part A for another loss
+    python3 bench/memory_gpu.py --out "$OUT/memory.md"        # on a GPU: both tables
+    python3 bench/memory_gpu.py --tiny                         # on the CPU: a dry run of the code
+    python3 bench/memory_gpu.py --parts a --compile on --micro-batches 4,8,16
+    python3 bench/memory_gpu.py --parts a --loss lean          # part A for another loss
+
+On a lent GPU machine this runs inside bench/gpu_session.sh, which says what
+to carry there; only what is written under $OUT comes back from it.
+Time on an H200 (estimated, not yet measured): part A compile off ~30 s;
+compile on ~30 s a micro-batch size (one static compile each; the model is
+built once per setting and reused over the sizes, in ascending order); part B
+(compile off) ~1 min.
 
 On the CPU (--tiny) there is no allocator to read: the "measured" columns are
 the fake-tensor trace (model.memtrace.trace_peaks) and part B has no memory cap.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -95,11 +103,21 @@ class Run:
             torch.cuda.synchronize(self.device)
 
 
-def _free() -> None:
+def free_memory() -> None:
+    """Between settings: drop the compiled graphs first (they hold the model and its
+    buffers), then collect, then hand the cached blocks back to the driver."""
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    torch._dynamo.reset()
+
+
+def allow_recompiles(n: int = 64) -> None:
+    """One compiled model serves every micro-batch size (a static graph each); dynamo's
+    default limit of 8 graphs a function would silently run the rest eagerly."""
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, then the older
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(n, getattr(torch._dynamo.config, name)))
 
 
 def _estimate(shape: dict[str, Any], mb: int, loss: str, comp: bool, dtype: str) -> plan.Estimate:
@@ -108,17 +126,22 @@ def _estimate(shape: dict[str, Any], mb: int, loss: str, comp: bool, dtype: str)
 
 
 def measure_memory(
-    shape: dict[str, Any], device: torch.device, mb: int, comp: bool, loss: str
+    run: Run | None, shape: dict[str, Any], mb: int, comp: bool, loss: str
 ) -> dict[str, Any]:
-    """Peak allocated/reserved of a train micro-step (grads present) and of an eval step."""
-    if device.type == "cpu":
+    """Peak allocated/reserved of a train micro-step (grads present) and of an eval step.
+
+    `run` is reused over the sizes of one setting (its AdamW states exist after the
+    first size); the peaks are reset before each measured step, so they are this size's.
+    """
+    if run is None:  # the CPU: no allocator to read
         w = plan.Workload(**shape, micro_batch=mb, compile=comp, loss=loss)
         train, evals = trace_peaks(w)
         return {"train": train, "train_res": None, "eval": evals, "eval_res": None}
-    run = Run(shape, device, loss, comp)
+    device = run.device
     try:
-        run.step(mb, 1)  # compiles, creates the AdamW states
+        run.step(mb, 1)  # compiles this shape, creates the AdamW states on the first size
         run.sync()
+        torch.cuda.empty_cache()  # the last size's cached blocks: reserved is this size's
         torch.cuda.reset_peak_memory_stats(device)
         run.step(mb, 2)  # the second micro-step runs with the first one's gradients
         run.sync()
@@ -133,14 +156,17 @@ def measure_memory(
         out["eval_res"] = torch.cuda.max_memory_reserved(device)
         return out
     except torch.cuda.OutOfMemoryError:
+        run.opt.zero_grad(set_to_none=True)
         return {"oom": True}
-    finally:
-        del run
-        _free()
 
 
 def part_a(
-    shape: dict[str, Any], device: torch.device, sizes: list[int], compiles: list[bool], loss: str
+    shape: dict[str, Any],
+    device: torch.device,
+    sizes: list[int],
+    compiles: list[bool],
+    loss: str,
+    figures: list[dict[str, Any]],
 ) -> list[str]:
     dtype = "bfloat16"
     rows = [
@@ -148,20 +174,39 @@ def part_a(
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for comp in compiles:
-        for mb in sizes:
-            e = _estimate(shape, mb, loss, comp, dtype)
-            m = measure_memory(shape, device, mb, comp, loss)
-            if m.get("oom"):
-                rows.append(f"| {mb} | {comp} | {_u(e.peak_train)} | OOM | | | | | |")
-                continue
-            res = _u(m["train_res"]) if m["train_res"] is not None else "n/a"
-            rows.append(
-                f"| {mb} | {'on' if comp else 'off'} | {_u(e.peak_train)} | "
-                f"{_u(m['train'])} | {100 * (e.peak_train / m['train'] - 1):+.1f}% | {res} | "
-                f"{_u(e.peak_eval)} | {_u(m['eval'])} | "
-                f"{100 * (e.peak_eval / m['eval'] - 1):+.1f}% |"
-            )
-            print(rows[-1], file=sys.stderr, flush=True)
+        run = Run(shape, device, loss, comp) if device.type == "cuda" else None
+        try:
+            for mb in sorted(sizes):  # ascending: a size that runs out ends the setting
+                e = _estimate(shape, mb, loss, comp, dtype)
+                m = measure_memory(run, shape, mb, comp, loss)
+                if m.get("oom"):
+                    rows.append(
+                        f"| {mb} | {'on' if comp else 'off'} | {_u(e.peak_train)} | OOM | | | | | |"
+                    )
+                    break
+                res = _u(m["train_res"]) if m["train_res"] is not None else "n/a"
+                train_err = e.peak_train / m["train"] - 1
+                eval_err = e.peak_eval / m["eval"] - 1
+                figures.append(
+                    {
+                        "micro_batch": mb,
+                        "compile": comp,
+                        "loss": loss,
+                        "train_error": train_err,
+                        "eval_error": eval_err,
+                        "train_measured": m["train"],
+                        "train_predicted": e.peak_train,
+                    }
+                )
+                rows.append(
+                    f"| {mb} | {'on' if comp else 'off'} | {_u(e.peak_train)} | "
+                    f"{_u(m['train'])} | {100 * train_err:+.1f}% | {res} | "
+                    f"{_u(e.peak_eval)} | {_u(m['eval'])} | {100 * eval_err:+.1f}% |"
+                )
+                print(rows[-1], file=sys.stderr, flush=True)
+        finally:
+            del run
+            free_memory()
     return rows
 
 
@@ -178,16 +223,24 @@ def speed(run: Run, mb: int, steps: int) -> float:
     return SEQUENCES * run.block * steps / (time.perf_counter() - t0)
 
 
+def cap_memory(device: torch.device, card_gib: float) -> None:
+    """Hold the caching allocator to what a `card_gib` card leaves PyTorch."""
+    torch.cuda.init()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    context = total - free - torch.cuda.memory_reserved(index)
+    cap = card_gib * 2**30 - plan.DRIVER_RESERVE - context
+    # an indexed device: torch.device("cuda") is refused ("Expected a torch.device with a
+    # specified index"), which once cost a whole part B
+    torch.cuda.set_per_process_memory_fraction(float(min(1.0, cap / total)), index)
+
+
 def part_b(
     shape: dict[str, Any], device: torch.device, card_gib: float, steps: int, comp: bool
 ) -> list[str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     if device.type == "cuda":
-        torch.cuda.init()
-        free, total = torch.cuda.mem_get_info(device)
-        context = total - free - torch.cuda.memory_reserved(device)
-        cap = card_gib * 2**30 - plan.DRIVER_RESERVE - context  # what a card_gib card leaves torch
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        cap_memory(device, card_gib)
     n = (
         sum(p.numel() for p in GPT(GPTConfig(**shape)).parameters())
         - shape["block_size"] * shape["n_embd"]
@@ -200,31 +253,41 @@ def part_b(
     ]
     budget = int(card_gib * 2**30)
     overhead = plan.Overhead.for_card(comp, nominal=True)
-    base: float | None = None
     for loss, sizes in (("plain", [4, 8]), ("lean", [4, 8, 16, 32]), ("fused", [4, 8, 16, 32])):
-        for mb in sizes:
-            fits = plan.estimate(
-                plan.Workload(**shape, micro_batch=mb, compile=comp, loss=loss), overhead
-            ).fits(budget)
-            run: Run | None = None
-            try:
-                run = Run(shape, device, loss, comp)
-                tps: float | None = speed(run, mb, steps)
-            except torch.cuda.OutOfMemoryError:
-                tps = None
-            finally:
-                del run
-                _free()
-            if mb == 4:  # each loss against itself at micro-batch 4
-                base = tps
-            ratio = f"{tps / base:.2f}x" if tps and base else ""
-            mfu = f"{100 * hardware.mfu(tps, fpt, peak):.1f}%" if tps and peak else "n/a"
-            result = f"{tps:,.0f}" if tps else ""
-            rows.append(
-                f"| {loss} | {mb} | {SEQUENCES // mb} | {'fits' if fits else 'does not fit'} | "
-                f"{'ran' if tps else 'OOM'} | {result} | {ratio} | {mfu} |"
-            )
-            print(rows[-1], file=sys.stderr, flush=True)
+        base: float | None = None
+        run: Run | None = None
+        out_of_memory = False
+        try:
+            run = Run(shape, device, loss, comp)  # one model per loss, over its sizes
+            for mb in sizes:
+                fits = plan.estimate(
+                    plan.Workload(**shape, micro_batch=mb, compile=comp, loss=loss), overhead
+                ).fits(budget)
+                tps: float | None = None
+                if not out_of_memory:  # a size above one that ran out runs out too
+                    try:
+                        tps = speed(run, mb, steps)
+                    except torch.cuda.OutOfMemoryError:
+                        out_of_memory = True
+                        run.opt.zero_grad(set_to_none=True)
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                if mb == 4:  # each loss against itself at micro-batch 4
+                    base = tps
+                ratio = f"{tps / base:.2f}x" if tps and base else ""
+                mfu = f"{100 * hardware.mfu(tps, fpt, peak):.1f}%" if tps and peak else "n/a"
+                result = f"{tps:,.0f}" if tps else ""
+                rows.append(
+                    f"| {loss} | {mb} | {SEQUENCES // mb} | {'fits' if fits else 'does not fit'} | "
+                    f"{'ran' if tps else 'OOM'} | {result} | {ratio} | {mfu} |"
+                )
+                print(rows[-1], file=sys.stderr, flush=True)
+        except torch.cuda.OutOfMemoryError:  # the model and AdamW alone do not fit
+            rows.append(f"| {loss} | | | | OOM building the model | | | |")
+        finally:
+            del run
+            free_memory()
     return rows
 
 
@@ -238,12 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="part B: timed optimizer steps")
     ap.add_argument("--loss", default="fused", choices=("fused", "lean", "plain"), help="part A")
     ap.add_argument("--out", help="also write the markdown here")
+    ap.add_argument("--json", help="also write part A's figures here (bench/gpu_summary.py)")
     args = ap.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         print("no CUDA GPU: run on a GPU, or pass --tiny for a CPU dry run", file=sys.stderr)
         return 2
-    device = torch.device("cpu") if args.tiny else torch.device("cuda")
+    device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
     enable_fast_math(device)
+    allow_recompiles()
     shape = TINY if args.tiny else GPT2
     if args.tiny:
         UNIT.update(name="MiB", bytes=2**20)
@@ -258,11 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         f"`bench/memory_gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
     ]
+    figures: list[dict[str, Any]] = []
     if "a" in args.parts:
         lines += [
             f"### A. Predicted vs measured peak ({UNIT['name']})",
             "",
-            *part_a(shape, device, sizes, compiles, args.loss),
+            *part_a(shape, device, sizes, compiles, args.loss, figures),
             "",
         ]
     if "b" in args.parts:
@@ -278,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         write_text(Path(args.out), text)
+    if args.json:
+        write_text(Path(args.json), json.dumps({"device": dev, "part_a": figures}, indent=1))
     return 0
 
 

@@ -16,15 +16,18 @@ see the same context; `--tokens 3000` also covers the crop. Greedy tokens of
 the two are compared (bf16 rounding can make them part ways late; the report
 says where).
 
-    .venv/bin/python bench/sample_gpu.py                     # on a GPU
-    .venv/bin/python bench/sample_gpu.py --tiny              # on the CPU: a tiny model, to know it works
-    .venv/bin/python bench/sample_gpu.py --out docs/benchmarks/sample-gpu.md
+    python3 bench/sample_gpu.py --out "$OUT/sample.md"     # on a GPU
+    python3 bench/sample_gpu.py --tiny                     # on the CPU: a tiny model, to know it works
+
+On a lent GPU machine this runs inside bench/gpu_session.sh (only $OUT comes
+back from there). Time on an H200 (estimated): under a minute.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import time
@@ -74,12 +77,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU")
     p.add_argument("--out", type=Path, help="also write the markdown here")
+    p.add_argument("--json", type=Path, help="also write the figures (bench/gpu_summary.py)")
     args = p.parse_args()
     cfg = load(TrainConfig, REPO / "configs" / "gpt2-124m.yaml", TINY if args.tiny else [])
     if not args.tiny and not torch.cuda.is_available():
         print("no CUDA GPU: run with --tiny on the CPU", file=sys.stderr)
         return 2
-    device = torch.device("cpu" if args.tiny else "cuda")
+    device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
     precision = resolve_precision(replace(cfg, dtype="auto"), device)
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_train(cfg)).to(device).eval()
@@ -131,6 +135,14 @@ def main() -> int:
     print(text)
     if args.out:
         write_text(args.out, text)
+    if args.json:
+        figures = {
+            "device": device_name(device),
+            "cache_tokens_per_s": n / t_cache,
+            "no_cache_tokens_per_s": n / t_plain,
+            "speedup": t_plain / t_cache,
+        }
+        write_text(args.json, json.dumps(figures, indent=1))
     return 0
 
 

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,24 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+class NanoForward(torch.nn.Module):
+    """nanoGPT's `model(X, Y)`: the full logits and their cross-entropy in one forward, so
+    that torch.compile sees (and fuses) the loss too, as it does in nanoGPT."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model(x)  # (B, T, V): all of them
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1)
+
+
 class PlainLoop:
-    """nanoGPT's train.py reduced to a step: full logits and F.cross_entropy; on a GPU its
-    bf16 autocast, fused AdamW and torch.compile (when the config compiles), as nanoGPT."""
+    """nanoGPT's train.py reduced to a step: full logits and F.cross_entropy inside the
+    forward; on a GPU its bf16 autocast, fused AdamW and torch.compile (when the config
+    compiles), and no synchronization in the step (nanoGPT waits for the GPU only when
+    it logs a loss; here the timing harness waits at the end of each timed stretch)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         torch.manual_seed(cfg.seed)  # the trainer's initial weights (seed_everything)
@@ -119,7 +135,8 @@ class PlainLoop:
         ]
         cuda = device.type == "cuda"
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=cuda)
-        self.forward: Any = torch.compile(self.model) if cuda and cfg.compile else self.model
+        nano = NanoForward(self.model)
+        self.forward: Any = torch.compile(nano) if cuda and cfg.compile else nano
         self.loader, self.val = make_loaders(cfg, 0, 1, device)  # the trainer's windows
 
     def step(self, k: int) -> None:
@@ -128,14 +145,11 @@ class PlainLoop:
         for _ in range(self.cfg.grad_accum):
             x, y = self.loader.next_batch()
             with _autocast(self.device):
-                logits, _ = self.forward(x)  # (B, T, V): all of them
-                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+                loss = self.forward(x, y)
             (loss / self.cfg.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the trainer syncs once a step (its loss guard)
 
 
 class TrainerLoop:
@@ -261,19 +275,45 @@ def extend(
 
 
 def run_alone(
-    loop: Loop, steps: int, every: int, target: float | None = None, cap: int = 0
+    loop: Loop,
+    steps: int,
+    every: int,
+    target: float | None = None,
+    cap: int = 0,
+    *,
+    warmup: int = 0,
+    sync: Callable[[], None] = lambda: None,
+    around_eval: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> Curve:
     """One loop's curve on its own (a GPU's timing does not need the turns); short of
-    `target` at `steps`, it goes on to `cap` steps at most, as `extend`."""
-    curve = Curve(evals=[(0, val_loss(loop))])
+    `target` at `steps`, it goes on to `cap` steps at most, as `extend`.
+
+    On a GPU a step returns once its work is queued, so `sync` (the device's
+    synchronize) is called after each of the first `warmup` steps (they compile:
+    timed one by one) and at the end of every stretch between evals, whose wait is
+    added to the stretch's last step: the sum of each stretch is exact, whatever a
+    loop synchronizes itself. Each eval runs inside `around_eval()`.
+    """
+    with around_eval():
+        curve = Curve(evals=[(0, val_loss(loop))])
     step = 0
     while step < steps or (target is not None and step < cap and curve.reaches(target) is None):
         t0 = time.perf_counter()
         loop.step(step)
+        if step < warmup:
+            sync()
         curve.ms.append(1000 * (time.perf_counter() - t0))
         step += 1
         if step % every == 0 or step == steps:
-            curve.evals.append((step, val_loss(loop)))
+            t0 = time.perf_counter()
+            sync()
+            curve.ms[-1] += 1000 * (time.perf_counter() - t0)
+            with around_eval():
+                curve.evals.append((step, val_loss(loop)))
+    if step % every and step != steps:  # ended past `steps` between two evals (at `cap`)
+        t0 = time.perf_counter()
+        sync()
+        curve.ms[-1] += 1000 * (time.perf_counter() - t0)
     return curve
 
 

@@ -45,4 +45,5 @@ def test_the_gpu_training_bench_dry_runs_on_the_cpu(tmp_path: Path) -> None:
     run_bench("train_gpu.py", out, "--steps", "4", "--eval-every", "2", "--warmup", "1")
     text = out.read_text()
     assert text.count("| codegpt, ") == 4 and "| plain loop" in text
-    assert "codegpt's default step / the plain loop's, tokens/s" in text
+    assert "codegpt (fused loss, AdamW) / the plain loop, tokens/s: " in text
+    assert "codegpt's default (fused loss, Muon): " in text
