@@ -149,7 +149,7 @@ $(shell mkdir -p $(STAMPS))
 endif
 
 .PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
-	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve bench-loader clean clean-stamps clean-venv FORCE
+	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve bench-loader gpu-carry clean clean-stamps clean-venv FORCE
 
 help: ## list the targets and the variables
 	@echo "targets:"
@@ -329,6 +329,20 @@ bench-loader: setup ## the train loader's tokens/s with and without FIM, one cor
 
 bench-serve: setup ## the server: 8 streaming clients vs 1, time to first token, overhead vs sample -> docs/benchmarks/serve.md
 	cd $(ROOT) && $(PYTHON) bench/serve_bench.py $(ARGS)
+
+# ---------------------------------------------------------------- a lent GPU (bench/gpu_session.sh)
+# The server's packages that the lent machine's image lacks, as wheels for its Python
+# (3.12, x86-64); the versions this project's .venv runs.
+GPU_WHEELS := starlette==1.10.0 anyio==4.16.0 uvicorn==0.55.0 h11==0.16.0 httptools==0.9.0 \
+	httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5
+WHEEL_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+
+gpu-carry: setup ## what a lent GPU needs: data/shards/demo, the vocabulary, .whl/ (docs/benchmarks.md)
+	$(MAKE) $(DEMO) tokenize
+	cd $(ROOT) && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(WHEEL_PLATFORMS) -d .whl $(GPU_WHEELS)
+	@cd $(ROOT) && du -sh data/shards/demo model/assets/gpt2.tiktoken .whl
+	@echo "carry: data/shards/demo model/assets/gpt2.tiktoken .whl; run: bash bench/gpu_session.sh 1, then 2"
 
 # ---------------------------------------------------------------- cleaning
 clean-stamps: ## delete .stamps/ only: the next make re-runs each stage, which skips finished work itself
