@@ -1,4 +1,4 @@
-"""What a GPU can do: FLOPs per token, peak dense TFLOPS per device, and MFU.
+"""What a GPU can do: FLOPs per token, peak dense TFLOPS, MFU, and bf16 or not.
 
 Model FLOPs utilisation (MFU, PaLM, Chowdhery et al. 2022, appendix B) is the
 model FLOP/s a run achieves divided by the hardware's peak. The numerator
@@ -39,15 +39,28 @@ def flops_per_token(
     return 6.0 * n_params_non_embedding + 12.0 * n_layer * n_embd * block_size
 
 
-def auto_dtype(device_type: str, bf16_supported: bool) -> str:
+# Ampere: bf16 (and TF32) tensor cores in hardware. torch.cuda.is_bf16_supported() says
+# True on a T4 or V100 too (its including_emulation=True counts bf16 emulated in fp32),
+# where bf16 matmuls run far below the fp16 tensor-core rate: the rule asks the card.
+NATIVE_BF16 = (8, 0)
+
+
+def native_bf16(capability: tuple[int, int]) -> bool:
+    """Whether a card of CUDA compute capability `capability` has bf16 tensor cores."""
+    return tuple(capability) >= NATIVE_BF16
+
+
+def auto_dtype(device_type: str, capability: tuple[int, int] | None) -> str:
     """What `dtype: auto` means, the one rule for the trainer, the sampler and the planner.
 
     float32 on the CPU (its bf16 matmuls are slow on most CPUs); on a GPU bf16
-    where the card has it, else float16 with a GradScaler (T4, V100).
+    where the card has it natively (compute capability 8.0 and up), else float16
+    with a GradScaler (T4 7.5, V100 7.0). `capability` None: a card the planner
+    does not know, assumed recent (bf16).
     """
     if device_type != "cuda":
         return "float32"
-    return "bfloat16" if bf16_supported else "float16"
+    return "bfloat16" if capability is None or native_bf16(capability) else "float16"
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> float:
@@ -60,14 +73,15 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> floa
 @dataclass(frozen=True)
 class GpuSpec:
     pattern: str  # regex, fullmatch against the normalised device name
+    capability: tuple[int, int]  # CUDA compute capability (torch.cuda.get_device_capability)
     half: float  # dense bf16/fp16 tensor TFLOPS, fp32 accumulate
     tf32: float | None  # dense TF32 tensor TFLOPS; None: no TF32 on this card
     source: str  # the datasheet the figures come from
 
     @property
     def bf16(self) -> bool:
-        """bf16 arrived with TF32 (Ampere): a card without TF32 has no bf16 either."""
-        return self.tf32 is not None
+        """bf16 tensor cores, by the one rule (they arrived with TF32, in Ampere)."""
+        return native_bf16(self.capability)
 
 
 # torch.cuda.get_device_name() strings, normalised by _normalise: "NVIDIA GeForce
@@ -76,31 +90,33 @@ class GpuSpec:
 GPUS: tuple[GpuSpec, ...] = (
     # Ada Lovelace GeForce: NVIDIA Ada GPU architecture whitepaper v2.1, appendix A,
     # "Peak FP16 Tensor TFLOPS with FP32 Accumulate" and "Peak TF32 Tensor TFLOPS", dense.
-    GpuSpec(r"rtx 4090", 165.2, 82.6, "Ada whitepaper, RTX 4090"),
-    GpuSpec(r"rtx 4080", 97.5, 48.7, "Ada whitepaper, RTX 4080"),
-    GpuSpec(r"rtx 4070 ti", 80.2, 40.1, "Ada whitepaper, RTX 4070 Ti"),
-    GpuSpec(r"rtx 4070", 58.3, 29.1, "Ada whitepaper, RTX 4070"),
+    GpuSpec(r"rtx 4090", (8, 9), 165.2, 82.6, "Ada whitepaper, RTX 4090"),
+    GpuSpec(r"rtx 4080", (8, 9), 97.5, 48.7, "Ada whitepaper, RTX 4080"),
+    GpuSpec(r"rtx 4070 ti", (8, 9), 80.2, 40.1, "Ada whitepaper, RTX 4070 Ti"),
+    GpuSpec(r"rtx 4070", (8, 9), 58.3, 29.1, "Ada whitepaper, RTX 4070"),
     # Ampere GeForce: NVIDIA Ampere GA102 GPU architecture whitepaper, appendix A.
-    GpuSpec(r"rtx 3090", 35.6, 35.6, "GA102 whitepaper, RTX 3090"),
-    GpuSpec(r"rtx 3080", 29.8, 29.8, "GA102 whitepaper, RTX 3080"),
+    GpuSpec(r"rtx 3090", (8, 6), 35.6, 35.6, "GA102 whitepaper, RTX 3090"),
+    GpuSpec(r"rtx 3080", (8, 6), 29.8, 29.8, "GA102 whitepaper, RTX 3080"),
     # Data-centre parts: each product's datasheet, sparse figures halved.
-    GpuSpec(r"a100[- ].*", 312.0, 156.0, "A100 datasheet (40/80 GB, SXM4 and PCIe)"),
-    GpuSpec(r"h100 pcie", 756.5, 378.0, "H100 datasheet, PCIe (1513 / 756 sparse)"),
-    GpuSpec(r"h100 nvl", 835.5, 417.5, "H100 NVL datasheet (1671 / 835 sparse)"),
-    GpuSpec(r"h100( 80gb hbm3| sxm.*)?", 989.4, 494.7, "H100 datasheet, SXM (1979 / 989 sparse)"),
-    GpuSpec(r"h200 nvl", 835.5, 417.5, "H200 datasheet, NVL (1671 / 835 sparse)"),
-    GpuSpec(r"h200( sxm.*)?", 989.4, 494.7, "H200 datasheet, SXM (1979 / 989 sparse)"),
-    GpuSpec(r"l4", 121.0, 60.0, "L4 datasheet (242 / 120 sparse)"),
-    GpuSpec(r"l40s", 362.05, 183.0, "L40S datasheet (733 / 366 sparse)"),
+    GpuSpec(r"a100[- ].*", (8, 0), 312.0, 156.0, "A100 datasheet (40/80 GB, SXM4 and PCIe)"),
+    GpuSpec(r"h100 pcie", (9, 0), 756.5, 378.0, "H100 datasheet, PCIe (1513 / 756 sparse)"),
+    GpuSpec(r"h100 nvl", (9, 0), 835.5, 417.5, "H100 NVL datasheet (1671 / 835 sparse)"),
+    GpuSpec(
+        r"h100( 80gb hbm3| sxm.*)?", (9, 0), 989.4, 494.7, "H100 datasheet, SXM (1979 / 989 sparse)"
+    ),
+    GpuSpec(r"h200 nvl", (9, 0), 835.5, 417.5, "H200 datasheet, NVL (1671 / 835 sparse)"),
+    GpuSpec(r"h200( sxm.*)?", (9, 0), 989.4, 494.7, "H200 datasheet, SXM (1979 / 989 sparse)"),
+    GpuSpec(r"l4", (8, 9), 121.0, 60.0, "L4 datasheet (242 / 120 sparse)"),
+    GpuSpec(r"l40s", (8, 9), 362.05, 183.0, "L40S datasheet (733 / 366 sparse)"),
     # NVIDIA publishes no A10G sheet (it is AWS's A10 variant); 70 is the figure
     # AWS partners quote for its bf16 tensor rate. Set peak_tflops if you know better.
-    GpuSpec(r"a10g", 70.0, 35.0, "AWS G5 (A10G) quoted figures"),
+    GpuSpec(r"a10g", (8, 6), 70.0, 35.0, "AWS G5 (A10G) quoted figures"),
     # Turing and Volta: fp16 tensor cores only (no bf16, no TF32); bf16 runs fall
     # back to fp16 (`dtype: auto`), so the half rate is the fp16 one.
-    GpuSpec(r"t4", 65.0, None, "T4 datasheet, mixed precision FP16/FP32"),
-    GpuSpec(r"v100s-pcie.*", 130.0, None, "V100S datasheet, tensor performance"),
-    GpuSpec(r"v100-pcie.*", 112.0, None, "V100 datasheet, PCIe tensor performance"),
-    GpuSpec(r"v100-sxm.*", 125.0, None, "V100 datasheet, SXM2 tensor performance"),
+    GpuSpec(r"t4", (7, 5), 65.0, None, "T4 datasheet, mixed precision FP16/FP32"),
+    GpuSpec(r"v100s-pcie.*", (7, 0), 130.0, None, "V100S datasheet, tensor performance"),
+    GpuSpec(r"v100-pcie.*", (7, 0), 112.0, None, "V100 datasheet, PCIe tensor performance"),
+    GpuSpec(r"v100-sxm.*", (7, 0), 125.0, None, "V100 datasheet, SXM2 tensor performance"),
 )
 
 _HALF = ("bfloat16", "float16", "bf16", "fp16")

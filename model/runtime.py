@@ -53,13 +53,14 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
-    """The `dtype` key on `device`; `auto` follows model.hardware.auto_dtype."""
+    """The `dtype` key on `device`; `auto` follows model.hardware.auto_dtype, which asks
+    the card's compute capability (not torch.cuda.is_bf16_supported: it counts emulation)."""
     name: str = cfg.dtype
     if device.type == "cpu" and name == "float16":
         raise ConfigError("dtype=float16 needs a CUDA GPU; use dtype=auto or float32 on CPU")
     if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        name = auto_dtype(device.type, bf16)
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        name = auto_dtype(device.type, capability)
     return Precision(name=name, device_type=device.type)
 
 

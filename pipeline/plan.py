@@ -48,34 +48,40 @@ class Card:
     name: str  # device name ("" when unknown)
     budget: int  # bytes the plan may use
     nominal: bool  # budget is the marketed size (the driver's reserve is then counted)
+    capability: tuple[int, int] | None  # CUDA compute capability; None: a card we do not know
 
 
 def _card(cfg: PlanConfig) -> Card:
     import torch
 
+    from model.hardware import find_gpu
     from model.memory import GiB
 
     present = torch.cuda.is_available()
-    if cfg.gpu_gb > 0:
-        name = cfg.gpu or (torch.cuda.get_device_name() if present else "")
-        return Card(name, int(cfg.gpu_gb * GiB), nominal=True)
-    if not present:
+    if cfg.gpu_gb <= 0 and not present:
         raise ConfigError(
             "gpu_gb=0 means the present GPU's memory, but no CUDA GPU is visible; "
             'pass the card\'s size, e.g. gpu_gb=12 gpu="NVIDIA GeForce RTX 4070"'
         )
+    name, capability = cfg.gpu, None
+    if name:  # a named card: its capability from the table
+        spec = find_gpu(name)
+        capability = spec.capability if spec is not None else None
+    elif present:  # the present card: what the runtime will ask it
+        name, capability = torch.cuda.get_device_name(), torch.cuda.get_device_capability()
+    if cfg.gpu_gb > 0:
+        return Card(name, int(cfg.gpu_gb * GiB), nominal=True, capability=capability)
     _free, total = torch.cuda.mem_get_info()
-    return Card(cfg.gpu or torch.cuda.get_device_name(), total, nominal=False)
+    return Card(name, total, nominal=False, capability=capability)
 
 
 def _dtype(cfg: PlanConfig, card: Card) -> str:
-    """`auto` as the runtime resolves it (model.hardware.auto_dtype), for the named card."""
+    """`auto` as the runtime resolves it (model.hardware.auto_dtype), for the card."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    from model.hardware import auto_dtype, find_gpu
+    from model.hardware import auto_dtype
 
-    spec = find_gpu(card.name)
-    return auto_dtype("cuda", spec is None or spec.bf16)  # an unknown card: assume bf16
+    return auto_dtype("cuda", card.capability)  # an unknown card: assumed to have bf16
 
 
 def _measured(cfg: PlanConfig) -> tuple[float, str, int] | None:

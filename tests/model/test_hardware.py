@@ -87,16 +87,49 @@ def test_mfu_is_a_fraction() -> None:
         hardware.peak_tflops("NVIDIA L4", "int8")
 
 
-def test_dtype_auto_is_one_rule_for_the_runtime_and_the_planner() -> None:
-    import torch
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [
+        ((7, 0), "float16"),  # V100
+        ((7, 5), "float16"),  # T4
+        ((8, 0), "bfloat16"),  # A100
+        ((8, 6), "bfloat16"),  # RTX 3090, A10G
+        ((8, 9), "bfloat16"),  # RTX 4070, L4
+        ((9, 0), "bfloat16"),  # H100, H200
+        ((10, 0), "bfloat16"),  # Blackwell
+        (None, "bfloat16"),  # a card the planner does not know: assumed recent
+    ],
+)
+def test_dtype_auto_is_bf16_only_on_cards_that_have_it_natively(
+    capability: tuple[int, int] | None, dtype: str
+) -> None:
+    assert hardware.auto_dtype("cuda", capability) == dtype
+    assert hardware.auto_dtype("cpu", capability) == "float32"
 
+
+@pytest.mark.parametrize(
+    ("name", "capability"),
+    [
+        ("Tesla V100-SXM2-16GB", (7, 0)),
+        ("Tesla T4", (7, 5)),
+        ("NVIDIA A100-SXM4-80GB", (8, 0)),
+        ("NVIDIA GeForce RTX 3090", (8, 6)),
+        ("NVIDIA A10G", (8, 6)),
+        ("NVIDIA GeForce RTX 4070", (8, 9)),
+        ("NVIDIA L4", (8, 9)),
+        ("NVIDIA H100 80GB HBM3", (9, 0)),
+        ("NVIDIA H200", (9, 0)),
+    ],
+)
+def test_the_table_knows_each_cards_capability(name: str, capability: tuple[int, int]) -> None:
+    spec = hardware.find_gpu(name)
+    assert spec is not None and spec.capability == capability
+    assert spec.bf16 is hardware.native_bf16(capability) is (spec.tf32 is not None)
+
+
+def test_dtype_auto_on_the_cpu_is_float32() -> None:
     from model.runtime import resolve_precision
     from tests.model.train_fixtures import tiny_config
 
-    assert hardware.auto_dtype("cpu", True) == "float32"
-    assert hardware.auto_dtype("cuda", True) == "bfloat16"
-    assert hardware.auto_dtype("cuda", False) == "float16"  # T4, V100: fp16 + GradScaler
     cfg = tiny_config(Path("x"), Path("y"), dtype="auto")
     assert resolve_precision(cfg, torch.device("cpu")).name == "float32"
-    assert hardware.find_gpu("Tesla T4").bf16 is False  # type: ignore[union-attr]
-    assert hardware.find_gpu("NVIDIA GeForce RTX 4070").bf16 is True  # type: ignore[union-attr]

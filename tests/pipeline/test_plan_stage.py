@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import torch
 
+from model.runtime import resolve_precision
 from pipeline.__main__ import REPO_ROOT, main
+from tests.model.train_fixtures import tiny_config
 
 RTX_4070 = "gpu=NVIDIA GeForce RTX 4070"
 KEYS = (
@@ -155,11 +157,33 @@ def test_present_gpu_is_the_default(capsys: pytest.CaptureFixture[str], tmp_path
     assert p["gpu"] == torch.cuda.get_device_name()
 
 
-def test_dtype_auto_follows_the_named_card(capsys: pytest.CaptureFixture[str]) -> None:
-    """The planner's `auto` is the runtime's rule: fp16 on a card without bf16."""
-    assert main(["plan", "gpu_gb=16", "gpu=Tesla T4", "format=json"]) == 0
-    assert json.loads(capsys.readouterr().out)["dtype"] == "float16"
-    assert _plan(capsys)["dtype"] == "bfloat16"
+@pytest.mark.parametrize(
+    ("name", "capability", "dtype"),
+    [
+        ("Tesla V100-SXM2-16GB", (7, 0), "float16"),
+        ("Tesla T4", (7, 5), "float16"),
+        ("NVIDIA A100-SXM4-80GB", (8, 0), "bfloat16"),
+        ("NVIDIA GeForce RTX 3090", (8, 6), "bfloat16"),
+        ("NVIDIA GeForce RTX 4070", (8, 9), "bfloat16"),
+        ("NVIDIA H100 80GB HBM3", (9, 0), "bfloat16"),
+    ],
+)
+def test_dtype_auto_is_the_same_in_the_planner_and_the_runtime(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    capability: tuple[int, int],
+    dtype: str,
+) -> None:
+    """The plan for a named card and the trainer on that card pick the same `auto` dtype:
+    fp16 on Volta and Turing, though torch says bf16 is supported there (by emulation)."""
+    assert main(["plan", "gpu_gb=16", f"gpu={name}", "format=json"]) == 0
+    assert json.loads(capsys.readouterr().out)["dtype"] == dtype
+    # the card, as torch describes it to the runtime (no GPU here)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cfg = tiny_config(Path("x"), Path("y"), dtype="auto", device="cuda")
+    assert resolve_precision(cfg, torch.device("cuda", 0)).name == dtype
 
 
 def test_the_disk_the_checkpoints_need(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
