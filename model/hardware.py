@@ -63,11 +63,17 @@ def auto_dtype(device_type: str, capability: tuple[int, int] | None) -> str:
     return "bfloat16" if capability is None or native_bf16(capability) else "float16"
 
 
-def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float) -> float:
-    """Achieved model FLOP/s over the peak, as a fraction (0.35 = 35 %)."""
+def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float, gpus: int = 1) -> float:
+    """Achieved model FLOP/s over the peak, as a fraction (0.35 = 35 %), per GPU.
+
+    `tokens_per_s` is the whole job's, made by `gpus` GPUs of `peak_tflops` each (under
+    DDP every rank's tokens count), so the peak it is measured against is gpus x peak.
+    """
     if peak_tflops <= 0:
         raise ValueError(f"peak_tflops must be > 0, got {peak_tflops}")
-    return tokens_per_s * flops_per_token / (peak_tflops * 1e12)
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    return tokens_per_s * flops_per_token / (gpus * peak_tflops * 1e12)
 
 
 @dataclass(frozen=True)

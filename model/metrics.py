@@ -4,7 +4,8 @@ One JSON object per line, appended and flushed:
 
 - a logged training step: `step` (optimizer steps done), `loss`, `lr`,
   `tokens` (seen so far, all ranks), `ms` (mean wall time per step since the
-  previous line), `tokens_per_s`, and on a GPU `mfu` and `peak_mem_gb`;
+  previous line), `tokens_per_s` (the whole job's, all ranks), and on a GPU
+  `mfu` (per GPU: MfuMeter) and `peak_mem_gb`;
   `bad_steps` when steps were skipped by the loss guard;
 - an eval: `step`, `val_loss`, `tokens`.
 
@@ -157,7 +158,7 @@ def progress_line(rec: dict[str, Any], max_iters: int) -> str:
 
 
 class MfuMeter:
-    """Model FLOPs utilisation: achieved model FLOP/s over the GPU's peak dense rate.
+    """Model FLOPs utilisation of one GPU: achieved model FLOP/s over its peak dense rate.
 
     FLOPs per token come from `model.hardware.flops_per_token` (6N for the
     forward and backward matmuls, Kaplan et al. 2020, plus the attention term
@@ -175,22 +176,22 @@ class MfuMeter:
         block_size: int,
         peak_override: float,
     ) -> None:
-        self.flops_per_token = 0.0
-        self.peak: float | None = None
-        if device.type != "cuda":
-            return
         hardware = importlib.import_module("model.hardware")  # the planner's FLOP and peak tables
-        self.flops_per_token = hardware.flops_per_token(
+        self.flops_per_token: float = hardware.flops_per_token(
             n_params_non_embedding, n_layer, n_embd, block_size
         )
+        self.peak: float | None = None  # TFLOP/s of one GPU
+        if device.type != "cuda":
+            return
         if peak_override > 0:
             self.peak = peak_override
         else:
             dtype = "float32" if precision == "float32" else "bfloat16"
             self.peak = hardware.peak_tflops(torch.cuda.get_device_name(device), dtype)
 
-    def __call__(self, tokens_per_s: float) -> float | None:
+    def __call__(self, tokens_per_s: float, gpus: int = 1) -> float | None:
+        """MFU per GPU from the whole job's `tokens_per_s`, made by `gpus` GPUs (the world size)."""
         if self.peak is None or self.flops_per_token <= 0:
             return None
         hardware = importlib.import_module("model.hardware")
-        return float(hardware.mfu(tokens_per_s, self.flops_per_token, self.peak))
+        return float(hardware.mfu(tokens_per_s, self.flops_per_token, self.peak, gpus))

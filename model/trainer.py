@@ -344,11 +344,17 @@ class Trainer:
                 f"checkpoint: {last}. Lower lr or check the data, then rerun to resume"
             )
 
+    def speed(self, ms: float) -> tuple[float, float | None]:
+        """(tokens/s of the whole job, MFU of one GPU) at `ms` per optimizer step: under DDP
+        a step's tokens are every rank's, and the peak MFU divides by is one GPU's."""
+        tps = self.cfg.tokens_per_step * 1000.0 / ms if ms > 0 else 0.0
+        return tps, self.mfu(tps, gpus=self.info.world_size)
+
     def _log_step(self, r: StepResult, ms: float) -> None:
         if not self.info.is_main:
             return
         tokens = self.step * self.cfg.tokens_per_step
-        tps = self.cfg.tokens_per_step * 1000.0 / ms if ms > 0 else 0.0
+        tps, mfu = self.speed(ms)
         rec: dict[str, Any] = {
             "step": self.step,
             "loss": self.window.mean(r.loss),  # the mean over the steps since the last line
@@ -358,7 +364,6 @@ class Trainer:
             "ms": round(ms, 3),
             "tokens_per_s": round(tps, 1),
         }
-        mfu = self.mfu(tps)
         if mfu is not None:
             rec["mfu"] = round(mfu, 4)
         mem = peak_mem_gb(self.device)

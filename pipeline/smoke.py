@@ -112,7 +112,7 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     # the first step pays for compilation and allocator warm-up; leave it out of the rate
     steady = times[1:] or times
     ms = 1000 * sum(steady) / len(steady)
-    tps = resolved.tokens_per_step * 1000 / ms
+    tps, mfu = trainer.speed(ms)
     val = trainer.evaluate().loss
     trainer.step = cfg.smoke_steps
     path = trainer.save()
@@ -124,7 +124,7 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     auto = trainer.precision.autocast
     sample = list(generate(reloaded, prompt, SAMPLE_TOKENS, greedy, stop_token=None, autocast=auto))
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    report = SmokeReport(losses, val, (before, after), ms, tps, trainer.mfu(tps), mem, sample)
+    report = SmokeReport(losses, val, (before, after), ms, tps, mfu, mem, sample)
     report.failures = _checks(resolved, losses, (before, after))
     shutil.rmtree(work, ignore_errors=True)
     if report.failures:

@@ -81,6 +81,10 @@ def test_unknown_gpu_is_none_and_says_what_to_set(
 def test_mfu_is_a_fraction() -> None:
     # 20,000 tok/s x 855.4 MFLOP = 17.1 TFLOP/s on a 58.3 TFLOPS card = 29.3 %
     assert hardware.mfu(20_000, 855.4e6, 58.3) == pytest.approx(0.2934, abs=1e-4)
+    # the same job's rate from two such cards: each is half as busy
+    assert hardware.mfu(20_000, 855.4e6, 58.3, gpus=2) == pytest.approx(0.1467, abs=1e-4)
+    with pytest.raises(ValueError):
+        hardware.mfu(1.0, 1.0, 1.0, gpus=0)
     with pytest.raises(ValueError):
         hardware.mfu(1.0, 1.0, 0.0)
     with pytest.raises(ValueError):

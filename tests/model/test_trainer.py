@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from model.checkpoint import MODEL, list_checkpoints, load_latest
+from model.distributed import DistInfo
 from model.errors import CheckFailed, StateError
 from model.metrics import read_metrics
 from model.schedule import lr_at
@@ -49,6 +50,24 @@ def test_train_logs_metrics_evals_and_checkpoints(shards: Path, tmp_path: Path) 
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5  # it learns
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt-00000020.pt"]
     assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_mfu_is_per_gpu_and_tokens_per_s_the_whole_jobs(shards: Path, tmp_path: Path) -> None:
+    """Under DDP a step's tokens are every rank's while the peak is one GPU's: two GPUs
+    making the job's tokens at the same rate are each half as busy as one."""
+    cfg = tiny_config(shards, tmp_path)
+    trainer = Trainer(cfg, CPU, tmp_path)
+    ms = 50.0
+    tps = cfg.tokens_per_step * 1000.0 / ms
+    # the peak a GPU would have, set to make one GPU 50 % busy (the CPU has none: no MFU)
+    trainer.mfu.peak = tps * trainer.mfu.flops_per_token / 1e12 / 0.5
+    assert trainer.speed(ms) == (tps, pytest.approx(0.5))
+    trainer.info = DistInfo(rank=0, local_rank=0, world_size=2)  # what torchrun's rank 0 has
+    assert trainer.speed(ms) == (tps, pytest.approx(0.25))
+    trainer.step = 5
+    trainer._log_step(StepResult(loss=3.0, grad_norm=1.0, ok=True), ms)
+    (rec,) = read_metrics(tmp_path)
+    assert (rec["tokens_per_s"], rec["mfu"]) == (round(tps, 1), 0.25)
 
 
 def test_logged_train_loss_is_the_mean_of_its_interval(shards: Path, tmp_path: Path) -> None:
