@@ -5,10 +5,14 @@ The run keeps `batch_size` sequences per optimizer step (all ranks), so
 number of processes (each rank runs grad_accum / world_size micro-steps,
 model/distributed.py). On a GPU the planner (model/memory.py) proposes the
 largest such micro-batch whose estimate fits the free memory; then a real
-trial, one training step (forward, backward, AdamW) and one eval forward at
-that size on the real model with the run's dtype and compile setting,
-confirms it, stepping down a size on torch.cuda.OutOfMemoryError. Under DDP
-every rank runs the trial and all take the smallest size any rank found.
+trial at that size on the real model with the run's dtype and compile
+setting confirms it, stepping down a size on torch.cuda.OutOfMemoryError.
+The trial reaches training's peak: a first optimizer step makes the
+optimizer state, and a second step's last backward runs with that state and
+(when the run accumulates) the previous micro-step's gradients present; an
+eval forward follows. After an out-of-memory nothing of the attempt stays
+reachable when the cache is emptied. Under DDP every rank runs the trial and
+all take the smallest size any rank found.
 
 On the CPU there is no device memory to fit: the rule is the largest
 divisor of batch_size (that keeps grad_accum divisible by the world size) up
@@ -52,37 +56,62 @@ def _with_batch(cfg: TrainConfig, micro_batch: int) -> TrainConfig:
     return replace(cfg, micro_batch=micro_batch, grad_accum=cfg.batch_size // micro_batch)
 
 
-def trial(cfg: TrainConfig, device: torch.device, micro_batch: int) -> bool:
-    """One train step and one eval step at `micro_batch` on `device`; False on out-of-memory."""
-    precision = resolve_precision(cfg, device)
-    model: Any = None
-    optimizer: Any = None
-    compiled: Any = None
+def trial(cfg: TrainConfig, device: torch.device, micro_batch: int, world_size: int = 1) -> bool:
+    """Training's peak and an eval step at `micro_batch` on `device`; False on out-of-memory."""
+    micro_steps = min(2, distributed.per_rank_accum(cfg.grad_accum, world_size))
     try:
-        model = GPT(GPTConfig.from_train(cfg)).to(device)
-        optimizer = model.configure_optimizer(
-            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type, cfg.optimizer
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=precision.uses_scaler)
-        compiled = maybe_compile(model, cfg, device)
-        x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
-        with precision.autocast():
-            _, loss = compiled(x, x)
-        scaler.scale(loss).backward()
+        _two_steps_and_eval(cfg, device, micro_batch, micro_steps)
+        ok = True
+    except torch.cuda.OutOfMemoryError:
+        ok = False
+    # Past the except clause Python has dropped the exception and its traceback, whose
+    # frames held the attempt's model, optimizer, batch, loss and autograd graph: now
+    # nothing of it is reachable, and the cache can hand all its blocks back.
+    _release()
+    return ok
+
+
+def _two_steps_and_eval(
+    cfg: TrainConfig, device: torch.device, micro_batch: int, micro_steps: int
+) -> None:
+    """What training holds at its peak, then an eval forward, on a random batch.
+
+    Step 1 creates the optimizer state (AdamW's two fp32 moments, Muon's momentum:
+    made at the first step), so step 2 runs with it. Step 2 has `micro_steps`
+    micro-steps (2 when the run accumulates), so its last backward runs with the
+    previous one's fp32 gradients allocated: about 12 bytes a parameter that a single
+    fresh step never holds. The eval forward follows with the state kept and the
+    gradients freed, as in the run.
+    """
+    precision = resolve_precision(cfg, device)
+    model = GPT(GPTConfig.from_train(cfg)).to(device)
+    optimizer = model.configure_optimizer(
+        cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type, cfg.optimizer
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.uses_scaler)
+    compiled: Any = maybe_compile(model, cfg, device)
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
+    for accum in (1, micro_steps):
+        for _ in range(accum):
+            with precision.autocast():
+                _, loss = compiled(x, x)
+            scaler.scale(loss / accum).backward()
         for opt in optim.parts(optimizer):
             scaler.step(opt)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad(), precision.autocast():
-            compiled(x, x)
-        torch.cuda.synchronize(device)
-        return True
-    except torch.cuda.OutOfMemoryError:
-        return False
-    finally:
-        del model, optimizer, compiled
-        gc.collect()
-        torch.cuda.empty_cache()  # hand the trial's blocks back before the next size or the run
+    with torch.no_grad(), precision.autocast():
+        compiled(x, x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # an out-of-memory in a queued kernel surfaces here
+
+
+def _release() -> None:
+    """Free what a finished trial left (its reference cycles too) and give the cached
+    blocks back to the driver, before the next size or the run. Only when nothing of
+    the trial is reachable any more: a block a live tensor holds stays in the cache."""
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised (the CPU)
 
 
 def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
@@ -115,7 +144,7 @@ def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         memory.estimate(workload(cfg, start, dtype), overhead).required / memory.GiB,
     )
     for mb in sorted((m for m in sizes if m <= start), reverse=True):
-        if trial(_with_batch(cfg, mb), device, mb):
+        if trial(_with_batch(cfg, mb), device, mb, world):
             chosen = distributed.min_over_ranks(mb, info, device)  # all ranks run one size
             log.info("micro_batch auto: trial at %d ran; using %d", mb, chosen)
             return _with_batch(cfg, chosen)

@@ -1,16 +1,23 @@
-"""`micro_batch: auto` (model/autobatch.py): the CPU rule, world sizes, the run's config.yaml."""
+"""`micro_batch: auto` (model/autobatch.py): the CPU rule, world sizes, the run's config.yaml,
+and the trial (run on the CPU: what it holds at its last backward, what it frees)."""
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from model.autobatch import resolve_config, resolve_micro_batch
+from model.autobatch import resolve_config, resolve_micro_batch, trial
 from model.errors import ConfigError
+from model.gpt import GPT
 from pipeline.train import train
 from tests.model.train_fixtures import tiny_config
 
@@ -73,3 +80,75 @@ def test_gpu_trial_confirms_a_fitting_size(shards: Path, tmp_path: Path) -> None
     cfg = tiny_config(shards, tmp_path, micro_batch="auto", batch_size=16, device="cuda")
     out = resolve_micro_batch(cfg, torch.device("cuda"))
     assert out.micro_batch == 16 and out.grad_accum == 1  # a tiny model fits any GPU
+
+
+@contextmanager
+def on_train_forward(fn: Callable[[GPT, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+    """Call fn(model, x, loss) after every forward of a GPT that builds a graph (any GPT:
+    the trial makes its own)."""
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if isinstance(module, GPT) and torch.is_grad_enabled():
+            fn(module, args[0], output[1])
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_trial_backward_runs_with_the_optimizer_state_and_the_gradients_present(
+    shards: Path, tmp_path: Path, optimizer: str
+) -> None:
+    """Training's peak is a backward with the optimizer state made and, when it
+    accumulates, the previous micro-step's gradients allocated: the trial must reach it."""
+    cfg = tiny_config(shards, tmp_path, micro_batch=4, grad_accum=2, optimizer=optimizer)
+    stepped: list[torch.optim.Optimizer] = []
+    seen: list[tuple[bool, bool]] = []  # per backward: (state of every parameter, every grad)
+
+    def at_backward(model: GPT, x: torch.Tensor, loss: torch.Tensor) -> None:
+        params = list(model.parameters())
+
+        def probe(grad: torch.Tensor) -> None:  # runs as this backward starts
+            states = {p for opt in stepped for p, st in opt.state.items() if st}
+            seen.append((all(p in states for p in params), all(p.grad is not None for p in params)))
+
+        loss.register_hook(probe)
+
+    step_hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: stepped.append(opt))
+    try:
+        with on_train_forward(at_backward):
+            assert trial(cfg, CPU, 4) is True
+    finally:
+        step_hook.remove()
+    assert len(seen) == 3  # step 1's backward, then step 2's two micro-steps'
+    assert seen[0] == (False, False)  # the first backward: a fresh model, as in the run
+    assert seen[-1] == (True, True)  # the last: the state and the gradients already there
+
+
+def test_an_out_of_memory_in_backward_leaves_nothing_alive_when_the_cache_is_emptied(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(shards, tmp_path, micro_batch=4, grad_accum=2)
+    attempt: list[weakref.ref[Any]] = []  # the model, its input and its loss
+    alive_at_empty_cache: list[list[bool]] = []
+
+    def out_of_memory(grad: torch.Tensor) -> None:  # the allocator failing in backward
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def at_backward(model: GPT, x: torch.Tensor, loss: torch.Tensor) -> None:
+        attempt.extend(weakref.ref(t) for t in (model, x, loss))
+        loss.register_hook(out_of_memory)
+
+    empty_cache = torch.cuda.empty_cache
+
+    def observed_empty_cache() -> None:
+        alive_at_empty_cache.append([ref() is not None for ref in attempt])
+        empty_cache()
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", observed_empty_cache)
+    with on_train_forward(at_backward):
+        assert trial(cfg, CPU, 4) is False
+    assert alive_at_empty_cache == [[False, False, False]]
