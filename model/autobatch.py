@@ -12,7 +12,8 @@ optimizer state, and a second step's last backward runs with that state and
 (when the run accumulates) the previous micro-step's gradients present; an
 eval forward follows. After an out-of-memory nothing of the attempt stays
 reachable when the cache is emptied. Under DDP every rank runs the trial and
-all take the smallest size any rank found.
+all take the smallest size any rank found. Once the size is resolved the
+CUDA peak memory statistics are reset, so the run's logged peak is its own.
 
 On the CPU there is no device memory to fit: the rule is the largest
 divisor of batch_size (that keeps grad_accum divisible by the world size) up
@@ -160,6 +161,8 @@ def resolve_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 
     The one place where the smoke stage and training resolve it, before any
     loader is built, so that both see the same micro-batch and accumulation.
+    On a GPU it also starts the peak memory count afresh: the trials' peaks are
+    no part of the run's `peak_mem_gb` (model/metrics.py).
     """
     if cfg.micro_batch == "auto":
         resolved = resolve_micro_batch(cfg, device)
@@ -168,4 +171,6 @@ def resolve_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         )
         cfg = resolved
     assert isinstance(cfg.micro_batch, int)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     return cfg

@@ -5,7 +5,8 @@ One JSON object per line, appended and flushed:
 - a logged training step: `step` (optimizer steps done), `loss`, `lr`,
   `tokens` (seen so far, all ranks), `ms` (mean wall time per step since the
   previous line), `tokens_per_s` (the whole job's, all ranks), and on a GPU
-  `mfu` (per GPU: MfuMeter) and `peak_mem_gb`;
+  `mfu` (per GPU: MfuMeter) and `peak_mem_gb` (this rank's peak allocation
+  since micro_batch was resolved: the autobatch trials are not in it);
   `bad_steps` when steps were skipped by the loss guard;
 - an eval: `step`, `val_loss`, `tokens`.
 
@@ -122,6 +123,7 @@ class LossWindow:
 
 
 def peak_mem_gb(device: torch.device) -> float | None:
+    """GiB at the allocator's peak since its last reset (model/autobatch.resolve_config's)."""
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**30

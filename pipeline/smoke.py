@@ -36,6 +36,7 @@ from model.checkpoint import load_for_inference
 from model.errors import CheckFailed
 from model.generate import Sampling, generate
 from model.lock import exclusive
+from model.metrics import peak_mem_gb
 from model.rundir import SMOKE_FILE, SmokeStamp, smoke_fingerprint, write_smoke_stamp
 from model.runtime import resolve_device
 from model.train_config import TrainConfig
@@ -123,7 +124,7 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     greedy, prompt = Sampling(temperature=0), x[0, :16].tolist()
     auto = trainer.precision.autocast
     sample = list(generate(reloaded, prompt, SAMPLE_TOKENS, greedy, stop_token=None, autocast=auto))
-    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    mem = peak_mem_gb(device)  # since resolve_config: the micro_batch trials left out
     report = SmokeReport(losses, val, (before, after), ms, tps, mfu, mem, sample)
     report.failures = _checks(resolved, losses, (before, after))
     shutil.rmtree(work, ignore_errors=True)

@@ -18,6 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from model.autobatch import resolve_config, resolve_micro_batch, trial
 from model.errors import ConfigError
 from model.gpt import GPT
+from model.metrics import peak_mem_gb
 from pipeline.train import train
 from tests.model.train_fixtures import tiny_config
 
@@ -152,3 +153,41 @@ def test_an_out_of_memory_in_backward_leaves_nothing_alive_when_the_cache_is_emp
     with on_train_forward(at_backward):
         assert trial(cfg, CPU, 4) is False
     assert alive_at_empty_cache == [[False, False, False]]
+
+
+class PeakStandIn:
+    """torch.cuda's peak allocation counter, for a CPU test: the highest allocation
+    since the last reset, which a reset brings down to what is allocated now."""
+
+    def __init__(self, allocated: int, peak: int) -> None:
+        self.allocated, self.peak = allocated, peak
+
+    def reset_peak_memory_stats(self, device: object = None) -> None:
+        self.peak = self.allocated
+
+    def max_memory_allocated(self, device: object = None) -> int:
+        return self.peak
+
+
+def test_the_runs_peak_memory_starts_after_micro_batch_is_resolved(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resolve_config, which smoke and train both call after the trials and before the
+    model is built, resets the peak: the logged peak_mem_gb is not the trials'."""
+    stats = PeakStandIn(allocated=0, peak=3 * 2**30)  # the trials reached 3 GiB, all freed
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", stats.reset_peak_memory_stats)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", stats.max_memory_allocated)
+    gpu = torch.device("cuda", 0)
+    resolve_config(tiny_config(shards, tmp_path, micro_batch=4, device="cuda"), gpu)
+    assert peak_mem_gb(gpu) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_peak_after_the_trials_is_only_what_is_still_allocated(
+    shards: Path, tmp_path: Path
+) -> None:
+    gpu = torch.device("cuda")
+    cfg = tiny_config(shards, tmp_path, micro_batch="auto", batch_size=16, device="cuda")
+    resolve_config(cfg, gpu)  # runs a trial: a model, AdamW, two steps and an eval on the GPU
+    assert torch.cuda.max_memory_allocated(gpu) == torch.cuda.memory_allocated(gpu)
