@@ -115,11 +115,19 @@ input_files = $(if $(findstring *,$(1))$(findstring ?,$(1))$(findstring [,$(1)),
 TOK_FILES := $(call input_files,$(TOK_INPUT))
 # The near-dedup decision tokenize reads (its `near_dedup:`), and the dedup config that
 # writes it: the configs/*.yaml whose `output:` is that folder, else configs/dedup.yaml.
-TOK_NEAR := $(or $(call arg_get,$(TOKENIZE_ARGS),near_dedup),$(call yaml_get,$(TOKENIZE_CONFIG),near_dedup))
+# A near_dedup in ARGS wins over the config's; near_dedup="" (or near_dedup=) turns it off.
+TOK_NEAR := $(if $(filter near_dedup=%,$(TOKENIZE_ARGS)),$(filter-out "" '',$(call arg_get,$(TOKENIZE_ARGS),near_dedup)),$(call yaml_get,$(TOKENIZE_CONFIG),near_dedup))
 ifeq ($(origin DEDUP_CONFIG),undefined)
 DEDUP_CONFIG := $(or $(if $(TOK_NEAR),$(firstword $(shell grep -l -E "^output:[[:space:]]*['\"]?$(TOK_NEAR)['\"]?[[:space:]]*(\#.*)?$$" configs/*.yaml 2>/dev/null))),configs/dedup.yaml)
 endif
-DEDUP_ARGS ?= $(call goal_args,dedup)
+# The dedup that `make tokenize` runs first gets tokenize's ARGS but for the keys only
+# tokenize has: the input, the rules its decision is checked against and the reading
+# keys (SourceConfig, pipeline/tokenize/settings.py) are given once and reach both;
+# a near_dedup in ARGS is that dedup's output. `make dedup` itself takes its own ARGS.
+TOKENIZE_ONLY := output shard_tokens val_fraction dedup near_dedup force
+tokenize_to_dedup = $(filter-out $(addsuffix =%,$(TOKENIZE_ONLY)),$(1)) \
+	$(if $(and $(filter near_dedup=%,$(1)),$(TOK_NEAR)),output=$(TOK_NEAR))
+DEDUP_ARGS ?= $(strip $(if $(filter dedup,$(MAKECMDGOALS)),$(ARGS),$(call tokenize_to_dedup,$(TOKENIZE_ARGS))))
 DEDUP_INPUT := $(or $(call arg_get,$(DEDUP_ARGS),input),$(call yaml_get,$(DEDUP_CONFIG),input),data/raw)
 DEDUP_OUT := $(or $(call arg_get,$(DEDUP_ARGS),output),$(call yaml_get,$(DEDUP_CONFIG),output))
 

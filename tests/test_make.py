@@ -8,6 +8,7 @@ split with shlex) and, where a docker CLI exists, through its own flag parser.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -20,6 +21,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.dedup.stage import DedupConfig
+from pipeline.tokenize.settings import SourceConfig
+from pipeline.tokenize.stage import TokenizeConfig
 from tests.conftest import REPO
 
 MAKEFILE = REPO / "Makefile"
@@ -210,6 +214,41 @@ def test_args_go_to_the_named_stage_family_only(box: Path) -> None:
     assert by_stage["tokenize"] == ["tokenize", "--config", "configs/tokenize.yaml"]
     assert by_stage["smoke"][-1] == "lr=1e-3"  # smoke proves what train runs
     assert by_stage["train"][-1] == "lr=1e-3"
+
+
+def commands(box: Path, *args: str) -> list[list[str]]:
+    """The stage command lines `make -n RUN=docker ARGS...` would run, in order."""
+    return [parse_docker_run(ln).command for ln in docker_lines(box, *args)]
+
+
+def test_tokenize_args_reach_the_dedup_it_runs_first(box: Path) -> None:
+    """`make tokenize ARGS="input=..."`: one input, given once, reaches both stages."""
+    assert commands(box, "tokenize", "ARGS=input=data/mine") == [
+        ["dedup", "--config", "configs/dedup.yaml", "input=data/mine"],
+        ["tokenize", "--config", "configs/tokenize.yaml", "input=data/mine"],
+    ]
+    # a near_dedup folder in ARGS is where that dedup writes its decision
+    dedup, tokenize = commands(box, "tokenize", "ARGS=near_dedup=data/dedup/mine")
+    assert dedup == ["dedup", "--config", "configs/dedup.yaml", "output=data/dedup/mine"]
+    assert tokenize[-1] == "near_dedup=data/dedup/mine"
+    # near_dedup="" turns it off: no dedup at all
+    assert [c[0] for c in commands(box, "tokenize", 'ARGS=near_dedup=""')] == ["tokenize"]
+    # `make dedup` itself takes ARGS as they are
+    assert commands(box, "dedup", "ARGS=threshold=0.8")[-1][-1] == "threshold=0.8"
+
+
+def test_dedup_gets_every_key_it_shares_with_tokenize_and_no_other(box: Path) -> None:
+    """The Makefile's TOKENIZE_ONLY, checked against the stages' own config classes."""
+
+    def keys(cls: type) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    given = [f"{k}=v{i}" for i, k in enumerate(keys(TokenizeConfig)) if k != "near_dedup"]
+    dedup = commands(box, "tokenize", f"ARGS={' '.join(given)}")[0]
+    shared = set(keys(SourceConfig))
+    assert dedup[:3] == ["dedup", "--config", "configs/dedup.yaml"]
+    assert dedup[3:] == [a for a in given if a.split("=")[0] in shared]
+    assert shared <= set(keys(DedupConfig))  # every key sent is one dedup knows
 
 
 def test_run_name_sets_the_run_folder(box: Path) -> None:
