@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
+import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from model import rundir, trainer
+from model import rundir, tokenizer, trainer
 from model.checkpoint import list_checkpoints
 from model.errors import CheckFailed, StateError
 from model.gpt import GPT, GPTConfig
+from model.shards import write_shard
 from pipeline import smoke
 from pipeline import train as train_stage
+from pipeline.tokenize import manifest
 from tests.model.train_fixtures import tiny_config
 
 
@@ -60,7 +65,8 @@ def test_smoke_fails_with_its_message_on_a_broken_model(
 ) -> None:
     monkeypatch.setattr(trainer, "GPT", LoudGPT)
     cfg = tiny_config(shards, tmp_path / "run")
-    with pytest.raises(CheckFailed, match=r"first loss \d+\.\d+ is not within smoke_tolerance"):
+    initial = r"initial loss \d+\.\d+ \(mean over 8 val windows, before any step\) is not within"
+    with pytest.raises(CheckFailed, match=initial + " smoke_tolerance"):
         smoke.run_smoke(cfg)
     assert not (tmp_path / "run" / rundir.SMOKE_FILE).exists()
 
@@ -69,3 +75,47 @@ def test_smoke_fails_when_the_loss_does_not_fall(shards: Path, tmp_path: Path) -
     cfg = tiny_config(shards, tmp_path / "run", lr=1e-6, min_lr=1e-7)
     with pytest.raises(CheckFailed, match="less than smoke_min_drop=0.5"):
         smoke.run_smoke(cfg)
+
+
+def write_banner_first_shards(folder: Path) -> Path:
+    """GPT-2 shards of real code (this Python's standard library) whose train stream opens
+    with a comment banner, one token repeated: the first micro-batch of a stream that a
+    fresh model with tied embeddings scores far below ln(vocab) (its input is its target)."""
+    ids: list[int] = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        ids += [*tokenizer.encode(path.read_text(encoding="utf-8", errors="replace")[:3000])]
+        ids.append(tokenizer.EOT)
+        if len(ids) >= 48_000:
+            break
+    banner = tokenizer.encode("#" * 32 * 132)  # 132 tokens of 32 '#': one micro-batch of 4x33
+    assert len(set(banner)) == 1 and len(banner) == 132
+    write_shard(folder, "train", 0, np.array(banner + ids[:40_000], dtype=np.uint16))
+    write_shard(folder, "val", 0, np.array(ids[40_000:48_000], dtype=np.uint16))
+    info = {
+        "name": tokenizer.NAME,
+        "vocab_sha256": tokenizer.RANKS_SHA256,
+        "special_tokens": tokenizer.special_tokens(),
+    }
+    manifest.write_for_shards(folder, info)
+    return folder
+
+
+def test_the_initial_loss_is_checked_on_the_val_windows_not_the_first_batch(
+    tmp_path: Path,
+) -> None:
+    """A sound model passes though its first micro-batch alone lies outside the band."""
+    data = write_banner_first_shards(tmp_path / "shards")
+    cfg = tiny_config(
+        data,
+        tmp_path / "run",
+        vocab_size=50304,
+        n_embd=64,
+        shuffle=False,
+        grad_accum=1,
+        eval_iters=4,
+    )
+    report = smoke.run_smoke(cfg)
+    ln_v = math.log(cfg.vocab_size)
+    assert abs(report.losses[0] - ln_v) > cfg.smoke_tolerance + 0.1  # the banner batch: ~10.27
+    assert abs(report.initial_loss - ln_v) < cfg.smoke_tolerance - 0.1  # real code: ~10.63
+    assert (tmp_path / "run" / rundir.SMOKE_FILE).is_file()
