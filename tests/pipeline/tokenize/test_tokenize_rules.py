@@ -97,6 +97,19 @@ GOOD = "def add(a, b):\n    return a + b\n\n\nclass Point:\n    x = 1\n    y = 2
             ("y = " + "1 + " * 30 + "1\n") * 20,
             ("y = " + "1 + " * 20 + "1\n") * 20,
         ),
+        (  # the mean, not the longest line: one long line among short ones is kept when the
+            # mean is under (34.6), and dropped when it pulls the mean over (304.5)
+            "mean_line",
+            "max_mean_line_chars",
+            "x = '" + "a" * 2994 + "'\n" + "y = 1\n" * 9,
+            "x = '" + "a" * 295 + "'\n" + "y = 1\n" * 9,
+        ),
+        (  # over, not at: a mean of 101 goes, 100 stays; a last newline adds no empty line
+            "mean_line",
+            "max_mean_line_chars",
+            ("a" * 101 + "\n") * 2,
+            ("b" * 100 + "\n") * 2,
+        ),
         ("alnum", "min_alnum_fraction", "#" * 200 + "\n" + "-" * 200 + "\nx = 1\n", GOOD),
         (
             "generated",
