@@ -166,6 +166,52 @@ def test_the_decision_is_the_same_for_any_worker_count_and_reruns_are_checked(
     assert "made for other inputs or rules (input" in err and "removed" in err, err
 
 
+def grid(edits: tuple[int, ...] = ()) -> str:
+    """80 distinct words, 8 a line; the words at `edits` replaced by others."""
+    words = [f"edit{i}" if i in edits else f"name{i}" for i in range(80)]
+    return "\n".join(" ".join(words[i : i + 8]) for i in range(0, 80, 8)) + "\n"
+
+
+# Found by search: with word 5-grams, 128 permutations and 14 bands of 9 rows, the
+# signatures of grid() and grid(LAST_BAND_ONLY) agree on band 13 (the last) and on no other.
+LAST_BAND_ONLY = (3, 20)
+
+
+@pytest.mark.parametrize("config", ["configs/dedup.yaml", "the stage's defaults"])
+def test_the_stage_runs_with_word_5_grams_and_14_bands_of_9_rows(
+    tmp_path: Path, config: str
+) -> None:
+    """The documented parameters, through the real stage: a change of 5 or 14 fails here."""
+    h = MinHasher(Params(num_perm=128, bands=14, rows=9, shingle=5))
+    a, b = (h.signature(grid(e).encode()) for e in ((), LAST_BAND_ONLY))
+    assert a is not None and b is not None
+    agree = (a[:126].reshape(14, 9) == b[:126].reshape(14, 9)).all(axis=1)
+    assert agree.nonzero()[0].tolist() == [13]
+    texts = [
+        "alpha beta gamma delta epsilon\n",  # 5 words: one shingle,
+        "alpha beta gamma delta epsilon\n",  # so its copy is dropped
+        "zeta eta theta iota\n",  # 4 words: no shingle, no signature,
+        "zeta eta theta iota\n",  # so its copy is kept (exact dedup is tokenize's)
+        grid(),
+        grid(LAST_BAND_ONLY),  # a candidate through the last band alone
+    ]
+    docs = [
+        {"code": t, "repo_name": f"r/{i}", "path": f"{i}.py", "language": "Python"}
+        for i, t in enumerate(texts)
+    ]
+    src = make_input(tmp_path / "in", docs, files=1)
+    out = tmp_path / "out"
+    given = ["--config", str(REPO / config)] if config.endswith(".yaml") else []
+    if not given:  # an empty config file: every key at the dataclass's default
+        (tmp_path / "empty.yaml").write_text("{}\n")
+        given = ["--config", str(tmp_path / "empty.yaml")]
+    assert main(["dedup", *given, *dedup_args(src, out)]) == 0
+    state = json.loads((out / decision.STATE).read_text())
+    assert state["params"] == {"num_perm": 128, "bands": 14, "rows": 9, "shingle": 5}
+    assert state["counts"]["signed"] == 4
+    assert dropped_rows(out) == {1, 5}
+
+
 @pytest.mark.slow
 def test_sigkill_in_the_middle_then_rerun_gives_the_same_decision(tmp_path: Path) -> None:
     docs, _, _ = near_copies()
