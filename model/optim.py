@@ -1,15 +1,16 @@
-"""The optimizer of a run: AdamW (the default), or Muon for the blocks' matrices.
+"""The optimizer of a run: Muon for the blocks' matrices (the default), or AdamW for all.
 
 `optimizer: adamw`: one torch AdamW; weight decay on the matrices and the
 embeddings (dim >= 2), none on biases and LayerNorms, as nanoGPT.
 
-`optimizer: muon`: PyTorch's own `torch.optim.Muon` for the 2-D weights inside
-the transformer blocks (attention and MLP projections: 12 C^2 per layer), and
-AdamW, as above, for everything else: the token embedding (which is also the
-tied output head), the position embedding, LayerNorms and biases. Muon's
-update is orthogonalised by Newton-Schulz iterations, which only makes sense
-for a hidden layer's matrix; embeddings and the head stay with AdamW, as in
-Keller Jordan's and Moonshot's recipes. Muon's step is scaled with
+`optimizer: muon`, the default (model/train_config.py): PyTorch's own
+`torch.optim.Muon` for the 2-D weights inside the transformer blocks
+(attention and MLP projections: 12 C^2 per layer), and AdamW, as above, for
+everything else: the token embedding (which is also the tied output head),
+the position embedding, LayerNorms and biases. Muon's update is
+orthogonalised by Newton-Schulz iterations, which only makes sense for a
+hidden layer's matrix; embeddings and the head stay with AdamW, as in Keller
+Jordan's and Moonshot's recipes. Muon's step is scaled with
 `adjust_lr_fn="match_rms_adamw"` (Moonshot, "Muon is Scalable for LLM
 Training"): its update has AdamW's RMS, so both halves share the run's `lr`,
 schedule and `weight_decay`. Muon keeps one fp32 momentum buffer per weight

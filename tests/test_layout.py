@@ -2,14 +2,17 @@
 
 - `model/` is the library and imports nothing from `pipeline/` (the stages);
 - no import circle among the project's modules, lazy imports inside functions included;
-- no module much over 400 lines and no function over 60 (STYLE.md, habit 1);
+- no module much over 400 lines and no function over 60 (docs/design.md, "Layout");
 - the data stages (tokenize, dedup) start without torch: its import costs each of them
-  seconds and hundreds of MB they do not need.
+  seconds and hundreds of MB they do not need;
+- a stage's room (its package's __init__) lists every module in it, and the documents
+  the code cites exist.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +114,29 @@ def test_the_data_stages_do_not_import_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+def test_each_stage_room_lists_every_module_it_holds() -> None:
+    """A package of pipeline/ whose docstring lists its modules (`name.py  what it does`)."""
+    wrong = {}
+    for init in sorted((REPO / "pipeline").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        listed = re.findall(r"^\s*(\w+\.py)\s", doc, flags=re.MULTILINE)
+        held = sorted(p.name for p in init.parent.glob("*.py") if p.name != "__init__.py")
+        if listed and sorted(listed) != held:
+            wrong[init.parent.name] = {"missing": sorted(set(held) - set(listed)), "listed": listed}
+    assert wrong == {}
+
+
+CITED = re.compile(r"(?<![\w/.-])((?:docs/[\w/.-]+|[A-Z][A-Z_]*)\.md)\b")
+
+
+def test_the_documents_the_code_cites_exist() -> None:
+    """docs/*.md and top-level *.md files named in the project's Python files."""
+    missing = set()
+    for pkg in (*PACKAGES, "tests", "bench"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            for cited in CITED.findall(path.read_text(encoding="utf-8")):
+                if not (REPO / cited).is_file():
+                    missing.add(f"{path.relative_to(REPO)}: {cited}")
+    assert missing == set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from model import optim
 from model.errors import StateError
 from model.gpt import GPT, GPTConfig
+from model.train_config import TrainConfig
 from model.trainer import Trainer
 from tests.model.train_fixtures import tiny_config, write_tiny_shards
 
@@ -17,6 +19,15 @@ from tests.model.train_fixtures import tiny_config, write_tiny_shards
 def _tiny() -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=128))
+
+
+def test_the_docstring_calls_the_configs_default_the_default() -> None:
+    (field,) = [f for f in dataclasses.fields(TrainConfig) if f.name == "optimizer"]
+    doc = optim.__doc__ or ""
+    # the first line: "...: <the default's description> (the default), or ..."
+    named = doc.splitlines()[0].split("(the default)")[0].rsplit(":", 1)[-1]
+    assert str(field.default) in named.lower(), named
+    assert f"`optimizer: {field.default}`, the default" in doc
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest_each_once() -> None:
