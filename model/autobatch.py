@@ -18,10 +18,24 @@ CUDA peak memory statistics are reset, so the run's logged peak is its own.
 On the CPU there is no device memory to fit: the rule is the largest
 divisor of batch_size (that keeps grad_accum divisible by the world size) up
 to CPU_MICRO_BATCH, and a log line says so.
+
+`activation_checkpointing: auto` is resolved here too (`checkpointing`): the
+blocks are recomputed only where, without it, the largest micro-batch that
+fits holds fewer than MIN_TOKENS tokens (or none fits) and with it a larger
+one does. Why this rule: recomputing costs the
+blocks' forward again, about a third more compute a step at any
+micro-batch, while a larger micro-batch helps only until the matmuls are
+big enough to keep the GPU busy; below 8 K tokens (8 sequences of 1024) a
+GPT-2 block's matmuls leave a modern GPU partly idle, above it the gain is
+small against a third. So the 124M model on a 12 GB card (16 fit) runs
+without, the 350M one (4 fit without, 16 with) with. The constant is a
+planner's judgement until bench/scale_gpu.py measures it. On the CPU `auto`
+is `none`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from typing import Any
@@ -37,6 +51,7 @@ from model.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 CPU_MICRO_BATCH = 8  # CPU rule: the largest candidate micro-batch not above this
+MIN_TOKENS = 8192  # activation_checkpointing auto: recompute only below this micro-batch
 
 
 def candidates(cfg: TrainConfig, world_size: int) -> list[int]:
@@ -132,10 +147,7 @@ def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
             CPU_MICRO_BATCH,
         )
         return _with_batch(cfg, mb)
-    dtype = resolve_precision(cfg, device).name
-    free, _total = torch.cuda.mem_get_info(device)
-    budget = free + torch.cuda.memory_reserved(device)  # the context exists already: not counted
-    overhead = memory.Overhead(0, memory.Overhead.for_card(cfg.compile, nominal=False).workspace)
+    dtype, budget, overhead = _gpu_budget(cfg, device)
     proposed = memory.largest_fitting(workload(cfg, 1, dtype), overhead, budget, sizes)
     start = proposed.workload.micro_batch if proposed is not None else min(sizes)
     log.info(
@@ -156,14 +168,68 @@ def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     )
 
 
+def _gpu_budget(cfg: TrainConfig, device: torch.device) -> tuple[str, int, memory.Overhead]:
+    """(dtype, bytes the run may use, overhead beyond the tensors) on this GPU now."""
+    dtype = resolve_precision(cfg, device).name
+    free, _total = torch.cuda.mem_get_info(device)
+    budget = free + torch.cuda.memory_reserved(device)  # the context exists already: not counted
+    overhead = memory.Overhead(0, memory.Overhead.for_card(cfg.compile, nominal=False).workspace)
+    return dtype, budget, overhead
+
+
+def checkpointing(
+    cfg: TrainConfig, dtype: str, budget: int, overhead: memory.Overhead, sizes: list[int]
+) -> bool:
+    """The `auto` rule (module docstring): recompute the blocks or not, for this budget.
+
+    With an int micro_batch: only if it does not fit without recomputing and does with.
+    """
+    base = dataclasses.replace(workload(cfg, 1, dtype), checkpoint=False)
+    if isinstance(cfg.micro_batch, int):
+        w = base.with_batch(cfg.micro_batch)
+        fits = memory.estimate(w, overhead).fits(budget)
+        return not fits and memory.estimate(dataclasses.replace(w, checkpoint=True), overhead).fits(
+            budget
+        )
+    plain = memory.largest_fitting(base, overhead, budget, sizes)
+    if plain is not None and (
+        plain.workload.tokens >= MIN_TOKENS or plain.workload.micro_batch == max(sizes)
+    ):
+        return False
+    ac = memory.largest_fitting(dataclasses.replace(base, checkpoint=True), overhead, budget, sizes)
+    return ac is not None and (
+        plain is None or ac.workload.micro_batch > plain.workload.micro_batch
+    )
+
+
+def resolve_checkpointing(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """A copy of `cfg` with activation_checkpointing none or full (auto resolved)."""
+    if cfg.activation_checkpointing != "auto":
+        return cfg
+    full = False
+    if device.type == "cuda":
+        dtype, budget, overhead = _gpu_budget(cfg, device)
+        full = checkpointing(
+            cfg, dtype, budget, overhead, candidates(cfg, distributed.from_env().world_size)
+        )
+    log.info(
+        "activation_checkpointing auto -> %s%s",
+        "full" if full else "none",
+        "" if device.type == "cuda" else f" (no GPU memory to fit on {device})",
+    )
+    return replace(cfg, activation_checkpointing="full" if full else "none")
+
+
 def resolve_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """The config a run actually uses: `micro_batch: auto` replaced by a number.
+    """The config a run actually uses: `activation_checkpointing: auto` and `micro_batch:
+    auto` replaced by what they resolve to.
 
     The one place where the smoke stage and training resolve it, before any
     loader is built, so that both see the same micro-batch and accumulation.
     On a GPU it also starts the peak memory count afresh: the trials' peaks are
     no part of the run's `peak_mem_gb` (model/metrics.py).
     """
+    cfg = resolve_checkpointing(cfg, device)  # first: it changes what fits
     if cfg.micro_batch == "auto":
         resolved = resolve_micro_batch(cfg, device)
         log.info(

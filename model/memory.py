@@ -87,6 +87,7 @@ class Workload:
     optimizer: Optimizer = "adamw"  # adamw | muon (model/optim.py)
     loss_chunk: int = 0
     dropout: float = 0.0
+    checkpoint: bool = False  # activation checkpointing: the blocks recomputed in backward
 
     def __post_init__(self) -> None:
         if self.dtype not in _BYTES:
@@ -99,6 +100,11 @@ class Workload:
     @property
     def s(self) -> int:
         return _BYTES[self.dtype]
+
+    @property
+    def activation_checkpointing(self) -> str:
+        """The TrainConfig key's resolved value (what GPTConfig.from_train reads)."""
+        return "full" if self.checkpoint else "none"
 
     @property
     def tokens(self) -> int:
@@ -127,6 +133,7 @@ class Workload:
             optimizer=cfg.optimizer,
             loss_chunk=cfg.loss_chunk,
             dropout=cfg.dropout,
+            checkpoint=cfg.activation_checkpointing == "full",
         )
 
     def gpt_config(self) -> GPTConfig:
@@ -235,14 +242,28 @@ def loss_transient_bytes(w: Workload) -> int:
     return max(loss_forward_bytes(w), loss_backward_bytes(w))
 
 
+def blocks_kept_bytes(w: Workload) -> int:
+    """What the blocks keep for backward: every block's activations, or with activation
+    checkpointing each block's fp32 input (the residual stream) and, while one block is
+    recomputed in backward, that block's activations."""
+    if not w.checkpoint:
+        return w.n_layer * layer_activation_bytes(w)
+    return w.n_layer * 4 * w.micro_batch * w.block_size * w.n_embd
+
+
+def recompute_peak_bytes(w: Workload) -> int:
+    """With activation checkpointing, the backward's peak beyond the static memory: the
+    blocks' inputs and the trunk's ends still kept, the loss's kept tensors consumed, and
+    one block's activations rebuilt with the gradient flowing into it (fp32, B T C)."""
+    if not w.checkpoint:
+        return 0
+    kept = activation_bytes(w) - loss_kept_bytes(w)
+    return kept + layer_activation_bytes(w) + 4 * w.tokens * w.n_embd
+
+
 def activation_bytes(w: Workload) -> int:
     """Everything autograd keeps for backward: blocks, autocast weight casts, trunk ends, loss."""
-    return (
-        w.n_layer * layer_activation_bytes(w)
-        + autocast_copy_bytes(w)
-        + trunk_extra_bytes(w)
-        + loss_kept_bytes(w)
-    )
+    return blocks_kept_bytes(w) + autocast_copy_bytes(w) + trunk_extra_bytes(w) + loss_kept_bytes(w)
 
 
 # --- evaluation (no_grad) -------------------------------------------------------
@@ -342,7 +363,10 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
         "gradients (fp32)": 4 * P,
         _STATE_NAMES[w.optimizer]: optimizer_state_bytes(w),
         "autocast weight casts kept for backward": autocast_copy_bytes(w),
-        f"activations kept, {w.n_layer} layers": w.n_layer * layer_activation_bytes(w),
+        (
+            f"activations kept, {w.n_layer} layers"
+            + (" (checkpointed: their inputs)" if w.checkpoint else "")
+        ): blocks_kept_bytes(w),
         "activations kept, embeddings and ln_f": trunk_extra_bytes(w) + batch,
         f"loss kept ({w.loss})": loss_kept_bytes(w),
         f"loss peak beyond what it keeps ({w.loss}, in {_loss_peak_pass(w)})": (
@@ -350,6 +374,10 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
         ),
         f"eval pass peak ({w.loss} loss, no_grad)": eval_transient_bytes(w),
     }
+    if w.checkpoint:
+        parts["backward with one block recomputed (its activations + gradient)"] = (
+            layer_activation_bytes(w) + 4 * w.tokens * w.n_embd
+        )
     static = parts["weights (fp32)"] + parts["gradients (fp32)"] + optimizer_state_bytes(w)
     # The fused loss peaks in its forward, the others at the start of their backward, both
     # with every activation alive. Late in the backward the embedding's dL/dW (4 V C) meets
@@ -358,7 +386,11 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
     # buffer from being reused, sees 4 V C more there than a plain run allocates).
     V, C = w.vocab_size, w.n_embd
     meet = static + batch + autocast_copy_bytes(w) + 8 * V * C + 4 * w.tokens * C
-    peak_train = max(static + activation_bytes(w) + batch + loss_transient_bytes(w), meet)
+    peak_train = max(
+        static + activation_bytes(w) + batch + loss_transient_bytes(w),
+        static + batch + recompute_peak_bytes(w),
+        meet,
+    )
     # eval runs after zero_grad(set_to_none=True): no gradients. Autocast caches the
     # casts of parameters until its context exits, in no_grad mode too.
     peak_eval = (

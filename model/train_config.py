@@ -20,6 +20,8 @@ Device = Literal["auto", "cuda", "cpu"]
 Loss = Literal["fused", "lean", "plain"]
 # AdamW, or Muon for the blocks' matrices and AdamW for the rest (model/optim.py)
 Optimizer = Literal["adamw", "muon"]
+# Recompute the blocks in backward (model/gpt.py): never, always, or as the planner rules
+ActivationCheckpointing = Literal["none", "full", "auto"]
 
 MODEL = ("model", "smoke")  # a model-shape key is also part of what smoke proves
 SMOKE = "smoke"
@@ -101,10 +103,16 @@ class TrainConfig(Config):
     loss_chunk: int = option(
         0, "positions per chunk of the fused and lean losses; 0 = auto", affects=SMOKE
     )
+    activation_checkpointing: ActivationCheckpointing = option(
+        "auto",
+        "recompute each block in backward: none, full, or auto (full only where the GPU "
+        "would otherwise fit too small a micro-batch; model/autobatch.py)",
+    )
+    tensorboard: bool = option(True, "also write TensorBoard scalars to out/<run>/tb/")
     seed: int = option(1337, "random seed")
     # smoke stage
     smoke_steps: int = option(10, "optimizer steps in `make smoke`", ge=1)
-    smoke_tolerance: float = option(0.35, "allowed |first loss - ln V|")
+    smoke_tolerance: float = option(0.35, "allowed |initial val loss - ln V|")
     smoke_min_drop: float = option(0.5, "required first - last loss")
 
     def checks(self) -> list[str]:
@@ -117,5 +125,7 @@ class TrainConfig(Config):
 
     @property
     def tokens_per_step(self) -> int:
-        mb = self.micro_batch if isinstance(self.micro_batch, int) else 0
-        return mb * self.grad_accum * self.block_size
+        """All ranks; with micro_batch auto, batch_size sequences (what it resolves to)."""
+        if isinstance(self.micro_batch, int):
+            return self.micro_batch * self.grad_accum * self.block_size
+        return self.batch_size * self.block_size

@@ -14,6 +14,7 @@ or training has run, the ETA from the measured step time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -133,11 +134,23 @@ def _disk(cfg: PlanConfig) -> dict[str, Any]:
 def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dict[str, Any]:
     """The memory half: the config's micro-batch, the sweep, the largest that fits."""
     from model import memory
+    from model.autobatch import checkpointing
 
-    base = memory.Workload.from_train(cfg, 1, dtype)
     overhead = memory.Overhead.for_card(cfg.compile, card.nominal)
     sizes = memory.batch_candidates(sequences)
+    without = dataclasses.replace(memory.Workload.from_train(cfg, 1, dtype), checkpoint=False)
+    if cfg.activation_checkpointing == "auto":  # the trainer's rule, on this card's budget
+        ac = checkpointing(cfg, dtype, card.budget, overhead, sizes)
+    else:
+        ac = cfg.activation_checkpointing == "full"
+    base = dataclasses.replace(without, checkpoint=ac)
     best = memory.largest_fitting(base, overhead, card.budget, sizes)
+    largest = {}
+    for flag in (False, True):
+        e = memory.largest_fitting(
+            dataclasses.replace(without, checkpoint=flag), overhead, card.budget, sizes
+        )
+        largest[flag] = e.workload.micro_batch if e is not None else 0
     shown_mb = cfg.micro_batch if isinstance(cfg.micro_batch, int) else None
     if shown_mb is None:
         shown_mb = best.workload.micro_batch if best is not None else 1
@@ -165,7 +178,20 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
         "lean_loss_keeps_logits_compiled": memory.compiled_loss_keeps_logits(),
         "max_micro_batch": best.workload.micro_batch if best is not None else 0,
         "grad_accum": sequences // best.workload.micro_batch if best is not None else 0,
-        "sweep": [_sweep_row(memory.estimate(base.with_batch(m), overhead), card) for m in sizes],
+        "activation_checkpointing": "full" if ac else "none",
+        "activation_checkpointing_key": cfg.activation_checkpointing,
+        "max_micro_batch_without_ac": largest[False],
+        "max_micro_batch_with_ac": largest[True],
+        "sweep": [
+            _sweep_row(
+                memory.estimate(without.with_batch(m), overhead),
+                memory.estimate(
+                    dataclasses.replace(without, checkpoint=True, micro_batch=m), overhead
+                ),
+                card,
+            )
+            for m in sizes
+        ],
     }
     if cfg.exact:
         from model.memtrace import trace_peaks
@@ -175,13 +201,16 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
     return out
 
 
-def _sweep_row(e: Any, card: Card) -> dict[str, Any]:
+def _sweep_row(e: Any, ac: Any, card: Card) -> dict[str, Any]:
+    """One micro-batch without activation checkpointing, and its needs with it (`ac_`)."""
     return {
         "micro_batch": e.workload.micro_batch,
         "peak_train_bytes": e.peak_train,
         "peak_eval_bytes": e.peak_eval,
         "required_bytes": e.required,
         "fits": e.fits(card.budget),
+        "ac_required_bytes": ac.required,
+        "ac_fits": ac.fits(card.budget),
     }
 
 
@@ -280,21 +309,34 @@ def _sweep_lines(p: dict[str, Any]) -> list[str]:
     lines = [
         f"micro-batches of {seq} sequences per step ({p['tokens_per_step']:,} tokens):",
         f"  {'micro_batch':>11} {'grad_accum':>10} {'train GiB':>10} {'eval GiB':>9} "
-        f"{'needed GiB':>11}  fits",
+        f"{'needed GiB':>11}  fits  {'with AC GiB':>11}  fits",
     ]
     for s in p["sweep"]:
         lines.append(
             f"  {s['micro_batch']:>11} {seq // s['micro_batch']:>10} "
             f"{s['peak_train_bytes'] / 2**30:>10.2f} {s['peak_eval_bytes'] / 2**30:>9.2f} "
-            f"{s['required_bytes'] / 2**30:>11.2f}  {'yes' if s['fits'] else 'no'}"
+            f"{s['required_bytes'] / 2**30:>11.2f}  {'yes' if s['fits'] else 'no ':<4}"
+            f"{s['ac_required_bytes'] / 2**30:>13.2f}  {'yes' if s['ac_fits'] else 'no'}"
         )
+    key, ac = p["activation_checkpointing_key"], p["activation_checkpointing"]
+    lines.append(
+        f"activation checkpointing (AC): {key}{f' -> {ac}' if key == 'auto' else ''} "
+        f"(largest micro-batch without: {p['max_micro_batch_without_ac'] or 'none'}, "
+        f"with: {p['max_micro_batch_with_ac'] or 'none'}; model/autobatch.py's rule)"
+    )
     if p["max_micro_batch"]:
         lines.append(
             f"largest micro-batch that fits: {p['max_micro_batch']} "
-            f"(grad_accum {p['grad_accum']}, same tokens per step)"
+            f"(grad_accum {p['grad_accum']}, same tokens per step"
+            f"{', blocks recomputed' if ac == 'full' else ''})"
         )
     else:
-        lines.append("no micro-batch fits: lower block_size or the model size, or use a bigger GPU")
+        lines.append(
+            "no micro-batch fits, even with activation checkpointing: lower block_size or "
+            "the model size, or use a bigger GPU (or several, once FSDP lands: issue 20)"
+            if p["max_micro_batch_with_ac"] == 0
+            else "no micro-batch fits: set activation_checkpointing=full (or auto)"
+        )
     return lines
 
 

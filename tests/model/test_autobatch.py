@@ -16,10 +16,12 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from model.autobatch import resolve_config, resolve_micro_batch, trial
+from model.runtime import replace
 from model.errors import ConfigError
 from model.gpt import GPT
 from model.metrics import peak_mem_gb
 from pipeline.train import train
+from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_config
 
 CPU = torch.device("cpu")
@@ -178,7 +180,8 @@ def test_the_runs_peak_memory_starts_after_micro_batch_is_resolved(
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", stats.reset_peak_memory_stats)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", stats.max_memory_allocated)
     gpu = torch.device("cuda", 0)
-    resolve_config(tiny_config(shards, tmp_path, micro_batch=4, device="cuda"), gpu)
+    cfg = tiny_config(shards, tmp_path, micro_batch=4, device="cuda")
+    resolve_config(replace(cfg, activation_checkpointing="none"), gpu)  # nothing to fit
     assert peak_mem_gb(gpu) == 0.0
 
 
@@ -191,3 +194,55 @@ def test_gpu_peak_after_the_trials_is_only_what_is_still_allocated(
     cfg = tiny_config(shards, tmp_path, micro_batch="auto", batch_size=16, device="cuda")
     resolve_config(cfg, gpu)  # runs a trial: a model, AdamW, two steps and an eval on the GPU
     assert torch.cuda.max_memory_allocated(gpu) == torch.cuda.memory_allocated(gpu)
+
+
+def _card(gib: float) -> tuple[int, Any]:
+    from model import memory
+
+    budget = int(gib * 2**30) - memory.DRIVER_RESERVE
+    return budget, memory.Overhead(0, memory.Overhead.for_card(True, nominal=False).workspace)
+
+
+@pytest.mark.parametrize(
+    ("config", "gib", "micro_batch", "expected"),
+    [
+        ("gpt2-124m", 12, "auto", False),  # 16 fit without: recomputing would cost a third
+        ("gpt2-350m", 12, "auto", True),  # 4 fit without (under 8 K tokens), 32 with
+        ("gpt2-350m", 24, "auto", False),  # 16 fit without
+        ("gpt2-350m", 12, 8, True),  # a fixed 8 fits only with
+        ("gpt2-350m", 12, 4, False),  # a fixed 4 fits without
+    ],
+)
+def test_activation_checkpointing_auto_recomputes_only_where_too_small_a_batch_fits(
+    config: str, gib: float, micro_batch: Any, expected: bool
+) -> None:
+    from model import memory
+    from model.autobatch import MIN_TOKENS, candidates, checkpointing
+    from model.config import load
+    from model.train_config import TrainConfig
+
+    cfg = load(TrainConfig, REPO / "configs" / f"{config}.yaml", [f"micro_batch={micro_batch}"])
+    budget, overhead = _card(gib)
+    assert checkpointing(cfg, "bfloat16", budget, overhead, candidates(cfg, 1)) is expected
+    if micro_batch == "auto" and expected:  # the rule's reason holds in the planner's numbers
+        w = memory.Workload.from_train(cfg, 1, "bfloat16")
+        best = memory.largest_fitting(w, overhead, budget, candidates(cfg, 1))
+        assert best is None or best.workload.tokens < MIN_TOKENS
+
+
+def test_activation_checkpointing_auto_is_none_on_the_cpu_and_full_builds_a_recomputing_model(
+    shards: Path, tmp_path: Path
+) -> None:
+    from model.trainer import Trainer
+
+    cpu = torch.device("cpu")
+    auto = resolve_config(tiny_config(shards, tmp_path / "a"), cpu)
+    assert auto.activation_checkpointing == "none"
+    full = resolve_config(tiny_config(shards, tmp_path / "f", activation_checkpointing="full"), cpu)
+    assert full.activation_checkpointing == "full"
+    losses = []
+    for cfg in (auto, full):
+        trainer = Trainer(cfg, cpu, Path(cfg.out_dir))
+        assert trainer.raw_model.cfg.checkpoint_blocks is (cfg is full)
+        losses.append([trainer.train_step(1e-3).loss for _ in range(3)])
+    assert losses[0] == losses[1]  # the same steps: recomputing is exact on the CPU

@@ -225,3 +225,18 @@ def test_gpu_memory_bench_dry_run_on_cpu() -> None:
     error = float(rows[0].split("|")[5].strip().rstrip("%"))
     assert abs(error) < 10  # the prediction against the fake-tensor trace
     assert "| lean | 32 | 1 | fits | ran |" in out and "| fused | 32 | 1 | fits | ran |" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["fused", "lean"])
+def test_checkpointed_estimate_matches_the_trace_and_saves_memory(loss: str) -> None:
+    """Activation checkpointing in the plan: within 10 % of what the real model allocates
+    (fake tensors), and below the plan without it by most of the blocks' activations."""
+    shape = dict(n_layer=6, n_head=4, n_embd=128, block_size=256, vocab_size=2048)
+    w = plan.Workload(**shape, micro_batch=4, loss=loss, checkpoint=True)  # type: ignore[arg-type]
+    e = plan.estimate(w, plan.Overhead(0, 0))
+    train, _ = trace_peaks(w)
+    assert abs(e.peak_train / train - 1) < 0.10, (e.peak_train, train)
+    plain = plan.estimate(dataclasses.replace(w, checkpoint=False), plan.Overhead(0, 0))
+    saved = plain.peak_train - e.peak_train
+    assert saved > 0.5 * (w.n_layer - 1) * plan.layer_activation_bytes(w), saved

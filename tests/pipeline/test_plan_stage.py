@@ -58,10 +58,15 @@ def test_story_floor_and_the_12_gb_card(capsys: pytest.CaptureFixture[str], tmp_
     assert p["total_tokens"] == pytest.approx(14.0e9, rel=0.01)
     assert p["floor_hours"] == pytest.approx(57, abs=1.5)
     assert p["expected_hours"] == pytest.approx(p["floor_hours"] / 0.35)
-    assert p["fits"] and p["micro_batch"] == 4
+    # the reference config says micro_batch: auto: the planner fits 16 on the 12 GB card
+    assert p["fits"] and p["micro_batch"] == 16 == p["max_micro_batch"]
     # the story's run: nanoGPT's full-logits loss and AdamW at micro-batch 8 on 12 GB
-    plain8 = _plan(capsys, run, "loss=plain", "optimizer=adamw", "micro_batch=8", "grad_accum=4")
+    story = (run, "loss=plain", "optimizer=adamw", "micro_batch=8", "grad_accum=4")
+    plain8 = _plan(capsys, *story, "activation_checkpointing=none")
     assert not plain8["fits"]
+    # activation checkpointing's auto rule rescues it: a fixed 8 fits only with it
+    rescued = _plan(capsys, *story)
+    assert rescued["fits"] and rescued["activation_checkpointing"] == "full"
     assert plain8["eval_largest_tensor_bytes"] / 2**30 == pytest.approx(1.54, abs=0.01)
     lean8 = _plan(capsys, run, "micro_batch=8", "grad_accum=4")
     assert lean8["fits"] and lean8["max_micro_batch"] >= 8
@@ -196,3 +201,25 @@ def test_the_disk_the_checkpoints_need(capsys: pytest.CaptureFixture[str], tmp_p
     assert p["disk_free_bytes"] > 0
     assert main(["plan", "gpu_gb=12", RTX_4070, f"out_dir={tmp_path}"]) == 0
     assert "keep_ckpts 3 + the one being written" in capsys.readouterr().out
+
+
+def test_the_plan_shows_activation_checkpointing_and_its_choice(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """350M on a 12 GB card: 4 fit without recomputing, so auto recomputes and fits 8 or
+    more (issue 20's goal); 124M fits 16 without and does not recompute."""
+    big = _plan(capsys, "--config", "configs/gpt2-350m.yaml", f"out_dir={tmp_path}")
+    assert big["activation_checkpointing"] == "full" and big["max_micro_batch"] >= 8
+    assert big["max_micro_batch_without_ac"] == 4
+    for row in big["sweep"]:
+        assert row["ac_required_bytes"] < row["required_bytes"]
+    small = _plan(capsys, "--config", "configs/gpt2-124m.yaml", f"out_dir={tmp_path}")
+    assert small["activation_checkpointing"] == "none" and small["max_micro_batch"] == 16
+    forced = _plan(
+        capsys,
+        "--config",
+        "configs/gpt2-124m.yaml",
+        f"out_dir={tmp_path}",
+        "activation_checkpointing=full",
+    )
+    assert forced["activation_checkpointing"] == "full" and forced["max_micro_batch"] == 32
