@@ -242,7 +242,10 @@ def _alive(p: psutil.Process) -> bool:
 # tracker. They hold none of the stage's memory; killing them only breaks the pool's
 # next start of a worker (EOFError in the main thread) and floods stderr with the
 # relaunched tracker's tracebacks.
-_HELPERS = ("from multiprocessing.forkserver import", "from multiprocessing.resource_tracker import")
+_HELPERS = (
+    "from multiprocessing.forkserver import",
+    "from multiprocessing.resource_tracker import",
+)
 
 
 def _helper(p: psutil.Process, parent: int) -> bool:
@@ -262,7 +265,9 @@ def kill_children(pid: int | None = None, timeout: float = 3.0) -> int:
     were signalled. Does not reap (see `_alive`)."""
     parent = os.getpid() if pid is None else pid
     try:
-        kids = [p for p in psutil.Process(parent).children(recursive=True) if not _helper(p, parent)]
+        kids = [
+            p for p in psutil.Process(parent).children(recursive=True) if not _helper(p, parent)
+        ]
     except _GONE:
         return 0
     alive = kids

@@ -16,10 +16,10 @@ import yaml
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from model.autobatch import resolve_config, resolve_micro_batch, trial
-from model.runtime import replace
 from model.errors import ConfigError
 from model.gpt import GPT
 from model.metrics import peak_mem_gb
+from model.runtime import replace
 from pipeline.train import train
 from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_config
