@@ -157,7 +157,7 @@ $(shell mkdir -p $(STAMPS))
 endif
 
 .PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
-	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve bench-loader gpu-carry clean clean-stamps clean-venv FORCE
+	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve bench-loader gpu-carry tensorboard clean clean-stamps clean-venv FORCE
 
 help: ## list the targets and the variables
 	@echo "targets:"
@@ -306,6 +306,10 @@ COMPOSE_ENV = env UID=$(shell id -u) GID=$(shell id -g) MEM=$(MEM) SHM=$(SHM) IM
 up: $(SMOKE_STAMP) ## smoke, then docker compose up -d trainer (restarts on failure, resumes)
 	@mkdir -p data out
 	$(COMPOSE_ENV) $(COMPOSE) -f $(ROOT)/compose.yaml up -d trainer
+
+TB_PORT ?= 6006## make tensorboard: its port on 127.0.0.1
+tensorboard: setup ## the live dashboard of every run under out/ (TensorBoard on 127.0.0.1:TB_PORT)
+	cd $(ROOT) && $(VENV)/bin/tensorboard --logdir out --host 127.0.0.1 --port $(TB_PORT)
 
 logs: ## follow the trainer's log
 	$(COMPOSE) -f $(ROOT)/compose.yaml logs -f trainer

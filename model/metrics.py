@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from model.atomic import write_text
+from model.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,19 @@ FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """The one writer of metrics.jsonl."""
+    """The one writer of metrics.jsonl; with `tensorboard`, each record also goes to the
+    run's TensorBoard scalars (model/dashboard.py)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
         self.path = Path(run_dir) / FILE
+        self.dashboard = Dashboard(run_dir) if tensorboard else None
 
     def truncate_after(self, step: int) -> None:
-        """Keep only the records with `step <= step` (all gone for step < 0)."""
+        """Keep only the records with `step <= step` (all gone for step < 0); the dashboard
+        hides its older events from step + 1 on."""
+        if self.dashboard is not None:
+            self.dashboard.close()
+            self.dashboard = Dashboard(self.dashboard.folder.parent, purge_step=max(0, step + 1))
         if not self.path.exists():
             return
         kept = [line for line, rec in _parse(self.path) if rec["step"] <= step]
@@ -52,6 +59,12 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.dashboard is not None:
+            self.dashboard.write(record)
+
+    def close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.close()
 
 
 def _parse(path: Path) -> list[tuple[str, dict[str, Any]]]:

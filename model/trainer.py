@@ -113,7 +113,7 @@ class Trainer:
         self.window = LossWindow()  # the train losses since the last metrics line
         self.bad_streak = 0
         self.bad_total = 0
-        self.metrics = MetricsLog(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard)
         self.mfu = MfuMeter(
             device,
             self.precision.name,
@@ -359,6 +359,7 @@ class Trainer:
             "step": self.step,
             "loss": self.window.mean(r.loss),  # the mean over the steps since the last line
             "loss_step": r.loss,  # this step's alone
+            "grad_norm": round(r.grad_norm, 5),  # before clipping
             "lr": lr_at(self.step - 1, self.cfg),
             "tokens": tokens,
             "ms": round(ms, 3),

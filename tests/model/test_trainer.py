@@ -180,3 +180,40 @@ def test_resume_refuses_a_checkpoint_of_another_shape(shards: Path, tmp_path: Pa
     assert train(tiny_config(shards, tmp_path, max_iters=10)) == 0
     with pytest.raises(StateError, match="n_embd 32 -> 64"):
         Trainer(tiny_config(shards, tmp_path, n_embd=64), CPU, tmp_path).resume()
+
+
+def test_a_steps_loss_and_gradient_are_the_mean_over_its_micro_batches(
+    shards: Path, tmp_path: Path
+) -> None:
+    """The step's loss is the mean of its micro-batches' losses, computed here by hand on
+    the same batches with a copy of the weights, and so is its gradient (its norm before
+    clipping): a step that kept only the last micro-batch's loss (times the accumulation)
+    once left every trainer and resume test green."""
+    import copy
+
+    cfg = tiny_config(shards, tmp_path / "run", grad_accum=4, grad_clip=0.0)
+    trainer = Trainer(cfg, torch.device("cpu"), tmp_path / "run")
+    before = copy.deepcopy(trainer.raw_model)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_next = trainer.train_loader.next_batch
+
+    def recording() -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = real_next()
+        seen.append((x.clone(), y.clone()))
+        return x, y
+
+    trainer.train_loader.next_batch = recording  # type: ignore[method-assign]
+    result = trainer.train_step(1e-3)
+    assert len(seen) == 4
+    losses = []
+    for x, y in seen:
+        _, loss = before(x, y)
+        assert loss is not None
+        (loss / 4).backward()
+        losses.append(float(loss))
+    assert len(set(losses)) == 4  # four different micro-batches, or the test proves nothing
+    assert result.loss == pytest.approx(sum(losses) / 4, rel=1e-6)
+    norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in before.parameters() if p.grad is not None])
+    )
+    assert result.grad_norm == pytest.approx(float(norm), rel=1e-5)
