@@ -46,15 +46,6 @@ log="$OUT/session.log"
 
 say() { echo "gpu-session: $*" | tee -a "$log" >&2; }
 
-if [ "$dry" = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    # the server's packages for this image's Python (make gpu-carry downloaded them)
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl >>"$log" 2>&1 || {
-        say "error: installing .whl/*.whl failed (see session.log); rerun make gpu-carry here"
-        exit 2
-    }
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 if [ ! -f model/assets/gpt2.tiktoken ]; then
     say "error: model/assets/gpt2.tiktoken is missing: run make gpu-carry here and carry it"
     exit 2
@@ -63,9 +54,20 @@ if [ "$dry" = 0 ] && [ "$part" = 2 ] && [ ! -f data/shards/demo/manifest.json ];
     say "error: data/shards/demo is missing: run make gpu-carry here and carry it"
     exit 2
 fi
+# before the wheels: the image's own torch answers this
 if [ "$dry" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     say "error: $PY sees no CUDA GPU; on the CPU pass --dry-run"
     exit 2
+fi
+
+if [ "$dry" = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    # the server's packages for this image's Python (make gpu-carry downloaded them)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl >>"$log" 2>&1 || {
+        say "error: installing .whl/*.whl failed (see session.log); rerun make gpu-carry here"
+        exit 2
+    }
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 # step NAME SECONDS COMMAND...: run it under timeout, log it, note how it ended

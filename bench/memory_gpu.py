@@ -71,11 +71,10 @@ class Run:
         # AdamW, as the planner's Workload below assumes by default
         self.opt = self.model.configure_optimizer(0.1, 6e-4, (0.9, 0.95), device.type, "adamw")
         self.fwd: Any = torch.compile(self.model) if comp else self.model
-        self.dtype = (
-            torch.bfloat16
-            if device.type == "cpu" or torch.cuda.is_bf16_supported()
-            else torch.float16
-        )
+        # the trainer's `dtype: auto` rule (native bf16 only: a T4 or V100 runs fp16)
+        cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        name = hardware.auto_dtype(device.type, cap) if device.type == "cuda" else "bfloat16"
+        self.dtype = torch.bfloat16 if name == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.vocab = shape["vocab_size"]
         self.block = shape["block_size"]

@@ -3,7 +3,7 @@
 A user pays for the time to a model of a given quality, not for ms/step. In
 one run this trains configs/demo.yaml's model from the same initial weights on
 the same shuffled windows of data/shards/demo (`make bench-train` builds it
-when missing) with five loops, and measures for each the training time until
+when missing) with six loops, and measures for each the training time until
 its val loss reaches the loss that the plain loop has after the config's
 `max_iters` (200) steps:
 
@@ -13,9 +13,10 @@ its val loss reaches the loss that the plain loop has after the config's
   codegpt      `Trainer.train_step` (the loss guard, clipping, the schedule) with
                each loss: fused (the default), lean and plain; AdamW.
   codegpt Muon `optimizer=muon` (torch.optim.Muon for the blocks' matrices, AdamW
-               for the rest), fused loss.
+               for the rest), fused loss; and the same with
+               `activation_checkpointing=full` (the same math: the recompute's cost).
 
-The five step in turn (step k of each, then step k + 1 of each), so that other
+The six step in turn (step k of each, then step k + 1 of each), so that other
 load on the machine falls on all of them alike; each step is timed on its own.
 Every `--eval-every` steps each model's loss is measured on the same fixed val
 windows (model/loader.py's EvalSet: `eval_iters` x `micro_batch` windows spread
@@ -75,6 +76,11 @@ LOOPS: list[tuple[str, str, list[str] | None]] = [
     ("lean", "codegpt, lean loss, AdamW", ["loss=lean", "optimizer=adamw"]),
     ("plain-loss", "codegpt, plain loss, AdamW", ["loss=plain", "optimizer=adamw"]),
     ("muon", "codegpt, fused loss, Muon (the default)", ["loss=fused", "optimizer=muon"]),
+    (
+        "muon-ac",
+        "codegpt, fused loss, Muon, activation checkpointing",
+        ["loss=fused", "optimizer=muon", "activation_checkpointing=full"],
+    ),
 ]
 
 
@@ -438,6 +444,8 @@ def render(
     lean_mem, fused_mem = memory["lean"]["steps_add"], memory["fused"]["steps_add"]
     fused_ratio = ratios["fused"]
     muon_ratio = ratios["muon"]
+    recompute = statistics.median(curves["muon-ac"].ms) / statistics.median(curves["muon"].ms)
+    ac_mem, muon_mem = memory["muon-ac"]["steps_add"], memory["muon"]["steps_add"]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
@@ -477,6 +485,10 @@ def render(
         f"<= 0.8x | {verdict(muon_ratio is not None and muon_ratio <= 0.8)} |",
         f"| time to the target, codegpt with AdamW (fused loss) | {_ratio(fused_ratio)} | "
         f"<= 0.8x | {verdict(fused_ratio is not None and fused_ratio <= 0.8)} |",
+        f"| activation checkpointing: the default's step with it / without (the recompute's "
+        f"cost), and the memory its steps add | {recompute:.2f}x; {ac_mem / 2**20:,.0f} vs "
+        f"{muon_mem / 2**20:,.0f} MiB | about 1.33x at most | "
+        f"{verdict(recompute <= 1.4)} |",
         "",
         "ms/step is the median step; training seconds are the sum of the measured steps to the "
         "interpolated crossing (evals excluded). The AdamW loops compute the same updates up to "

@@ -134,23 +134,14 @@ def _disk(cfg: PlanConfig) -> dict[str, Any]:
 def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dict[str, Any]:
     """The memory half: the config's micro-batch, the sweep, the largest that fits."""
     from model import memory
-    from model.autobatch import checkpointing
+    from model.memory_loss import compiled_loss_keeps_logits
 
     overhead = memory.Overhead.for_card(cfg.compile, card.nominal)
     sizes = memory.batch_candidates(sequences)
     without = dataclasses.replace(memory.Workload.from_train(cfg, 1, dtype), checkpoint=False)
-    if cfg.activation_checkpointing == "auto":  # the trainer's rule, on this card's budget
-        ac = checkpointing(cfg, dtype, card.budget, overhead, sizes)
-    else:
-        ac = cfg.activation_checkpointing == "full"
+    ac, largest = _checkpointing(cfg, card, without, overhead, sizes)
     base = dataclasses.replace(without, checkpoint=ac)
     best = memory.largest_fitting(base, overhead, card.budget, sizes)
-    largest = {}
-    for flag in (False, True):
-        e = memory.largest_fitting(
-            dataclasses.replace(without, checkpoint=flag), overhead, card.budget, sizes
-        )
-        largest[flag] = e.workload.micro_batch if e is not None else 0
     shown_mb = cfg.micro_batch if isinstance(cfg.micro_batch, int) else None
     if shown_mb is None:
         shown_mb = best.workload.micro_batch if best is not None else 1
@@ -175,7 +166,7 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
         "eval_largest_tensor_bytes": memory.eval_largest_tensor(shown.workload),
         "required_bytes": shown.required,
         "fits": shown.fits(card.budget),
-        "lean_loss_keeps_logits_compiled": memory.compiled_loss_keeps_logits(),
+        "lean_loss_keeps_logits_compiled": compiled_loss_keeps_logits(),
         "max_micro_batch": best.workload.micro_batch if best is not None else 0,
         "grad_accum": sequences // best.workload.micro_batch if best is not None else 0,
         "activation_checkpointing": "full" if ac else "none",
@@ -199,6 +190,26 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
         train, evals = trace_peaks(shown.workload)
         out["exact"] = {"peak_train_bytes": train, "peak_eval_bytes": evals}
     return out
+
+
+def _checkpointing(
+    cfg: PlanConfig, card: Card, without: Any, overhead: Any, sizes: list[int]
+) -> tuple[bool, dict[bool, int]]:
+    """(recompute the blocks?, the largest fitting micro-batch without and with): `auto`
+    by the trainer's rule (model/autobatch.py) on this card's budget."""
+    from model import memory
+    from model.autobatch import checkpointing
+
+    if cfg.activation_checkpointing == "auto":
+        ac = checkpointing(cfg, without.dtype, card.budget, overhead, sizes)
+    else:
+        ac = cfg.activation_checkpointing == "full"
+    largest = {}
+    for flag in (False, True):
+        w = dataclasses.replace(without, checkpoint=flag)
+        e = memory.largest_fitting(w, overhead, card.budget, sizes)
+        largest[flag] = e.workload.micro_batch if e is not None else 0
+    return ac, largest
 
 
 def _sweep_row(e: Any, ac: Any, card: Card) -> dict[str, Any]:

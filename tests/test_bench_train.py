@@ -30,13 +30,17 @@ def test_the_time_to_loss_bench_runs_and_its_adamw_loops_agree(tmp_path: Path) -
         and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 8
     }
     names = [n for n in rows if n.startswith(("plain loop", "codegpt"))]
-    assert len(names) == 5, rows.keys()
+    assert len(names) == 6, rows.keys()
     finals = {n: float(rows[n][3]) for n in names}
     adamw = [v for n, v in finals.items() if "Muon" not in n]  # their val loss at step 8
     assert max(adamw) - min(adamw) < 1e-3, finals  # same updates up to float rounding
     plain = next(n for n in names if n.startswith("plain loop"))
     assert rows[plain][6] == "1.00x" and rows[plain][4] == "8"  # the target is its own end
     assert "time to the target, codegpt's default (fused loss, Muon)" in out.read_text()
+    muon = "codegpt, fused loss, Muon (the default)"
+    ac = next(n for n in names if "activation checkpointing" in n)
+    assert abs(finals[ac] - finals[muon]) < 1e-3, finals  # recomputing is the same math
+    assert "activation checkpointing: the default's step with it / without" in out.read_text()
 
 
 @pytest.mark.slow
@@ -44,6 +48,6 @@ def test_the_gpu_training_bench_dry_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "train-gpu.md"
     run_bench("train_gpu.py", out, "--steps", "4", "--eval-every", "2", "--warmup", "1")
     text = out.read_text()
-    assert text.count("| codegpt, ") == 4 and "| plain loop" in text
+    assert text.count("| codegpt, ") == 5 and "| plain loop" in text
     assert "codegpt (fused loss, AdamW) / the plain loop, tokens/s: " in text
     assert "codegpt's default (fused loss, Muon): " in text

@@ -237,11 +237,10 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-# multiprocessing's own helpers, started as direct children of the main process: the
-# forkserver (its workers are its children, with the same command line) and the resource
-# tracker. They hold none of the stage's memory; killing them only breaks the pool's
-# next start of a worker (EOFError in the main thread) and floods stderr with the
-# relaunched tracker's tracebacks.
+# multiprocessing's forkserver (its workers, its children, share its command line) and
+# resource tracker, direct children of the main process: they hold none of the stage's
+# memory, and killing them broke the pool's next worker start (EOFError) and flooded
+# stderr with the relaunched tracker's tracebacks.
 _HELPERS = (
     "from multiprocessing.forkserver import",
     "from multiprocessing.resource_tracker import",
@@ -251,9 +250,7 @@ _HELPERS = (
 def _helper(p: psutil.Process, parent: int) -> bool:
     """A multiprocessing helper of `parent` (see _HELPERS)."""
     try:
-        if p.ppid() != parent:
-            return False
-        line = " ".join(p.cmdline())
+        line = " ".join(p.cmdline()) if p.ppid() == parent else ""
     except _GONE:
         return False
     return any(h in line for h in _HELPERS)

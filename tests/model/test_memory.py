@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from model import memory as plan
+from model import memory_loss
 from model.gpt import GPT
 from model.memory import GiB, Overhead, Workload
 from model.memtrace import trace_peaks
@@ -120,7 +121,7 @@ def test_compiled_model_keeps_what_the_plan_predicts(loss: str) -> None:
     cw = Workload(**{**w.__dict__, "compile": True})
     predicted = plan.activation_bytes(cw) + _targets_saved(w)
     assert abs(predicted - real) <= ACTIVATIONS_COMPILED * real, (predicted, real)
-    assert not plan.compiled_loss_keeps_logits()  # model/loss.py excludes it from compile
+    assert not memory_loss.compiled_loss_keeps_logits()  # model/loss.py excludes it from compile
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2])
@@ -159,7 +160,9 @@ def test_fused_peak_not_above_lean() -> None:
     w8 = Workload(**STORY, micro_batch=8, loss="fused")
     # what it keeps: dL/dh (N, C) fp32 + dL/dW (V, C) fp32 + n_valid; no hidden state
     assert plan.loss_kept_bytes(w8) == 4 * 8192 * 768 + 4 * 50304 * 768 + 8
-    assert plan.loss_backward_bytes(w8) == 0 < plan.loss_forward_bytes(w8) < 300 * 2**20
+    assert (
+        memory_loss.loss_backward_bytes(w8) == 0 < memory_loss.loss_forward_bytes(w8) < 300 * 2**20
+    )
 
 
 def test_monotonic_in_micro_batch_and_block_size() -> None:
