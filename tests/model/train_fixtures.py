@@ -89,10 +89,16 @@ def write_code_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int 
     stream = np.array(ids[: train_tokens + val_tokens], dtype=np.uint16)
     write_shard(folder, "train", 0, stream[:train_tokens])
     write_shard(folder, "val", 0, stream[train_tokens:])
-    info = {
+    manifest.write_for_shards(folder, gpt2_tokenizer_info())
+    return folder
+
+
+def gpt2_tokenizer_info() -> dict[str, object]:
+    """The manifest's tokenizer record of GPT-2 shards (what tokenize writes)."""
+    from model import tokenizer
+
+    return {
         "name": tokenizer.NAME,
         "vocab_sha256": tokenizer.RANKS_SHA256,
         "special_tokens": tokenizer.special_tokens(),
     }
-    manifest.write_for_shards(folder, info)
-    return folder

@@ -19,7 +19,7 @@ from model.shards import write_shard
 from pipeline import smoke
 from pipeline import train as train_stage
 from pipeline.tokenize import manifest
-from tests.model.train_fixtures import tiny_config
+from tests.model.train_fixtures import gpt2_tokenizer_info, tiny_config
 
 
 def test_smoke_passes_writes_the_stamp_and_leaves_no_checkpoint(
@@ -91,12 +91,7 @@ def write_banner_first_shards(folder: Path) -> Path:
     assert len(set(banner)) == 1 and len(banner) == 132
     write_shard(folder, "train", 0, np.array(banner + ids[:40_000], dtype=np.uint16))
     write_shard(folder, "val", 0, np.array(ids[40_000:48_000], dtype=np.uint16))
-    info = {
-        "name": tokenizer.NAME,
-        "vocab_sha256": tokenizer.RANKS_SHA256,
-        "special_tokens": tokenizer.special_tokens(),
-    }
-    manifest.write_for_shards(folder, info)
+    manifest.write_for_shards(folder, gpt2_tokenizer_info())
     return folder
 
 
