@@ -137,10 +137,10 @@ def race_one(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     peaks = TrainPeak(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     loop: Loop | None = None
     try:
         loop = build(key, data, tmp / "run", overrides(args), CONFIG, device)
-        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         curve = run_alone(
             loop,
             args.steps,
@@ -151,29 +151,26 @@ def race_one(
             sync=sync,
             around_eval=peaks.around_eval,
         )
-        tok = loop.cfg.tokens_per_step
-        mfu_loop = loop
     except torch.cuda.OutOfMemoryError:
+        del loop  # the next loop needs the memory: free_memory runs before it
         print(json.dumps({"key": key, "oom": True}), file=sys.stderr, flush=True)
         return {"key": key, "oom": True}
-    finally:
-        del loop
     warm = curve.ms[: args.warmup]
     after = curve.ms[args.warmup :] or curve.ms
     steady = sum(after) / len(after)  # each stretch's sum is exact (run_alone), not each step
     compile_s = max(0.0, sum(warm) - steady * len(warm)) / 1000
     curve.ms[: args.warmup] = [steady] * len(warm)  # compile is not training
-    tps = tok * 1000 / steady
+    tps = loop.cfg.tokens_per_step * 1000 / steady
     row = {
         "key": key,
         "ms": steady,
         "tokens_per_s": tps,
-        "mfu": mfu_of(mfu_loop, tps) if device.type == "cuda" else None,
+        "mfu": mfu_of(loop, tps) if device.type == "cuda" else None,
         "peak_gb": peaks.peak / 2**30 if device.type == "cuda" else None,
         "compile_s": compile_s,
         "curve": curve,
     }
-    del mfu_loop
+    del loop
     free_memory()
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), file=sys.stderr, flush=True)
     return row

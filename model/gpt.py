@@ -48,6 +48,8 @@ class ModelShape(Protocol):
     def loss(self) -> Loss: ...
     @property
     def loss_chunk(self) -> int: ...
+    @property
+    def activation_checkpointing(self) -> str: ...  # none | full (auto: resolved before)
 
 
 @dataclass(kw_only=True)
@@ -81,7 +83,7 @@ class GPTConfig:
             loss=cfg.loss,
             loss_chunk=cfg.loss_chunk,
             # `auto` is resolved before a model is built (model/autobatch.py); unresolved, none
-            checkpoint_blocks=getattr(cfg, "activation_checkpointing", "none") == "full",
+            checkpoint_blocks=cfg.activation_checkpointing == "full",
         )
 
 

@@ -136,6 +136,15 @@ def test_trip_on_max_rss_kills_the_workers_not_the_parent() -> None:
         _stop(parent)
 
 
+def _python(code: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -c code` from the repository root, which must succeed."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_kill_children_leaves_zombies_to_their_parent() -> None:
     """A killed child's exit code still reaches Popen/multiprocessing (not reaped by us)."""
     code = (
@@ -146,10 +155,7 @@ def test_kill_children_leaves_zombies_to_their_parent() -> None:
         "time.sleep(0.3)\n"
         "print(kill_children(os.getpid(), timeout=2), [k.wait(5) for k in kids])\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(code, timeout=30)
     assert out.stdout.split(maxsplit=1) == ["2", "[-15, -15]\n"]
 
 
@@ -163,10 +169,7 @@ def test_kill_children_escalates_to_sigkill() -> None:
         "t = time.monotonic(); n = kill_children(os.getpid(), timeout=0.5)\n"
         "print(n, k.wait(5), round(time.monotonic() - t, 1))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(code, timeout=30)
     n, rc, secs = out.stdout.split()
     assert (n, rc) == ("1", "-9") and 0.4 <= float(secs) < 3
 
@@ -192,10 +195,7 @@ def test_kill_children_spares_the_forkserver_and_resource_tracker() -> None:
         "print(n, len(helpers), left == helpers, again.submit(int, '7').result())\n"
         "again.shutdown()\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
+    out = _python(code, timeout=60)
     # the pool runs up to 2 workers; both helpers (forkserver, resource tracker) survive
     n, helpers, kept, answer = out.stdout.split()
     assert 1 <= int(n) <= 2 and helpers == "2" and kept == "True" and answer == "7"
