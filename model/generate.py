@@ -82,6 +82,9 @@ def next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+PACKED_ROWS = 3  # from this many rows at once the CPU head uses oneDNN (Head._batched)
+
+
 class Head:
     """The output projection for decoding, (B, C) -> (B, min(V, rows)) logits; `rows` is
     50257 (GPT-2's ids), or `tokenizer.N_IDS` to keep the FIM sentinels' rows too.
@@ -97,13 +100,26 @@ class Head:
         w = model.lm_head.weight
         self.linear, self.rows = model.lm_head, rows
         self.wt: Tensor | None = None
+        self._packed: Tensor | None = None  # oneDNN's copy, made at the first batch of rows
         if w.device.type == "cpu" and w.dtype == torch.float32:
             self.wt = w.detach()[:rows].t().contiguous()  # (C, V)
 
     def __call__(self, h: Tensor) -> Tensor:
         if self.wt is not None and h.dtype == torch.float32:
+            if h.shape[0] >= PACKED_ROWS and torch.backends.mkldnn.is_available():
+                return self._batched(h)
             return h @ self.wt
         out: Tensor = self.linear(h)[:, : self.rows]
+        return out
+
+    def _batched(self, h: Tensor) -> Tensor:
+        """(B, C) -> (B, V) by oneDNN's matmul on a packed copy of the head: MKL's gemm on
+        3-8 rows of this shape runs at about half its speed (docs/benchmarks.md)."""
+        assert self.wt is not None
+        if self._packed is None:
+            self._packed = self.wt.t().contiguous().to_mkldnn()  # (V, C), oneDNN's layout
+        y = torch._C._nn.mkldnn_linear(h.contiguous().to_mkldnn(), self._packed, None)
+        out: Tensor = y.to_dense()
         return out
 
 

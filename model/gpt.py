@@ -175,10 +175,13 @@ class CausalSelfAttention(nn.Module):
         position rows.pos[i]; row i attends to its own keys [0, rows.pos[i]]."""
         q, k, v = self._heads(x)  # (A, nh, 1, hs)
         A = x.shape[0]
-        index = torch.arange(A, device=x.device)
-        # advanced indices on dims 0 and 2: the (A, nh, hs) entries (i, :, pos[i], :)
-        cache.k[layer][index, :, rows.pos] = k[:, :, 0]
-        cache.v[layer][index, :, rows.pos] = v[:, :, 0]
+        if rows.mask is None:  # every row at position span - 1: a plain slice
+            cache.k[layer][:A, :, rows.span - 1 : rows.span] = k
+            cache.v[layer][:A, :, rows.span - 1 : rows.span] = v
+        else:  # advanced indices on dims 0 and 2: the (A, nh, hs) entries (i, :, pos[i], :)
+            index = torch.arange(A, device=x.device)
+            cache.k[layer][index, :, rows.pos] = k[:, :, 0]
+            cache.v[layer][index, :, rows.pos] = v[:, :, 0]
         keys = cache.k[layer][:A, :, : rows.span].to(q.dtype)  # (A, nh, span, hs)
         vals = cache.v[layer][:A, :, : rows.span].to(q.dtype)
         # rows.mask (A, 1, 1, span) hides the keys past each row's own position; None when

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from model.generate import Head
 from model.gpt import GPT, GPTConfig, KVCache
 from model.train_config import TrainConfig
 
@@ -222,6 +223,40 @@ def test_cached_greedy_equals_full_greedy():
     assert cache.length == 15
     with pytest.raises(ValueError, match="cache"):
         m.forward_cached(full[:, :2], cache)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("lengths", [(6, 6, 6), (4, 9, 6)], ids=["same", "ragged"])
+def test_hidden_rows_step_equals_the_full_forward_of_each_row(lengths: tuple[int, ...]) -> None:
+    """One decode step of rows at their own positions (the engine's): each row's state and
+    the keys it writes are what the full forward of that row alone gives, twice over."""
+    m = _tiny(seed=5).eval()
+    seqs = [torch.randint(0, 96, (1, n + 2)) for n in lengths]
+    cache = KVCache(m.cfg, batch=4, max_len=16, device="cpu", dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        m.hidden_cached(s[:, :-2], cache.row(i))  # each prompt into its own row
+    for step in (2, 1):  # two steps: the second reads the keys the first wrote
+        idx = torch.cat([s[:, -step:][:, :1] for s in seqs])  # (3, 1)
+        got = m.hidden_rows(idx, cache, [s.shape[1] - step for s in seqs])
+        for i, s in enumerate(seqs):
+            want = m.hidden(s[:, : s.shape[1] - step + 1])[:, -1]
+            torch.testing.assert_close(got[i], want, rtol=1e-4, atol=1e-5)
+    assert not cache.k[0][3].any()  # the row past the three is untouched
+
+
+def test_the_cpu_head_gives_gemm_logits_for_one_row_and_for_a_batch() -> None:
+    """Three rows or more go through oneDNN's packed copy: the same logits to float
+    rounding and the same argmax; one row is the gemv, exactly."""
+    m = _tiny(seed=6).eval()
+    head = Head(m, 90)
+    h = torch.randn(8, m.cfg.n_embd)
+    want = h @ m.lm_head.weight[:90].t()
+    one = head(h[:1])
+    assert head._packed is None and torch.equal(one, h[:1] @ head.wt)
+    batch = head(h)
+    assert head._packed is not None and batch.shape == (8, 90)
+    torch.testing.assert_close(batch, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(batch.argmax(-1), want.argmax(-1))
 
 
 @pytest.mark.parametrize("loss", ["fused", "lean", "plain"])
