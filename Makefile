@@ -110,7 +110,7 @@ endif
 TOKENIZE_ARGS ?= $(call goal_args,tokenize)
 TOK_INPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),input),$(call yaml_get,$(TOKENIZE_CONFIG),input),data/raw)
 TOK_OUTPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),output),$(call yaml_get,$(TOKENIZE_CONFIG),output))
-# input is a folder (its *.parquet files) or a glob, as pipeline/tokenize/source.py reads it
+# input is a folder (its *.parquet files) or a glob, as pipeline/corpus/source.py reads it
 input_files = $(if $(findstring *,$(1))$(findstring ?,$(1))$(findstring [,$(1)),$(wildcard $(1)),$(wildcard $(1)/*.parquet))
 TOK_FILES := $(call input_files,$(TOK_INPUT))
 # The near-dedup decision tokenize reads (its `near_dedup:`), and the dedup config that
@@ -122,7 +122,7 @@ DEDUP_CONFIG := $(or $(if $(TOK_NEAR),$(firstword $(shell grep -l -E "^output:[[
 endif
 # The dedup that `make tokenize` runs first gets tokenize's ARGS but for the keys only
 # tokenize has: the input, the rules its decision is checked against and the reading
-# keys (SourceConfig, pipeline/tokenize/settings.py) are given once and reach both;
+# keys (SourceConfig, pipeline/corpus/settings.py) are given once and reach both;
 # a near_dedup in ARGS is that dedup's output. `make dedup` itself takes its own ARGS.
 TOKENIZE_ONLY := output shard_tokens val_fraction dedup near_dedup force
 tokenize_to_dedup = $(filter-out $(addsuffix =%,$(TOKENIZE_ONLY)),$(1)) \

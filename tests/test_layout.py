@@ -3,6 +3,8 @@
 - `model/` is the library and imports nothing from `pipeline/` (the stages);
 - no import circle among the project's modules, lazy imports inside functions included;
 - no module much over 400 lines and no function over 60 (docs/design.md, "Layout");
+- the two data stages (tokenize, dedup) import nothing from each other's room: what they
+  share lives in a third, pipeline/corpus/ (docs/design.md, "Layout");
 - the data stages (tokenize, dedup) start without torch: its import costs each of them
   seconds and hundreds of MB they do not need;
 - a stage's room (its package's __init__) lists every module in it, and the documents
@@ -57,6 +59,27 @@ def test_model_imports_nothing_from_pipeline() -> None:
         if name.split(".")[0] == "model"
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+# Two stages that share machinery import it from a third room, never from each other.
+APART = (("pipeline.tokenize", "pipeline.dedup"), ("pipeline.dedup", "pipeline.tokenize"))
+
+
+def _within(name: str, room: str) -> bool:
+    return name == room or name.startswith(room + ".")
+
+
+def test_tokenize_and_dedup_import_nothing_from_each_other() -> None:
+    known = modules()
+    crossing = sorted(
+        f"{name} imports {dep}"
+        for room, other in APART
+        for name, path in known.items()
+        if _within(name, room)
+        for dep in imports_of(path, known)
+        if _within(dep, other)
+    )
+    assert crossing == []
 
 
 def test_no_import_circle() -> None:

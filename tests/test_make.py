@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.corpus.settings import SourceConfig
 from pipeline.dedup.stage import DedupConfig
-from pipeline.tokenize.settings import SourceConfig
 from pipeline.tokenize.stage import TokenizeConfig
 from tests.conftest import REPO
 

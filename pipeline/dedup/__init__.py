@@ -4,8 +4,9 @@
     worker.py    what one worker does with one batch: the rules, then MinHash band keys
     minhash.py   shingles, MinHash signatures and LSH band keys, in numpy
     buckets.py   the band keys on disk (partitioned, append-only) and the clustering
-    decision.py  the stage's output (dedup.json, near_duplicates.npy): its one writer and reader
 
-It reads the input through the tokenize stage's source and pool (pipeline/tokenize/)
-and applies the same rules, so it clusters exactly the documents tokenize would keep.
+It reads the input through the reading layer and pool that tokenize shares
+(pipeline/corpus/) and applies the same rules, so it clusters exactly the documents
+tokenize would keep; its output is pipeline/corpus/decision.py's format, which tokenize
+reads. It imports nothing from pipeline/tokenize/.
 """

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dedup.decision import ROW_BITS
-from pipeline.tokenize import manifest
+from pipeline.corpus.appendonly import append_items, load_items
+from pipeline.corpus.decision import ROW_BITS
 
 RECORD = np.dtype([("key", "<u8"), ("id", "<u8")])
 PARTITION_BYTES = 64 * 2**20
@@ -73,7 +73,7 @@ class Partitions:
         for p, chunks in enumerate(self.pending):
             if chunks:
                 rec = np.concatenate(chunks)
-                manifest.append_items(part_path(self.folder, p), rec, self.valid[p])
+                append_items(part_path(self.folder, p), rec, self.valid[p])
                 self.valid[p] += len(rec)
         self.pending = [[] for _ in range(self.count)]
         self.buffered = 0
@@ -82,7 +82,7 @@ class Partitions:
     def load(self, p: int) -> np.ndarray:
         if not self.valid[p]:
             return np.empty(0, dtype=RECORD)
-        return manifest.load_items(part_path(self.folder, p), RECORD, self.valid[p])
+        return load_items(part_path(self.folder, p), RECORD, self.valid[p])
 
     def remove(self) -> None:
         for p in range(self.count):

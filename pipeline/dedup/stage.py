@@ -2,8 +2,8 @@
 
     python -m pipeline dedup --config configs/dedup.yaml [key=value ...]
 
-Phase 1, signing: the input is read as tokenize reads it (pipeline/tokenize/
-source.py, byte-bounded batches, in input order) and a pool of workers on
+Phase 1, signing: the input is read as tokenize reads it (pipeline/corpus/:
+byte-bounded batches, in input order) and a pool of workers on
 every core applies tokenize's rules and computes each kept document's
 MinHash band keys (worker.py, minhash.py). The keys go to partition files on
 disk (buckets.py); every `checkpoint_mb` of them the partitions are fsynced and the
@@ -12,7 +12,7 @@ valid record counts, so a SIGKILL loses at most that much work and a rerun
 goes on from there. Phase 2, clustering: each partition is sorted in turn,
 documents sharing a band key are joined, and the connected components are
 the clusters; every document but the first (in input order) of each cluster
-is dropped. The decision (decision.py) is written last, atomically; tokenize
+is dropped. The decision (pipeline/corpus/decision.py) is written last, atomically; tokenize
 reads it (`near_dedup: <this output folder>`). A kill during phase 2 redoes
 phase 2 only.
 
@@ -41,7 +41,12 @@ from model.config import option
 from model.errors import InputError, StateError
 from model.lock import exclusive
 from model.progress import Ticker
-from pipeline.dedup import decision
+from pipeline.corpus import decision, source
+from pipeline.corpus import inputs as inputslib
+from pipeline.corpus.batches import STATUS, BatchInfo, FileError, Position
+from pipeline.corpus.pool import Work, read_in_order
+from pipeline.corpus.settings import OUTPUT, SourceConfig
+from pipeline.corpus.watchdog import MemoryWatchdog
 from pipeline.dedup.buckets import (
     EDGE,
     Partitions,
@@ -51,11 +56,6 @@ from pipeline.dedup.buckets import (
 )
 from pipeline.dedup.minhash import Params, lsh_bands
 from pipeline.dedup.worker import Signed, sign_batch, warm_up
-from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import STATUS, BatchInfo, FileError, Position
-from pipeline.tokenize.pool import Work, read_in_order
-from pipeline.tokenize.settings import OUTPUT, SourceConfig
-from pipeline.tokenize.watchdog import MemoryWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run(cfg: DedupConfig) -> int:
 
 
 def _dedup(cfg: DedupConfig, out: Path, files: list[Path], infos: list[Any]) -> int:
-    inputs = manifest.input_entries(files)
+    inputs = inputslib.input_entries(files)
     settings = configlib.values(cfg, OUTPUT)
     state = _previous(out, inputs, settings, cfg.force)
     if state is not None and state.get("complete"):
@@ -146,7 +146,7 @@ def _previous(
     state = decision.read_state(out)
     if state is None:
         return None
-    changed = manifest.differences(state, inputs, settings, None)
+    changed = inputslib.differences(state, inputs, settings, None)
     if changed:
         raise StateError(
             f"{out / decision.STATE} was made for other inputs or settings: "

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.corpus.batches import Batch, Rules
+from pipeline.corpus.lifeline import exit_with
+from pipeline.corpus.rules import status_of
 from pipeline.dedup.minhash import MinHasher, Params
-from pipeline.tokenize.batches import Batch, Rules
-from pipeline.tokenize.lifeline import exit_with
-from pipeline.tokenize.rules import status_of
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,6 @@ def sign_batch(batch: Batch, rules: Rules, params: Params) -> Signed:
 
 
 def warm_up(main_pid: int) -> None:
-    """Pool initializer: exit when the main process dies (pipeline/tokenize/lifeline.py)."""
+    """Pool initializer: exit when the main process dies (pipeline/corpus/lifeline.py)."""
     if main_pid:
         exit_with(main_pid)

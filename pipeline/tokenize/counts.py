@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from model import shards
-from pipeline.tokenize.batches import SKIP_REASONS, STATUS, BatchInfo, Encoded
+from pipeline.corpus.batches import SKIP_REASONS, STATUS, BatchInfo, Encoded
 
 
 def _empty_splits() -> dict[str, dict[str, dict[str, int]]]:

@@ -14,7 +14,7 @@ document's bytes count once, so evaluation can score each language and give
 bits per byte (model/docindex readers: `make eval`). Train shards get no index.
 
 Resume: records of documents that reach into the unfinished val shard are
-appended to `val_NNNNNN.docs.partial` (manifest.py's append-only files) and
+appended to `val_NNNNNN.docs.partial` (pipeline/corpus/appendonly.py) and
 the manifest's `partial_docs` says how many are valid, as for the tokens.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from model import shards
 from model.atomic import write_atomically
-from pipeline.tokenize import manifest
+from pipeline.corpus.appendonly import append_items, load_items
 
 RECORD = shards.DOC_RECORD  # the format is model/shards.py's
 # the in-progress form: `offset` is the document's start in the whole val stream
@@ -98,13 +98,13 @@ class DocIndex:
         n = max(0, min(upto_id - self.first_id, len(self.open)))
         if n > self.persisted:
             new = self.open[self.persisted : n]
-            manifest.append_items(partial_path(self.folder, self.shard), new, self.persisted)
+            append_items(partial_path(self.folder, self.shard), new, self.persisted)
             self.persisted = n
 
     def restore(self, shard: int, count: int, stream: int) -> None:
         self.shard, self.stream, self.persisted = shard, stream, count
         if count:
-            self.open = manifest.load_items(partial_path(self.folder, shard), _OPEN, count)
+            self.open = load_items(partial_path(self.folder, shard), _OPEN, count)
 
     def remove_partial(self, shard: int) -> None:
         partial_path(self.folder, shard).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ n^2 / 2^65 (one in 370 for 100 M documents): then the later one is dropped.
 Resume: the digests are also appended, in input order, to `dedup.digests`
 beside the shards (raw little-endian uint64); each manifest records how many
 of them are valid, exactly those of the documents before its resume position.
-A rerun loads that many (manifest.py's append-only files) and goes on.
+A rerun loads that many (pipeline/corpus/appendonly.py) and goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.tokenize import manifest
-from pipeline.tokenize.batches import STATUS, Encoded
+from pipeline.corpus.appendonly import append_items, load_items
+from pipeline.corpus.batches import STATUS, Encoded
 
 FILE = "dedup.digests"
 DTYPE = np.dtype("<u8")
@@ -81,14 +81,14 @@ class Seen:
             return
         pending = np.concatenate(self.log) if self.log else np.empty(0, dtype=DTYPE)
         take = upto - self.persisted
-        manifest.append_items(self.path, pending[:take].astype(DTYPE), self.persisted)
+        append_items(self.path, pending[:take].astype(DTYPE), self.persisted)
         self.log = [pending[take:]] if take < len(pending) else []
         self.persisted = upto
 
     def restore(self, count: int) -> None:
         """The set of a resumed run: the first `count` digests of the file."""
         if count:
-            d = manifest.load_items(self.path, DTYPE, count).astype(np.uint64)
+            d = load_items(self.path, DTYPE, count).astype(np.uint64)
             self.runs, self.count = [np.sort(d)], count
         self.persisted = count
 

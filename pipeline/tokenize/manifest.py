@@ -14,14 +14,14 @@ that is in no shard yet. Its tokens are appended to `<split>_<NNNNNN>.partial`
 fsynced, and the manifest records how many tokens of that file are valid.
 Appends only ever go past the recorded length, so a kill in the middle of one
 leaves the recorded prefix intact; the next append truncates the file to the
-recorded length first. A partial file is deleted once its shard is complete
+recorded length first (pipeline/corpus/appendonly.py, which dedup's partition files
+use too). A partial file is deleted once its shard is complete
 and a manifest says so.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from model import shards
 from model.atomic import write_atomically
-from model.errors import InputError
+from pipeline.corpus.appendonly import append_items, load_items
 
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_DTYPE = np.dtype("<u2")
@@ -48,85 +48,8 @@ def write(folder: Path, data: dict[str, Any]) -> None:
     )
 
 
-def input_entries(files: list[Path]) -> list[dict[str, Any]]:
-    """What the output depends on for each input file: path, size, mtime (ns)."""
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append({"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
-
-
-def differences(
-    old: dict[str, Any],
-    inputs: list[dict[str, Any]],
-    settings: dict[str, Any],
-    tokenizer: dict[str, Any] | None,
-) -> list[str]:
-    """Human-readable list of what differs between a manifest and a new run's request."""
-    changes: list[str] = []
-    before = {e["path"]: e for e in old.get("inputs", [])}
-    now = {e["path"]: e for e in inputs}
-    for p in sorted(set(before) - set(now)):
-        changes.append(f"input {p} removed")
-    for p in sorted(set(now) - set(before)):
-        changes.append(f"input {p} added")
-    for p in sorted(set(now) & set(before)):
-        for key in ("size", "mtime_ns"):
-            if before[p].get(key) != now[p][key]:
-                changes.append(f"input {p} {key} {before[p].get(key)} -> {now[p][key]}")
-                break
-    old_cfg = old.get("settings", {})
-    for key in sorted(set(settings) | set(old_cfg)):
-        if old_cfg.get(key) != settings.get(key):
-            changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
-    was = old.get("tokenizer")
-    if (
-        isinstance(was, dict)
-        and "special_tokens" not in was
-        and "special_tokens" in (tokenizer or {})
-    ):
-        # a manifest from before the special tokens were recorded: the same encoder, whose
-        # shards hold no sentinel (documents are encoded as ordinary text either way)
-        was = {**was, "special_tokens": (tokenizer or {})["special_tokens"]}
-    if was != tokenizer:
-        changes.append(f"tokenizer {was} -> {tokenizer}")
-    return changes
-
-
 def partial_path(folder: Path, split: str, index: int) -> Path:
     return Path(folder) / (shards.shard_name(split, index).removesuffix(".npy") + PARTIAL_SUFFIX)
-
-
-def append_items(path: Path, items: np.ndarray, start: int) -> None:
-    """Append `items` (fixed-size records) to an append-only file that holds `start` valid ones.
-
-    The file is first cut back to `start` records (dropping what a killed append left),
-    then the new ones are written and fsynced; the caller records the new count in the
-    next manifest, so a kill at any instant leaves the recorded prefix intact.
-    """
-    size = items.dtype.itemsize
-    mode = "r+b" if path.exists() else "w+b"
-    with open(path, mode) as f:
-        f.truncate(start * size)
-        f.seek(start * size)
-        f.write(np.ascontiguousarray(items).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def load_items(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
-    """The first `count` records of an append-only file (the rest is from a killed append)."""
-    try:
-        arr = np.fromfile(path, dtype=dtype, count=count)
-    except (OSError, ValueError):
-        arr = np.empty(0, dtype=dtype)
-    if len(arr) != count:
-        raise InputError(
-            f"{path}: resume state holds {len(arr)} records, the manifest expects {count}; "
-            "pass force=true to start over"
-        )
-    return arr
 
 
 def append_partial(folder: Path, split: str, index: int, buf: np.ndarray, start: int) -> None:

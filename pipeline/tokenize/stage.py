@@ -32,14 +32,15 @@ from model.atomic import write_error
 from model.config import option
 from model.errors import InputError, StateError
 from model.lock import exclusive
-from pipeline.dedup import decision
-from pipeline.dedup.decision import Decision
-from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import FileError
-from pipeline.tokenize.pool import Source, Work, read_in_order
+from pipeline.corpus import decision, source
+from pipeline.corpus import inputs as inputslib
+from pipeline.corpus.batches import FileError
+from pipeline.corpus.decision import Decision
+from pipeline.corpus.pool import Source, Work, read_in_order
+from pipeline.corpus.settings import OUTPUT, SourceConfig
+from pipeline.corpus.watchdog import MemoryWatchdog
+from pipeline.tokenize import manifest
 from pipeline.tokenize.progress import Progress
-from pipeline.tokenize.settings import OUTPUT, SourceConfig
-from pipeline.tokenize.watchdog import MemoryWatchdog
 from pipeline.tokenize.worker import encode_batch, split_threshold, warm_up
 from pipeline.tokenize.writer import ShardWriter
 
@@ -100,7 +101,7 @@ def previous_state(
                 "choose another output= or pass force=true to replace them"
             )
         return None
-    changed = manifest.differences(old, inputs, settings, tokenizer_info())
+    changed = inputslib.differences(old, inputs, settings, tokenizer_info())
     if changed:
         shown = "; ".join(changed[:5]) + (
             f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
@@ -147,7 +148,7 @@ def run(cfg: TokenizeConfig) -> int:
 def _tokenize(
     cfg: TokenizeConfig, out: Path, files: list[Path], infos: list[source.FileInfo | str]
 ) -> int:
-    inputs = manifest.input_entries(files)
+    inputs = inputslib.input_entries(files)
     near = (
         decision.load(Path(cfg.near_dedup), inputs, cfg.rule_values()) if cfg.near_dedup else None
     )

@@ -13,10 +13,10 @@ import hashlib
 import numpy as np
 
 from model import tokenizer
-from pipeline.tokenize import rules as _rules
-from pipeline.tokenize.batches import STATUS, TRAIN, VAL, Batch, Encoded, Rules
-from pipeline.tokenize.lifeline import exit_with
-from pipeline.tokenize.rules import status_of
+from pipeline.corpus import rules as _rules
+from pipeline.corpus.batches import STATUS, TRAIN, VAL, Batch, Encoded, Rules
+from pipeline.corpus.lifeline import exit_with
+from pipeline.corpus.rules import status_of
 
 _NO_SPECIAL: frozenset[str] = frozenset()  # `<|endoftext|>` in code is plain text
 _TOKENIZER_ERROR = STATUS.index("tokenizer_error")

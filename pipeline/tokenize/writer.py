@@ -27,8 +27,8 @@ import numpy as np
 
 from model import shards
 from model.errors import StateError
+from pipeline.corpus.batches import VAL, BatchInfo, Encoded, FileError, Position
 from pipeline.tokenize import manifest
-from pipeline.tokenize.batches import VAL, BatchInfo, Encoded, FileError, Position
 from pipeline.tokenize.counts import Counts
 from pipeline.tokenize.docindex import DocIndex, partial_path
 from pipeline.tokenize.exact import Seen

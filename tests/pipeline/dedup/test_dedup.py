@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.dedup import decision
+from pipeline.corpus import decision
 from pipeline.dedup.buckets import EDGE, components
 from pipeline.dedup.minhash import MinHasher, Params, jaccard, lsh_bands
 from tests.conftest import REPO, tmpfs_or_skip

@@ -11,8 +11,10 @@ import pytest
 
 from model import shards
 from model.errors import InputError
-from pipeline.tokenize import manifest, source
-from pipeline.tokenize.batches import Batch, FileError
+from pipeline.corpus import inputs as inputslib
+from pipeline.corpus import source
+from pipeline.corpus.batches import Batch, FileError
+from pipeline.tokenize import manifest
 from tests.pipeline.tokenize.tokenize_fixtures import corpus, write_parquet
 
 
@@ -96,7 +98,7 @@ def test_list_inputs_sorted_and_glob(tmp_path):
 def test_manifest_write_read_and_differences(tmp_path):
     f = tmp_path / "x.parquet"
     f.write_bytes(b"1234")
-    inputs = manifest.input_entries([f])
+    inputs = inputslib.input_entries([f])
     data = {
         "version": shards.MANIFEST_VERSION,
         "inputs": inputs,
@@ -108,7 +110,7 @@ def test_manifest_write_read_and_differences(tmp_path):
     f.write_bytes(b"12345")
     g = tmp_path / "y.parquet"
     g.write_bytes(b"")
-    changed = manifest.differences(data, manifest.input_entries([f, g]), {"a": 2}, {})
+    changed = inputslib.differences(data, inputslib.input_entries([f, g]), {"a": 2}, {})
     assert changed == [f"input {g} added", f"input {f} size 4 -> 5", "a 1 -> 2"]
     (tmp_path / shards.MANIFEST).write_text("{not json")
     with pytest.raises(InputError, match="force=true"):

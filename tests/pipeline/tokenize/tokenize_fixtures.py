@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from model import shards, tokenizer
 from pipeline.__main__ import main
-from pipeline.tokenize.batches import TRAIN, VAL
+from pipeline.corpus.batches import TRAIN, VAL
 from pipeline.tokenize.worker import split_of, split_threshold
 from tests.conftest import REPO
 

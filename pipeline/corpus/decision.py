@@ -26,7 +26,7 @@ import numpy as np
 
 from model.atomic import write_atomically, write_text
 from model.errors import InputError, StateError
-from pipeline.tokenize import manifest
+from pipeline.corpus import inputs as inputslib
 
 STATE = "dedup.json"
 DROPPED = "near_duplicates.npy"
@@ -94,7 +94,7 @@ def load(folder: Path, inputs: list[dict[str, Any]], rules: dict[str, Any]) -> D
         raise StateError(f"{folder / STATE}: no finished near-dedup decision; {fix}")
     # the rules as "settings": tokenize's rule keys must be the ones the decision applied
     made = {"inputs": state["inputs"], "settings": state["rules"]}
-    changed = manifest.differences(made, inputs, rules, None)
+    changed = inputslib.differences(made, inputs, rules, None)
     if changed:
         raise StateError(
             f"{folder / STATE} was made for other inputs or rules ({'; '.join(changed[:5])}); {fix}"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tokenize import reading, source
-from pipeline.tokenize.batches import FileError, Position
-from pipeline.tokenize.pool import Source, Work, read_in_order
-from pipeline.tokenize.watchdog import MemoryWatchdog
+from pipeline.corpus import reading, source
+from pipeline.corpus.batches import FileError, Position
+from pipeline.corpus.pool import Source, Work, read_in_order
+from pipeline.corpus.watchdog import MemoryWatchdog
 from tests.pipeline.tokenize.tokenize_fixtures import REPO, args, corpus, write_parquet
 
 
@@ -59,7 +59,7 @@ def test_read_in_order_serves_every_row_once_in_order(tmp_path: Path, workers: i
     groups = [i.groups for i in infos]  # type: ignore[union-attr]
     # a budget smaller than any row group: one decoded group in flight at a time
     src = Source(files, groups, "code", [], 9000, budget=1)
-    work = Work(first_text, no_warm_up, "tests.pipeline.tokenize.test_reading")
+    work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
     before = _segments()
     with MemoryWatchdog(64, 0) as dog:
         out = list(read_in_order(src, Position(0, 1, 5), workers, work, dog, lambda: ""))
@@ -80,7 +80,7 @@ def test_an_unreadable_file_and_a_corrupt_group_come_in_their_place(tmp_path: Pa
     assert isinstance(infos[1], str)
     groups = [i if isinstance(i, str) else i.groups for i in infos]
     src = Source(files, groups, "code", [], 9000, budget=2**30)
-    work = Work(first_text, no_warm_up, "tests.pipeline.tokenize.test_reading")
+    work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
     with MemoryWatchdog(64, 0) as dog:
         out = list(read_in_order(src, Position(), 1, work, dog, lambda: ""))
     where = [i.file_index for i, _ in out]
@@ -138,7 +138,7 @@ def test_a_read_stopped_half_way_leaves_no_segment(tmp_path: Path) -> None:
     files = [write_parquet(tmp_path / f"{k}.parquet", docs[k::4], 20) for k in range(4)]
     infos = source.survey(files, "code", [], "fail")
     src = Source(files, [i.groups for i in infos], "code", [], 5000, budget=2**30)  # type: ignore[union-attr]
-    work = Work(first_text, no_warm_up, "tests.pipeline.tokenize.test_reading")
+    work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
     before = _segments()
     with MemoryWatchdog(64, 0) as dog:
         reader = read_in_order(src, Position(), 2, work, dog, lambda: "")

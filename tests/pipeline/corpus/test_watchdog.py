@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from model.errors import ResourceError
-from pipeline.tokenize.watchdog import (
+from pipeline.corpus.watchdog import (
     GB,
     MemoryWatchdog,
     Trip,
@@ -149,7 +149,7 @@ def test_kill_children_leaves_zombies_to_their_parent() -> None:
     """A killed child's exit code still reaches Popen/multiprocessing (not reaped by us)."""
     code = (
         "import os, subprocess, sys, time\n"
-        "from pipeline.tokenize.watchdog import kill_children\n"
+        "from pipeline.corpus.watchdog import kill_children\n"
         "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
         " for _ in range(2)]\n"
         "time.sleep(0.3)\n"
@@ -163,7 +163,7 @@ def test_kill_children_escalates_to_sigkill() -> None:
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     code = (
         "import os, subprocess, sys, time\n"
-        "from pipeline.tokenize.watchdog import kill_children\n"
+        "from pipeline.corpus.watchdog import kill_children\n"
         f"k = subprocess.Popen([sys.executable, '-c', {stubborn!r}])\n"
         "time.sleep(0.3)\n"
         "t = time.monotonic(); n = kill_children(os.getpid(), timeout=0.5)\n"
@@ -184,7 +184,7 @@ def test_kill_children_spares_the_forkserver_and_resource_tracker() -> None:
     code = (
         "import multiprocessing as mp, os, psutil\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
-        "from pipeline.tokenize.watchdog import kill_children\n"
+        "from pipeline.corpus.watchdog import kill_children\n"
         "ctx = mp.get_context('forkserver')\n"
         "pool = ProcessPoolExecutor(2, mp_context=ctx)\n"
         "workers = {pool.submit(os.getpid).result() for _ in range(20)}\n"

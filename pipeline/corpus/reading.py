@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tokenize.batches import Batch, BatchInfo, BinaryColumn, FileError
+from pipeline.corpus.batches import Batch, BatchInfo, BinaryColumn, FileError
 
 SHM_DIR = Path("/dev/shm")  # where Linux keeps the segments
 
@@ -99,7 +99,7 @@ def decode_group(
     """Read row group `group` of `path` from `start_row`; its text into a new segment called
     `name` (or `name.K` once grown K times: the main process picks the names, so that it can
     remove the segment of a decode it had to kill, `discard`)."""
-    from pipeline.tokenize import source  # pyarrow: only the processes that decode
+    from pipeline.corpus import source  # pyarrow: only the processes that decode
 
     shm = _create(name, size_hint)
     pos, parts, grown = 0, [], 0

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from model import config as configlib
 from model.config import Config, option
-from pipeline.tokenize.batches import Rules
-from pipeline.tokenize.pool import Source
-from pipeline.tokenize.source import FileInfo
+from pipeline.corpus.batches import Rules
+from pipeline.corpus.pool import Source
+from pipeline.corpus.source import FileInfo
 
 OUTPUT = "output"  # the keys that change a stage's output bytes (compared on a rerun)
 RULES = ("output", "rules")  # ... and that a dedup decision must have been made with

@@ -1,4 +1,4 @@
-"""A memory watchdog for the tokenize stage: stop cleanly before the machine thrashes.
+"""A memory watchdog for the data stages: stop cleanly before the machine thrashes.
 
 Why the whole process tree: the stage encodes in worker processes, and each
 worker holds its own memory (a document's text; a Python list of token ids,

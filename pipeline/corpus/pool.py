@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from model.errors import ResourceError
-from pipeline.tokenize import reading
-from pipeline.tokenize.batches import Batch, BatchInfo, FileError, Position
-from pipeline.tokenize.watchdog import MemoryWatchdog
+from pipeline.corpus import reading
+from pipeline.corpus.batches import Batch, BatchInfo, FileError, Position
+from pipeline.corpus.watchdog import MemoryWatchdog
 
 Item = BatchInfo | FileError
 
@@ -48,7 +48,7 @@ class Work:
     fn: Callable[[Batch], Any]
     warm_up: Callable[[int], None]
     module: str
-    preload: tuple[str, ...] = ("pipeline.tokenize.source",)  # pyarrow, for the decoding
+    preload: tuple[str, ...] = ("pipeline.corpus.source",)  # pyarrow, for the decoding
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from model.errors import InputError
-from pipeline.tokenize.batches import (
+from pipeline.corpus.batches import (
     UNKNOWN_LANGUAGE,
     Batch,
     BatchInfo,

@@ -38,7 +38,7 @@ import re
 
 import numpy as np
 
-from pipeline.tokenize.batches import STATUS, Batch, Rules
+from pipeline.corpus.batches import STATUS, Batch, Rules
 
 GENERATED_MARKERS = (
     b"auto-generated",

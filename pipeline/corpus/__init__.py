@@ -1,0 +1,19 @@
+"""The data stages' shared room: how tokenize and dedup read a corpus, and what they share.
+
+    settings.py    SourceConfig: the input, reading and rule keys tokenize and dedup share
+    source.py      parquet footers and schema checks; one row group in byte-bounded batches
+    reading.py     a worker decodes a row group into shared memory; row ranges of it
+    batches.py     what travels between the reader, the workers and a stage's writer
+    pool.py        the worker pool: row groups and ranges out, results back, in input order
+    lifeline.py    a worker process exits when the main process that started it dies
+    rules.py       the per-document quality filters and the exact-dedup digest
+    watchdog.py    stops a stage cleanly before the machine runs out of memory
+    inputs.py      the input files a stage's output depends on, and what changed since
+    appendonly.py  append-only record files whose valid length a state file records
+    decision.py    the near-dedup decision: dedup writes it, tokenize reads it (its one module)
+
+Neither stage imports the other's room (tests/test_layout.py checks it): both import
+this one, as datatrove's steps share its readers and executors. Nothing is imported
+here, so that importing one part pulls in only what it needs (a worker never imports
+pyarrow unless it decodes).
+"""

@@ -1,0 +1,58 @@
+"""What a data stage's output is a function of, and what changed since it was made.
+
+Both data stages record their input files (path, size, mtime) and the settings that
+shape their output beside it (tokenize's manifest.json, dedup's dedup.json), and both
+refuse a rerun whose request differs; tokenize also checks a dedup decision against
+its own inputs and rules the same way. This is that one check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def input_entries(files: list[Path]) -> list[dict[str, Any]]:
+    """What the output depends on for each input file: path, size, mtime (ns)."""
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append({"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def differences(
+    old: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    tokenizer: dict[str, Any] | None,
+) -> list[str]:
+    """Human-readable list of what differs between a manifest and a new run's request."""
+    changes: list[str] = []
+    before = {e["path"]: e for e in old.get("inputs", [])}
+    now = {e["path"]: e for e in inputs}
+    for p in sorted(set(before) - set(now)):
+        changes.append(f"input {p} removed")
+    for p in sorted(set(now) - set(before)):
+        changes.append(f"input {p} added")
+    for p in sorted(set(now) & set(before)):
+        for key in ("size", "mtime_ns"):
+            if before[p].get(key) != now[p][key]:
+                changes.append(f"input {p} {key} {before[p].get(key)} -> {now[p][key]}")
+                break
+    old_cfg = old.get("settings", {})
+    for key in sorted(set(settings) | set(old_cfg)):
+        if old_cfg.get(key) != settings.get(key):
+            changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
+    was = old.get("tokenizer")
+    if (
+        isinstance(was, dict)
+        and "special_tokens" not in was
+        and "special_tokens" in (tokenizer or {})
+    ):
+        # a manifest from before the special tokens were recorded: the same encoder, whose
+        # shards hold no sentinel (documents are encoded as ordinary text either way)
+        was = {**was, "special_tokens": (tokenizer or {})["special_tokens"]}
+    if was != tokenizer:
+        changes.append(f"tokenizer {was} -> {tokenizer}")
+    return changes
