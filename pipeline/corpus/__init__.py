@@ -1,7 +1,11 @@
 """The data stages' shared room: how tokenize and dedup read a corpus, and what they share.
 
     settings.py    SourceConfig: the input, reading and rule keys tokenize and dedup share
-    source.py      parquet footers and schema checks; one row group in byte-bounded batches
+    source.py      the reading layer: the sources, the listing, the survey, a file's batches
+    parquet.py     parquet in any schema: footers, schema checks, byte-bounded batches
+    jsonl.py       JSON Lines files (.jsonl, .gz, .zst): spans of lines as row groups
+    files.py       a folder of source files: the walk (.gitignore, .git, ...), one file's record
+    languages.py   a file's language from its extension (github-code's names)
     reading.py     a worker decodes a row group into shared memory; row ranges of it
     batches.py     what travels between the reader, the workers and a stage's writer
     pool.py        the worker pool: row groups and ranges out, results back, in input order

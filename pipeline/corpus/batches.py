@@ -1,7 +1,8 @@
-"""What travels between the parquet reader, the worker processes and the shard writer.
+"""What travels between the reading layer, the worker processes and a stage's writer.
 
-The reader (source.py) turns rows into a `Batch` of raw UTF-8 bytes plus
-offsets, or a `FileError` where a file stopped being readable; a worker
+The reading layer (source.py: parquet, JSON Lines, a folder of files) turns every
+source's records (text, repository, path, language, size) into a `Batch` of raw
+UTF-8 bytes plus offsets, or a `FileError` where a file stopped being readable; a worker
 (worker.py) turns a Batch into an `Encoded`: compact numpy arrays, never
 Python lists of tokens, so the result is cheap to send back and the writer
 (writer.py) only copies it into its shard buffers. `Position` is where a
@@ -30,6 +31,44 @@ class BinaryColumn:
     def value(self, i: int) -> bytes:
         return self.data[self.offsets[i] : self.offsets[i + 1]]
 
+    @classmethod
+    def of(cls, values: list[bytes | None]) -> BinaryColumn:
+        """A column of these values (None is a null)."""
+        sizes = np.fromiter((len(v) if v is not None else 0 for v in values), np.int64, len(values))
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        data = b"".join(v for v in values if v is not None)
+        return cls(offsets, data, np.array([v is None for v in values], dtype=bool))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where a table source (parquet, JSON Lines) keeps each part of the record."""
+
+    text: str
+    repo: str
+    path: str
+    language: str
+
+
+# schema -> its columns (`files` is a folder of source files, and has none)
+SCHEMAS: dict[str, Columns | None] = {
+    "github-code": Columns("code", "repo_name", "path", "language"),
+    "the-stack": Columns("content", "max_stars_repo_name", "max_stars_repo_path", "lang"),
+    "files": None,
+}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the input is read, as a worker needs it (the keys of SourceConfig it uses)."""
+
+    schema: str = "github-code"
+    columns: Columns = Columns("code", "repo_name", "path", "language")
+    languages: tuple[str, ...] = ()  # keep only these; () keeps all
+    max_doc_bytes: int = 1_000_000  # a folder's larger files are not read (too_large)
+    root: str = ""  # schema files: the folder
+
 
 @dataclass(frozen=True)
 class BatchInfo:
@@ -50,13 +89,17 @@ class BatchInfo:
 @dataclass(frozen=True)
 class Batch:
     """Rows [row, row + num_rows) of one row group of input file `file_index`, with their text
-    (what a worker works on)."""
+    (what a worker works on): per row the record (text, repository, path, language, size:
+    the text's length), columnar."""
 
     info: BatchInfo
     text: BinaryColumn
     repo: BinaryColumn
     keep: np.ndarray | None  # (n,) bool: passes the language filter; None = no filter
     near_dup: np.ndarray | None = None  # (n,) bool: dropped by the dedup stage's decision
+    path: BinaryColumn | None = None  # the file's path in its repository, where the input has it
+    # (n,) int8: a skip reason the reader decided (binary, too_large: a file it did not read)
+    skip: np.ndarray | None = None
 
     @property
     def num_rows(self) -> int:
@@ -113,12 +156,23 @@ class FileError:
     message: str
 
 
+class Unreadable(Exception):
+    """A reader's failure inside a file: at row group `group`, `left` rows not read (None:
+    unknown); source.read_file turns it into a FileError in the stream."""
+
+    def __init__(self, group: int, left: int | None, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.group, self.left, self.cause = group, left, cause
+
+
 # Row status, in the order the rules are applied; index 0 is a tokenized document, the
-# rest are skip reasons. A worker decides all but `duplicate`, which the writer decides in
+# rest are skip reasons. `binary` (a NUL in a file's first 8 KB) is the reader's, as is
+# `too_large` for a file of a folder it does not read. A worker decides all but `duplicate`, which the writer decides in
 # input order (writer.py); its input is every row that passed the rules before it.
 STATUS = (
     "tokenized",
     "null",
+    "binary",
     "empty",
     "language",
     "too_large",

@@ -11,6 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Keys added after some outputs were made, and the value such an output was made with:
+# a state file without the key is not "changed" for it (github-code was the only schema,
+# and its columns the only ones read).
+IMPLIED = {
+    "schema": "github-code",
+    "repo_column": "repo_name",
+    "path_column": "path",
+    "language_column": "language",
+}
+
 
 def input_entries(files: list[Path]) -> list[dict[str, Any]]:
     """What the output depends on for each input file: path, size, mtime (ns)."""
@@ -40,8 +50,8 @@ def differences(
             if before[p].get(key) != now[p][key]:
                 changes.append(f"input {p} {key} {before[p].get(key)} -> {now[p][key]}")
                 break
-    old_cfg = old.get("settings", {})
-    for key in sorted(set(settings) | set(old_cfg)):
+    old_cfg = {**IMPLIED, **old.get("settings", {})}
+    for key in sorted(set(settings) | set(old.get("settings", {}))):
         if old_cfg.get(key) != settings.get(key):
             changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
     was = old.get("tokenizer")

@@ -5,7 +5,7 @@ decodes each row group into shared memory (reading.py); the main process
 cuts it into row ranges and hands them to the workers, which run the stage's
 work function (encode, or sign) on each. Results are taken strictly in input
 order, so the output is the same bytes for any worker count. The main
-process reads no parquet and never touches the text: it sends small tasks,
+process reads no input and never touches the text: it sends small tasks,
 receives results, and unlinks a segment once its last range is consumed.
 
 Bounds: at most 2 x workers ranges in flight beyond the decoded row groups,
@@ -34,7 +34,7 @@ import numpy as np
 
 from model.errors import ResourceError
 from pipeline.corpus import reading
-from pipeline.corpus.batches import Batch, BatchInfo, FileError, Position
+from pipeline.corpus.batches import Batch, BatchInfo, FileError, Position, Reading
 from pipeline.corpus.watchdog import MemoryWatchdog
 
 Item = BatchInfo | FileError
@@ -57,8 +57,7 @@ class Source:
 
     files: list[Path]
     groups: list[list[tuple[int, int]] | str]  # per file (rows, text bytes) per group, or its error
-    text_column: str
-    languages: list[str]
+    how: Reading
     batch_bytes: int
     budget: int  # text bytes of the decoded row groups in flight
     mark: Callable[[BatchInfo], np.ndarray | None] | None = None  # the near-dedup mask
@@ -190,13 +189,19 @@ def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
             fi,
             g,
             row,
-            src.text_column,
-            src.languages,
+            _first_row(src, fi, g),
+            src.how,
             nbytes + 1024,
             name,
         )
         flow.decodes.append((fi, name, nbytes, fut))
         flow.inflight += nbytes
+
+
+def _first_row(src: Source, fi: int, g: int) -> int:
+    """Row group g's first row within file fi (a JSON Lines group does not know its own)."""
+    layout = src.groups[fi]
+    return sum(rows for rows, _ in layout[:g]) if not isinstance(layout, str) else 0
 
 
 def _next_decode(flow: _Flow, dog: MemoryWatchdog) -> tuple[Any, int]:

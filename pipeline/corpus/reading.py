@@ -1,9 +1,11 @@
-"""The workers read the parquet files; the main process only hands out row groups and row ranges.
+"""The workers read the input; the main process only hands out row groups and row ranges.
 
 A row group is decoded once, by one worker (`decode_group`): its text column
 goes into a shared-memory segment (`/dev/shm`), and what is small per row
 (text offsets, nulls, `repo_name`, language codes, the language filter) comes
-back to the main process as a `Decoded`. The main process cuts it into row
+back to the main process as a `Decoded`. A row group is the parquet file's own; a
+JSON Lines file's groups are spans of its lines and a folder's file is one group of one
+row (source.py). The main process cuts it into row
 ranges of about `batch_bytes` of text (`ranges`) and hands each to any worker
 as a `RangeTask`: the worker copies its range's bytes out of the segment and
 has the `Batch` the stage's work function takes (`run_range`). When the
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.corpus.batches import Batch, BatchInfo, BinaryColumn, FileError
+from pipeline.corpus.batches import Batch, BatchInfo, BinaryColumn, FileError, Reading
 
 SHM_DIR = Path("/dev/shm")  # where Linux keeps the segments
 
@@ -50,6 +52,8 @@ class Decoded:
     null: np.ndarray  # (n,) bool
     repo: BinaryColumn
     keep: np.ndarray | None
+    path: BinaryColumn
+    skip: np.ndarray | None  # the reader's verdicts (batches.Batch.skip)
 
     @property
     def text_bytes(self) -> int:
@@ -69,6 +73,8 @@ class RangeTask:
     repo: BinaryColumn
     keep: np.ndarray | None
     near_dup: np.ndarray | None
+    path: BinaryColumn
+    skip: np.ndarray | None
 
 
 class ShmFull(OSError):
@@ -91,12 +97,13 @@ def decode_group(
     file_index: int,
     group: int,
     start_row: int,
-    text_column: str,
-    languages: list[str],
+    group_row: int,
+    how: Reading,
     size_hint: int,
     name: str,
 ) -> Decoded | FileError:
-    """Read row group `group` of `path` from `start_row`; its text into a new segment called
+    """Read row group `group` of `path` from `start_row` (`group_row`: the group's first row
+    within the file); its text into a new segment called
     `name` (or `name.K` once grown K times: the main process picks the names, so that it can
     remove the segment of a decode it had to kill, `discard`)."""
     from pipeline.corpus import source  # pyarrow: only the processes that decode
@@ -105,7 +112,7 @@ def decode_group(
     pos, parts, grown = 0, [], 0
     try:
         for item in source.read_file(
-            path, file_index, text_column, languages, READ_BYTES, (group, start_row), groups=1
+            path, file_index, how, READ_BYTES, (group, start_row), groups=1, group_row=group_row
         ):
             if isinstance(item, FileError):
                 _drop(shm)
@@ -190,16 +197,19 @@ def _decoded(parts: list[tuple[Batch, int]], name: str) -> Decoded:
     first = parts[0][0]
     names: list[str] = []
     codes: list[np.ndarray] = []
-    offsets, nulls, repos = [np.zeros(1, np.int64)], [], []
+    offsets, nulls, repos, paths = [np.zeros(1, np.int64)], [], [], []
     keeps: list[np.ndarray] = []
+    skips: list[np.ndarray] = []
     for batch, pos in parts:
         remap = np.array([_code(names, n) for n in batch.lang_names], dtype=np.int32)
         codes.append(remap[batch.lang])
         offsets.append(batch.text.offsets[1:] + pos)
         nulls.append(batch.text.null)
         repos.append(batch.repo)
+        paths.append(batch.path or BinaryColumn.of([None] * batch.num_rows))
         if batch.keep is not None:
             keeps.append(batch.keep)
+        skips.append(batch.skip if batch.skip is not None else np.zeros(batch.num_rows, np.int8))
     info = BatchInfo(
         file_index=first.file_index,
         row_group=first.row_group,
@@ -209,7 +219,17 @@ def _decoded(parts: list[tuple[Batch, int]], name: str) -> Decoded:
         lang_names=tuple(names),
     )
     keep = np.concatenate(keeps) if keeps else None
-    return Decoded(info, name, np.concatenate(offsets), _cat(nulls, bool), _join(repos), keep)
+    skip = np.concatenate(skips) if any(b.skip is not None for b, _ in parts) else None
+    return Decoded(
+        info,
+        name,
+        np.concatenate(offsets),
+        _cat(nulls, bool),
+        _join(repos),
+        keep,
+        _join(paths),
+        skip,
+    )
 
 
 def _code(names: list[str], name: str) -> int:
@@ -253,6 +273,8 @@ def run_range(task: RangeTask, fn: Any) -> Any:
         repo=task.repo,
         keep=task.keep,
         near_dup=task.near_dup,
+        path=task.path,
+        skip=task.skip,
     )
     return fn(batch)
 
@@ -293,6 +315,8 @@ def task(d: Decoded, a: int, b: int, near_dup: np.ndarray | None) -> RangeTask:
         repo=_slice(d.repo, a, b),
         keep=None if d.keep is None else d.keep[a:b],
         near_dup=near_dup,
+        path=_slice(d.path, a, b),
+        skip=None if d.skip is None else d.skip[a:b],
     )
 
 

@@ -62,7 +62,10 @@ _LOW_ALNUM, _GENERATED = STATUS.index("alnum"), STATUS.index("generated")
 
 
 def early_status(batch: Batch, i: int, nbytes: int, rules: Rules) -> int:
-    """The rules that need no decoding (null, empty, language, too_large, near_duplicate)."""
+    """The rules that need no decoding (the reader's verdict, null, empty, language,
+    too_large, near_duplicate)."""
+    if batch.skip is not None and batch.skip[i]:
+        return int(batch.skip[i])
     if batch.text.null[i]:
         return _NULL
     if nbytes == 0:

@@ -1,6 +1,6 @@
 """The keys the tokenize and dedup stages share: where the input is, how it is read, and the rules.
 
-Both stages read the same parquet files the same way and apply the same
+Both stages read the same input the same way (source.py) and apply the same
 per-document rules (rules.py) before their own work, so the dedup stage only
 clusters documents that tokenize would keep; tokenize refuses a dedup decision
 made with other rules. Keys tagged `rules` are the ones compared.
@@ -9,25 +9,50 @@ made with other rules. Keys tagged `rules` are the ones compared.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from model import config as configlib
 from model.config import Config, option
-from pipeline.corpus.batches import Rules
+from pipeline.corpus.batches import SCHEMAS, Columns, Reading, Rules
 from pipeline.corpus.pool import Source
 from pipeline.corpus.source import FileInfo
 
 OUTPUT = "output"  # the keys that change a stage's output bytes (compared on a rerun)
 RULES = ("output", "rules")  # ... and that a dedup decision must have been made with
+COLUMN_KEYS = ("text_column", "repo_column", "path_column", "language_column")
 
 
 @dataclass(kw_only=True)
 class SourceConfig(Config):
     # `input` is not tagged: the files themselves are compared (path, size, mtime)
-    input: str = option("data/raw", "a folder of *.parquet files, or a glob")
-    text_column: str = option("code", "the column that holds the code", affects=RULES)
+    input: str = option(
+        "data/raw",
+        "a folder of *.parquet / *.jsonl[.gz|.zst] files, a glob or a file; with "
+        "schema=files a folder of source files",
+    )
+    schema: Literal["github-code", "the-stack", "files"] = option(
+        "github-code",
+        "what the input is: parquet/JSON Lines in github-code's or The Stack's columns, "
+        "or files (a folder of source files)",
+        affects=RULES,
+    )
+    # the record's columns (keys, for JSON Lines); '' = the schema's (source.py's table)
+    text_column: str = option(
+        "", "the column that holds the code; '' = the schema's (code, content)", affects=RULES
+    )
+    repo_column: str = option(
+        "",
+        "the repository column (the split hashes it; absent: the file's name); '' = the schema's",
+        affects=RULES,
+    )
+    path_column: str = option("", "the file path column; '' = the schema's", affects=RULES)
+    language_column: str = option(
+        "",
+        "the language column (absent: the path's extension decides); '' = the schema's",
+        affects=RULES,
+    )
     languages: list[str] = option(
         factory=list, help="keep only these `language` values; [] = all", affects=RULES
     )
@@ -59,9 +84,27 @@ class SourceConfig(Config):
     )
     # fail stops where skip goes on: the output before is the same, so it is not tagged
     on_error: Literal["fail", "skip"] = option(
-        "fail", "unreadable parquet: fail, or skip it and record it"
+        "fail", "an unreadable input file: fail, or skip it and record it"
     )
     progress_seconds: float = option(5.0, "seconds between progress lines on stderr")
+
+    def __post_init__(self) -> None:
+        preset = SCHEMAS.get(self.schema)  # an unknown schema: the checks below name it
+        if preset is not None:
+            for key, value in zip(COLUMN_KEYS, astuple(preset), strict=True):
+                if not getattr(self, key):
+                    setattr(self, key, value)
+        super().__post_init__()
+
+    def reading(self) -> Reading:
+        """How the workers read the input (batches.Reading)."""
+        return Reading(
+            schema=self.schema,
+            columns=Columns(*(getattr(self, k) for k in COLUMN_KEYS)),
+            languages=tuple(self.languages),
+            max_doc_bytes=self.max_doc_bytes,
+            root=str(Path(self.input).expanduser()) if self.schema == "files" else "",
+        )
 
     def n_workers(self) -> int:
         if self.workers == "auto":
@@ -83,9 +126,7 @@ class SourceConfig(Config):
         """What pool.read_in_order reads: the files, their row groups, these keys."""
         groups = [i.groups if isinstance(i, FileInfo) else i for i in infos]
         budget = int(self.decode_mb * 2**20)
-        return Source(
-            files, groups, self.text_column, self.languages, self.batch_bytes, budget, mark
-        )
+        return Source(files, groups, self.reading(), self.batch_bytes, budget, mark)
 
     def rule_values(self) -> dict[str, Any]:
         return configlib.values(self, "rules")

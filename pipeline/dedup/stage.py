@@ -89,16 +89,17 @@ CONFIG = DedupConfig
 
 def run(cfg: DedupConfig) -> int:
     out = Path(cfg.output)
-    files = source.list_inputs(cfg.input)
-    infos = source.survey(files, cfg.text_column, cfg.languages, cfg.on_error)
+    listing = source.list_inputs(cfg.input, cfg.reading())
+    infos = source.survey(listing.files, cfg.reading(), cfg.on_error)
     with exclusive(out, "dedup"):
         try:
-            return _dedup(cfg, out, files, infos)
+            return _dedup(cfg, out, listing, infos)
         except OSError as e:  # reading errors became FileError items: this is the output side
             raise write_error(e, out, f"the work so far is kept in {out}") from None
 
 
-def _dedup(cfg: DedupConfig, out: Path, files: list[Path], infos: list[Any]) -> int:
+def _dedup(cfg: DedupConfig, out: Path, listing: source.Listing, infos: list[Any]) -> int:
+    files = listing.files
     inputs = inputslib.input_entries(files)
     settings = configlib.values(cfg, OUTPUT)
     state = _previous(out, inputs, settings, cfg.force)
@@ -119,6 +120,7 @@ def _dedup(cfg: DedupConfig, out: Path, files: list[Path], infos: list[Any]) -> 
             "phase": "sign",
             "counts": {"read": 0, "text_bytes": 0, "signed": 0, "skipped": {}},
             "files_skipped": [],
+            **({"ignored": listing.ignored} if listing.ignored else {}),
         }
         decision.write_progress(out, state)
     else:

@@ -16,41 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from model.errors import ConfigError
+from pipeline.corpus.languages import language_of
 
-# github-code's language names and the extensions its loader maps to them.
-# `.pyi` stubs are Python syntax, so they count as Python here too.
-_LANGUAGES: dict[str, tuple[str, ...]] = {
-    "Assembly": (".asm",),
-    "Batchfile": (".bat", ".cmd"),
-    "C": (".c", ".h"),
-    "C#": (".cs",),
-    "C++": (".cpp", ".hpp", ".c++", ".h++", ".cc", ".hh", ".cxx", ".hxx"),
-    "CMake": (".cmake",),
-    "CSS": (".css",),
-    "FORTRAN": (".f90", ".f", ".f03", ".f08", ".f77", ".f95", ".for", ".fpp"),
-    "GO": (".go",),
-    "Haskell": (".hs",),
-    "HTML": (".html", ".htm"),
-    "Java": (".java",),
-    "JavaScript": (".js",),
-    "Julia": (".jl",),
-    "Lua": (".lua",),
-    "Markdown": (".md", ".markdown"),
-    "PHP": (".php",),
-    "Perl": (".pl", ".pm"),
-    "PowerShell": (".ps1", ".psd1", ".psm1"),
-    "Python": (".py", ".pyi"),
-    "Ruby": (".rb",),
-    "Rust": (".rs",),
-    "SQL": (".sql",),
-    "Scala": (".scala",),
-    "Shell": (".sh", ".bash", ".zsh"),
-    "TeX": (".tex",),
-    "TypeScript": (".ts", ".tsx"),
-    "Visual Basic": (".vb",),
-}
-EXTENSIONS = {ext: lang for lang, exts in _LANGUAGES.items() for ext in exts}
-FILENAMES = {"Makefile": "Makefile", "CMakeLists.txt": "CMake", "Dockerfile": "Dockerfile"}
 # Directories that hold no source of their own (caches, metadata, the stdlib's
 # own site-packages, which differs from machine to machine).
 SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", ".git"}
@@ -88,13 +55,6 @@ class Candidate:
     language: str
     license: str
     size: int  # bytes on disk
-
-
-def language_of(name: str) -> str | None:
-    if name in FILENAMES:
-        return FILENAMES[name]
-    ext = os.path.splitext(name)[1]
-    return EXTENSIONS.get(ext) or EXTENSIONS.get(ext.lower())
 
 
 def _license_of(dist: metadata.Distribution) -> str:

@@ -1,4 +1,4 @@
-"""`make tokenize`: parquet files of source code -> GPT-2 uint16 token shards + manifest.
+"""`make tokenize`: a corpus of source code -> GPT-2 uint16 token shards + manifest.
 
     python -m pipeline tokenize --config configs/tokenize.yaml [key=value ...]
 
@@ -79,8 +79,8 @@ def settings_of(cfg: TokenizeConfig, near: Decision | None) -> dict[str, Any]:
 
 
 def check_inputs(files: list[Path], cfg: TokenizeConfig) -> list[source.FileInfo | str]:
-    """Open every footer before any work: schema errors first, the row groups to read."""
-    return source.survey(files, cfg.text_column, cfg.languages, cfg.on_error)
+    """Survey every input file before any work: schema errors first, the row groups to read."""
+    return source.survey(files, cfg.reading(), cfg.on_error)
 
 
 def previous_state(
@@ -139,15 +139,16 @@ def up_to_date(out: Path, old: dict[str, Any]) -> str:
 
 def run(cfg: TokenizeConfig) -> int:
     out = Path(cfg.output)
-    files = source.list_inputs(cfg.input)
-    infos = check_inputs(files, cfg)
+    listing = source.list_inputs(cfg.input, cfg.reading())
+    infos = check_inputs(listing.files, cfg)
     with exclusive(out, "tokenize"):  # one writer per shard folder
-        return _tokenize(cfg, out, files, infos)
+        return _tokenize(cfg, out, listing, infos)
 
 
 def _tokenize(
-    cfg: TokenizeConfig, out: Path, files: list[Path], infos: list[source.FileInfo | str]
+    cfg: TokenizeConfig, out: Path, listing: source.Listing, infos: list[source.FileInfo | str]
 ) -> int:
+    files = listing.files
     inputs = inputslib.input_entries(files)
     near = (
         decision.load(Path(cfg.near_dedup), inputs, cfg.rule_values()) if cfg.near_dedup else None
@@ -162,6 +163,8 @@ def _tokenize(
         "config": configlib.to_dict(cfg),
         "tokenizer": tokenizer_info(),
         "inputs": inputs,
+        # a folder's files left out by reason (.git, .gitignore, ...), so none is lost unseen
+        **({"ignored": listing.ignored} if listing.ignored else {}),
     }
     writer: ShardWriter | None = None
     try:

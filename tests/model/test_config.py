@@ -148,7 +148,11 @@ def test_each_stage_states_what_shapes_its_output_once():
         "loss_chunk",
     )
     rules = (
+        "schema",
         "text_column",
+        "repo_column",
+        "path_column",
+        "language_column",
         "languages",
         "max_doc_bytes",
         "max_line_chars",

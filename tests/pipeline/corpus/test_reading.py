@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.corpus import reading, source
-from pipeline.corpus.batches import FileError, Position
+from pipeline.corpus.batches import FileError, Position, Reading
 from pipeline.corpus.pool import Source, Work, read_in_order
 from pipeline.corpus.watchdog import MemoryWatchdog
 from tests.pipeline.tokenize.tokenize_fixtures import REPO, args, corpus, write_parquet
+
+HOW = Reading()  # github-code's columns
 
 
 def _segments() -> set[str]:
@@ -35,7 +37,7 @@ def first_text(batch: object) -> list[bytes]:
 def test_a_row_group_decoded_once_then_cut_into_ranges(tmp_path: Path) -> None:
     docs = corpus(90)
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=90)
-    d = reading.decode_group(f, 0, 0, 10, "code", [], 400_000, f"codegpt-test-{os.getpid()}")
+    d = reading.decode_group(f, 0, 0, 10, 0, HOW, 400_000, f"codegpt-test-{os.getpid()}")
     assert isinstance(d, reading.Decoded) and d.info.row == 10 and len(d.null) == 80
     spans = reading.ranges(d, 20_000)
     assert spans[0][0] == 0 and spans[-1][1] == 80 and len(spans) > 2
@@ -55,10 +57,10 @@ def test_read_in_order_serves_every_row_once_in_order(tmp_path: Path, workers: i
         write_parquet(tmp_path / f"{k}.parquet", docs[k * 100 : (k + 1) * 100], 30)
         for k in range(2)
     ]
-    infos = source.survey(files, "code", [], "fail")
+    infos = source.survey(files, HOW, "fail")
     groups = [i.groups for i in infos]  # type: ignore[union-attr]
     # a budget smaller than any row group: one decoded group in flight at a time
-    src = Source(files, groups, "code", [], 9000, budget=1)
+    src = Source(files, groups, HOW, 9000, budget=1)
     work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
     before = _segments()
     with MemoryWatchdog(64, 0) as dog:
@@ -76,10 +78,10 @@ def test_an_unreadable_file_and_a_corrupt_group_come_in_their_place(tmp_path: Pa
     bad = tmp_path / "1.parquet"
     bad.write_bytes(b"not parquet")
     files = [good, bad, write_parquet(tmp_path / "2.parquet", docs[30:], 10)]
-    infos = source.survey(files, "code", [], "skip")
+    infos = source.survey(files, HOW, "skip")
     assert isinstance(infos[1], str)
     groups = [i if isinstance(i, str) else i.groups for i in infos]
-    src = Source(files, groups, "code", [], 9000, budget=2**30)
+    src = Source(files, groups, HOW, 9000, budget=2**30)
     work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
     with MemoryWatchdog(64, 0) as dog:
         out = list(read_in_order(src, Position(), 1, work, dog, lambda: ""))
@@ -97,10 +99,10 @@ def test_a_column_that_decodes_larger_than_its_footer_says_grows_its_segment(
     # but 1 MB decoded, so the segment is grown (and named name.K) while decoding
     docs = [dict(d, code="x = 1\n" * 800) for d in corpus(200)]
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=200)
-    layout = source.survey([f], "code", [], "fail")[0]
+    layout = source.survey([f], HOW, "fail")[0]
     assert not isinstance(layout, str) and layout.groups[0][1] < 100_000
     name = f"codegpt-test-{os.getpid()}-grow"
-    d = reading.decode_group(f, 0, 0, 0, "code", [], layout.groups[0][1], name)
+    d = reading.decode_group(f, 0, 0, 0, 0, HOW, layout.groups[0][1], name)
     assert isinstance(d, reading.Decoded) and d.shm.startswith(name + ".")
     assert d.text_bytes == 200 * len(docs[0]["code"])
     spans = reading.ranges(d, 100_000)
@@ -117,7 +119,7 @@ def test_a_full_dev_shm_while_growing_leaves_no_segment(
     must go too, or it would hold its RAM until the next reboot."""
     docs = [dict(d, code="x = 1\n" * 800) for d in corpus(200)]  # grows, as in the test above
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=200)
-    layout = source.survey([f], "code", [], "fail")[0]
+    layout = source.survey([f], HOW, "fail")[0]
     assert not isinstance(layout, str)
     real = reading._create
 
@@ -129,15 +131,15 @@ def test_a_full_dev_shm_while_growing_leaves_no_segment(
     monkeypatch.setattr(reading, "_create", create)
     name = f"codegpt-test-{os.getpid()}-full"
     with pytest.raises(reading.ShmFull):
-        reading.decode_group(f, 0, 0, 0, "code", [], layout.groups[0][1], name)
+        reading.decode_group(f, 0, 0, 0, 0, HOW, layout.groups[0][1], name)
     assert not {s for s in _segments() if s.startswith(name)}
 
 
 def test_a_read_stopped_half_way_leaves_no_segment(tmp_path: Path) -> None:
     docs = corpus(400)
     files = [write_parquet(tmp_path / f"{k}.parquet", docs[k::4], 20) for k in range(4)]
-    infos = source.survey(files, "code", [], "fail")
-    src = Source(files, [i.groups for i in infos], "code", [], 5000, budget=2**30)  # type: ignore[union-attr]
+    infos = source.survey(files, HOW, "fail")
+    src = Source(files, [i.groups for i in infos], HOW, 5000, budget=2**30)  # type: ignore[union-attr]
     work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
     before = _segments()
     with MemoryWatchdog(64, 0) as dog:

@@ -123,16 +123,22 @@ def test_language_filter(tmp_path, capsys):
     assert c["skipped"]["language"] == n_md > 0 and c["tokenized"] == 50 - n_md
     want = expected([d for d in docs if d["language"] == "Python"])
     assert np.array_equal(read_split(tmp_path / "out", "train"), want["train"])
+    # no language column: the path's extension decides (every corpus path ends in .py)
     schema = pa.schema([f for f in SCHEMA if f.name != "language"])
     write_parquet(src / "part-0.parquet", docs, schema=schema)
-    assert tokenize(src, tmp_path / "o2", languages="[Python]") == 2
-    _one_line_error(capsys, "part-0.parquet", "'language'", "languages=[]")
+    assert tokenize(src, tmp_path / "o2", languages="[Python]") == 0
+    assert _counts(tmp_path / "o2")["skipped"]["language"] < n_md
+    # neither a language nor a path column: nothing to filter on
+    schema = pa.schema([f for f in SCHEMA if f.name not in ("language", "path")])
+    write_parquet(src / "part-0.parquet", docs, schema=schema)
+    assert tokenize(src, tmp_path / "o3", languages="[Python]") == 2
+    _one_line_error(capsys, "part-0.parquet", "'language'", "'path'", "languages=[]")
 
 
 def test_empty_folder_and_no_parquet(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     assert tokenize(tmp_path / "in", tmp_path / "out") == 2
-    _one_line_error(capsys, "no *.parquet files", "it is empty", "sample-data")
+    _one_line_error(capsys, "no *.parquet or *.jsonl", "it is empty", "sample-data")
     (tmp_path / "in" / "notes.txt").write_text("hi")
     assert tokenize(tmp_path / "in", tmp_path / "out") == 2
     _one_line_error(capsys, "notes.txt")

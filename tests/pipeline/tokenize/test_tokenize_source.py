@@ -13,9 +13,11 @@ from model import shards
 from model.errors import InputError
 from pipeline.corpus import inputs as inputslib
 from pipeline.corpus import source
-from pipeline.corpus.batches import Batch, FileError
+from pipeline.corpus.batches import Batch, FileError, Reading
 from pipeline.tokenize import manifest
 from tests.pipeline.tokenize.tokenize_fixtures import corpus, write_parquet
+
+HOW = Reading()  # github-code's columns
 
 
 def _docs_of(items):
@@ -29,19 +31,19 @@ def _docs_of(items):
 def test_batches_are_bounded_by_bytes_not_rows(tmp_path):
     docs = corpus(200, max_chars=4000)
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=200)
-    items = list(source.read_file(f, 0, "code", [], batch_bytes=40_000))
+    items = list(source.read_file(f, 0, HOW, batch_bytes=40_000))
     sizes = [len(b.text.data) for b in items]
     assert len(items) >= 15  # ~800 KB in ~40 KB batches, not one 200-row batch
     assert max(sizes) < 3 * 40_000
     assert _docs_of(items) == [d["code"] for d in docs]
-    big = list(source.read_file(f, 0, "code", [], batch_bytes=10**9))
+    big = list(source.read_file(f, 0, HOW, batch_bytes=10**9))
     assert len(big) == 1
 
 
 def test_a_batch_pickles_only_its_own_bytes(tmp_path):
     docs = corpus(100, max_chars=4000)
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=100)
-    items = list(source.read_file(f, 0, "code", [], batch_bytes=20_000))
+    items = list(source.read_file(f, 0, HOW, batch_bytes=20_000))
     b = items[len(items) // 2]
     assert len(pickle.dumps(b)) < 2 * len(b.text.data) + 10_000
 
@@ -51,11 +53,11 @@ def test_start_position_resumes_at_the_row(tmp_path):
     files = [
         write_parquet(tmp_path / f"{k}.parquet", docs[k * 60 : (k + 1) * 60], 25) for k in (0, 1)
     ]
-    items = list(source.read_file(files[1], 1, "code", [], 30_000, start=(1, 7)))
+    items = list(source.read_file(files[1], 1, HOW, 30_000, start=(1, 7)))
     assert items[0].file_index == 1 and items[0].row_group == 1 and items[0].row == 7
     assert items[0].file_row == 25 + 7
     assert _docs_of(items) == [d["code"] for d in docs[60 + 25 + 7 :]]
-    one = list(source.read_file(files[1], 1, "code", [], 30_000, start=(1, 7), groups=1))
+    one = list(source.read_file(files[1], 1, HOW, 30_000, start=(1, 7), groups=1))
     assert _docs_of(one) == [d["code"] for d in docs[60 + 25 + 7 : 60 + 50]]
 
 
@@ -65,7 +67,7 @@ def test_columns_are_read_in_our_order_and_languages_filter(tmp_path):
         [("language", pa.string()), ("repo_name", pa.string()), ("code", pa.string())]
     )
     f = write_parquet(tmp_path / "a.parquet", docs, schema=schema)
-    (b,) = list(source.read_file(f, 0, "code", ["Python"], 10**9))
+    (b,) = list(source.read_file(f, 0, Reading(languages=("Python",)), 10**9))
     assert b.text.value(0).decode() == docs[0]["code"]
     assert b.repo.value(0).decode() == docs[0]["repo_name"]
     assert b.keep is not None and b.keep.tolist() == [d["language"] == "Python" for d in docs]
@@ -74,14 +76,14 @@ def test_columns_are_read_in_our_order_and_languages_filter(tmp_path):
 def test_unreadable_file_becomes_a_file_error_item(tmp_path):
     f = write_parquet(tmp_path / "a.parquet", corpus(10))
     f.write_bytes(f.read_bytes()[:100])
-    (item,) = list(source.read_file(f, 3, "code", [], 10**6))
+    (item,) = list(source.read_file(f, 3, HOW, 10**6))
     assert isinstance(item, FileError) and item.file_index == 3 and item.path == str(f)
 
 
 def test_nulls_survive_as_nulls(tmp_path):
     table = pa.table({"code": ["a", None, ""], "repo_name": ["r", "r", None]})
     pq.write_table(table, tmp_path / "a.parquet")
-    (b,) = list(source.read_file(tmp_path / "a.parquet", 0, "code", [], 10**6))
+    (b,) = list(source.read_file(tmp_path / "a.parquet", 0, HOW, 10**6))
     assert b.text.null.tolist() == [False, True, False]
     assert np.diff(b.text.offsets).tolist() == [1, 0, 0]
 
@@ -89,10 +91,13 @@ def test_nulls_survive_as_nulls(tmp_path):
 def test_list_inputs_sorted_and_glob(tmp_path):
     for name in ("b.parquet", "a.parquet", "c.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in source.list_inputs(str(tmp_path))] == ["a.parquet", "b.parquet"]
-    assert [p.name for p in source.list_inputs(str(tmp_path / "b*"))] == ["b.parquet"]
+    assert [p.name for p in source.list_inputs(str(tmp_path), HOW).files] == [
+        "a.parquet",
+        "b.parquet",
+    ]
+    assert [p.name for p in source.list_inputs(str(tmp_path / "b*"), HOW).files] == ["b.parquet"]
     with pytest.raises(InputError, match="matches no files"):
-        source.list_inputs(str(tmp_path / "z*.parquet"))
+        source.list_inputs(str(tmp_path / "z*.parquet"), HOW)
 
 
 def test_manifest_write_read_and_differences(tmp_path):
