@@ -110,9 +110,16 @@ endif
 TOKENIZE_ARGS ?= $(call goal_args,tokenize)
 TOK_INPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),input),$(call yaml_get,$(TOKENIZE_CONFIG),input),data/raw)
 TOK_OUTPUT := $(or $(call arg_get,$(TOKENIZE_ARGS),output),$(call yaml_get,$(TOKENIZE_CONFIG),output))
-# input is a folder (its *.parquet files) or a glob, as pipeline/corpus/source.py reads it
-input_files = $(if $(findstring *,$(1))$(findstring ?,$(1))$(findstring [,$(1)),$(wildcard $(1)),$(wildcard $(1)/*.parquet))
-TOK_FILES := $(call input_files,$(TOK_INPUT))
+TOK_SCHEMA := $(or $(call arg_get,$(TOKENIZE_ARGS),schema),$(call yaml_get,$(TOKENIZE_CONFIG),schema),github-code)
+# input is a folder (its parquet and JSON Lines files), a glob or a file, as
+# pipeline/corpus/source.py reads it; a folder of source files (schema=files) is not
+# listed here (its .gitignore rules are the stage's): the stage runs and decides itself
+# whether it is up to date (it compares every file's size and mtime).
+TABLE_FILES := *.parquet *.jsonl *.jsonl.gz *.jsonl.zst
+input_files = $(if $(findstring *,$(1))$(findstring ?,$(1))$(findstring [,$(1)),$(wildcard $(1)),$(if $(wildcard $(1)/.),$(wildcard $(addprefix $(1)/,$(TABLE_FILES))),$(wildcard $(1))))
+# $(call input_deps,INPUT,SCHEMA): a stamp's prerequisites for its input
+input_deps = $(if $(filter files,$(2)),FORCE,$(call input_files,$(1)))
+TOK_FILES := $(call input_deps,$(TOK_INPUT),$(TOK_SCHEMA))
 # The near-dedup decision tokenize reads (its `near_dedup:`), and the dedup config that
 # writes it: the configs/*.yaml whose `output:` is that folder, else configs/dedup.yaml.
 # A near_dedup in ARGS wins over the config's; near_dedup="" (or near_dedup=) turns it off.
@@ -129,6 +136,7 @@ tokenize_to_dedup = $(filter-out $(addsuffix =%,$(TOKENIZE_ONLY)),$(1)) \
 	$(if $(and $(filter near_dedup=%,$(1)),$(TOK_NEAR)),output=$(TOK_NEAR))
 DEDUP_ARGS ?= $(strip $(if $(filter dedup,$(MAKECMDGOALS)),$(ARGS),$(call tokenize_to_dedup,$(TOKENIZE_ARGS))))
 DEDUP_INPUT := $(or $(call arg_get,$(DEDUP_ARGS),input),$(call yaml_get,$(DEDUP_CONFIG),input),data/raw)
+DEDUP_SCHEMA := $(or $(call arg_get,$(DEDUP_ARGS),schema),$(call yaml_get,$(DEDUP_CONFIG),schema),github-code)
 DEDUP_OUT := $(or $(call arg_get,$(DEDUP_ARGS),output),$(call yaml_get,$(DEDUP_CONFIG),output))
 
 # ---------------------------------------------------------------- stamps
@@ -216,7 +224,7 @@ $(SAMPLE_DATA_STAMP): $(SAMPLE_DATA_CONFIG) $(call args_deps,$(SAMPLE_DATA_STAMP
 dedup: $(DEDUP_STAMP) ## near-duplicate decision for tokenize's input (DEDUP_CONFIG, paired with its near_dedup)
 	@echo "dedup: $(if $(RAN_dedup),done,up to date, nothing to do) ($(DEDUP_CONFIG) -> $(DEDUP_OUT))"
 
-$(DEDUP_STAMP): $(DEDUP_CONFIG) $(call args_deps,$(DEDUP_STAMP),$(DEDUP_ARGS)) $(call input_files,$(DEDUP_INPUT)) \
+$(DEDUP_STAMP): $(DEDUP_CONFIG) $(call args_deps,$(DEDUP_STAMP),$(DEDUP_ARGS)) $(call input_deps,$(DEDUP_INPUT),$(DEDUP_SCHEMA)) \
 		$(if $(filter $(SAMPLE_OUT),$(DEDUP_INPUT)),$(SAMPLE_DATA_STAMP)) \
 		$(call missing,$(DEDUP_OUT)/dedup.json) | $(RUNTIME)
 	$(eval RAN_dedup := 1)$(call record_args,$@,$(DEDUP_ARGS))
@@ -224,7 +232,7 @@ $(DEDUP_STAMP): $(DEDUP_CONFIG) $(call args_deps,$(DEDUP_STAMP),$(DEDUP_ARGS)) $
 	$(call stage,dedup,,--config $(DEDUP_CONFIG) $(DEDUP_ARGS))
 	@touch $@
 
-tokenize: $(TOKENIZE_STAMP) ## parquet -> token shards + manifest (TOKENIZE_CONFIG, paired with CONFIG's data)
+tokenize: $(TOKENIZE_STAMP) ## parquet, JSON Lines or a folder of files -> token shards + manifest (TOKENIZE_CONFIG, paired with CONFIG's data)
 	@echo "tokenize: $(if $(RAN_tokenize),done,up to date, nothing to do) ($(TOKENIZE_CONFIG) -> $(TOK_OUTPUT))"
 
 # Each stamp depends on the stamp before it: a stage that re-ran re-runs the ones

@@ -237,6 +237,26 @@ def test_tokenize_args_reach_the_dedup_it_runs_first(box: Path) -> None:
     assert commands(box, "dedup", "ARGS=threshold=0.8")[-1][-1] == "threshold=0.8"
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["input=data/stack", "schema=the-stack"],
+        ["input=data/dump.jsonl.zst"],
+        ["input=data/mine", "text_column=body", "repo_column=project"],
+        ["input=~/src", "schema=files"],
+    ],
+)
+def test_every_source_reaches_both_stages(box: Path, given: list[str]) -> None:
+    """The input and its schema or columns, given once, reach the dedup and the tokenize."""
+    assert commands(box, "tokenize", f"ARGS={' '.join(given)}") == [
+        ["dedup", "--config", "configs/dedup.yaml", *given],
+        ["tokenize", "--config", "configs/tokenize.yaml", *given],
+    ]
+    assert commands(box, "dedup", f"ARGS={' '.join(given)}") == [
+        ["dedup", "--config", "configs/dedup.yaml", *given]
+    ]
+
+
 def test_dedup_gets_every_key_it_shares_with_tokenize_and_no_other(box: Path) -> None:
     """The Makefile's TOKENIZE_ONLY, checked against the stages' own config classes."""
 
@@ -481,6 +501,58 @@ def test_stamps_second_run_noop_and_changes_rerun_that_stage_and_later(tiny: Pat
         "tokenize",
         "smoke",
     ]
+
+
+@pytest.mark.slow
+def test_make_tokenize_reads_every_source_from_a_fresh_checkout(box: Path) -> None:
+    """`make tokenize ARGS="input=..."` with the shipped configs (near-dedup first) on The
+    Stack's parquet, JSON Lines and a folder of files: each accounted for, on the host."""
+    from tests.pipeline.corpus.test_sources import stack_parquet, write_jsonl
+    from tests.pipeline.tokenize.tokenize_fixtures import corpus
+
+    docs = corpus(40)
+    stack_parquet(box / "data/st/a.parquet", docs)
+    write_jsonl(box / "data/j/a.jsonl.gz", docs)
+    for i, d in enumerate(docs):
+        (box / "data/tree" / d["repo_name"]).mkdir(parents=True, exist_ok=True)
+        (box / "data/tree" / d["repo_name"] / f"f{i}.py").write_text(d["code"])
+    limits = "workers=1 max_rss_gb=64 min_available_gb=0 shard_tokens=5000"
+    for name, extra in (("st", "schema=the-stack"), ("j", ""), ("tree", "schema=files")):
+        where = f"input=data/{name} output=data/shards/{name} near_dedup=data/dedup/{name}"
+        args = f"ARGS={where} {extra} {limits}"
+        first = make(box, "RUN=local", "tokenize", args)
+        assert first.returncode == 0, first.stderr
+        assert stage_calls(first) == ["dedup", "tokenize"], name
+        m = json.loads((box / f"data/shards/{name}/manifest.json").read_text())
+        c = m["counts"]
+        assert m["complete"] and c["read"] == len(docs), name
+        assert c["read"] == c["tokenized"] + sum(c["skipped"].values())
+        assert json.loads((box / f"data/dedup/{name}/dedup.json").read_text())["complete"]
+        again = make(box, "RUN=local", "tokenize", args)
+        assert again.returncode == 0, again.stderr
+        if extra == "schema=files":  # the stages look at the files themselves
+            assert stage_calls(again) == ["dedup", "tokenize"]
+            assert again.stdout.count("up to date") >= 2, again.stdout
+        else:
+            assert stage_calls(again) == [], name
+    # an input file changed: make sees it (a JSON Lines file is a prerequisite)
+    (box / "data/j/a.jsonl.gz").touch()
+    stale = make(
+        box,
+        "-n",
+        "RUN=local",
+        "tokenize",
+        f"ARGS=input=data/j output=data/shards/j near_dedup=data/dedup/j {limits}",
+    )
+    assert stage_calls(stale) == ["dedup", "tokenize"]
+    # and `make dedup` on its own takes the same input
+    alone = make(
+        box,
+        "RUN=local",
+        "dedup",
+        "ARGS=input=data/tree schema=files output=data/dedup/tree workers=1 max_rss_gb=64 min_available_gb=0",
+    )
+    assert alone.returncode == 0 and "up to date" in alone.stdout, alone.stderr
 
 
 def test_overrides_after_config_reach_the_stage(tmp_path: Path) -> None:
