@@ -15,6 +15,11 @@ so `torch.load(path, weights_only=True)` reads it and no pickled code runs.
 - CONFIG: the resolved TrainConfig as a plain dict.
 - FORMAT: the version of this layout.
 
+Under `parallel: fsdp` a checkpoint is a folder, `ckpt-<step>.dcp/`, with the
+same contents: the weights and optimizer state as torch.distributed.checkpoint
+shards, the rest in its state.pt (model/checkpoint_dcp.py); every reader here
+takes both, and reads such a folder's weights whole in one process.
+
 File names are `ckpt-<step zero-padded to 8 digits>.pt`. A save goes to a
 temporary name, is fsynced and renamed into place (then the folder is
 fsynced), so a crash leaves either the old set or the new one, never a
@@ -38,8 +43,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from model import checkpoint_dcp
 from model.atomic import DISK_FULL, write_atomically
-from model.errors import InputError, ResourceError
+from model.errors import InputError, ResourceError, StateError
 
 if TYPE_CHECKING:
     from model.gpt import GPT
@@ -58,7 +64,7 @@ CONFIG = "config"
 FORMAT = "format"
 FORMAT_VERSION = 1
 
-_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_NAME = re.compile(r"^ckpt-(\d+)\.(pt|dcp)$")  # a file, or an FSDP run's DCP folder
 _TMP_PREFIX = ".tmp-"
 # torch.save's zip writer turns a failed write into a RuntimeError, e.g. "[enforce fail at
 # inline_container.cc:672] . unexpected pos 123 vs 456" or "PytorchStreamWriter failed writing"
@@ -81,8 +87,40 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     folder = Path(run_dir)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _NAME.match(p.name) and p.is_file()]
+    found = [p for p in folder.iterdir() if is_checkpoint(p)]
     return sorted(found, key=step_of)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A `ckpt-<step>.pt` file or a `ckpt-<step>.dcp` folder (model/checkpoint_dcp.py)."""
+    m = _NAME.match(path.name)
+    return m is not None and (path.is_file() if m.group(2) == "pt" else path.is_dir())
+
+
+def checkpoint_size(path: Path) -> int:
+    return checkpoint_dcp.size_of(path) if path.is_dir() else path.stat().st_size
+
+
+def prune(folder: Path, keep: int | None) -> None:
+    """Delete all but the newest `keep` checkpoints (None or 0: keep all)."""
+    if keep is None or keep <= 0:
+        return
+    for old in list_checkpoints(folder)[:-keep]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def check_format(path: Path, sharded: bool) -> None:
+    """A run resumes the kind of checkpoint its `parallel` writes (StateError otherwise)."""
+    if path.is_dir() == sharded:
+        return
+    was, remedy = ("fsdp", "a DCP folder") if path.is_dir() else ("ddp", "one file")
+    raise StateError(
+        f"{path} was written with parallel={was} ({remedy}); resume it with "
+        f"parallel={was}, or use another out_dir"
+    )
 
 
 def save_checkpoint(
@@ -111,9 +149,7 @@ def save_checkpoint(
         raise disk_full(final, "the zip writer could not write: no space left?") from None
     if keep is None and isinstance(state.get(CONFIG), dict):
         keep = state[CONFIG].get("keep_ckpts")
-    if keep is not None and keep > 0:
-        for old in list_checkpoints(folder)[:-keep]:
-            old.unlink(missing_ok=True)
+    prune(folder, keep)
     return final
 
 
@@ -163,9 +199,19 @@ def check_space(run_dir: str | Path, step: int, need: int) -> None:
         raise disk_full(folder / checkpoint_name(step), "not enough space", need)
 
 
-def _read(path: Path, map_location: Any) -> dict[str, Any]:
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or MODEL not in state or STEP not in state:
+def _read(path: Path, map_location: Any, weights: bool = True) -> dict[str, Any]:
+    """A checkpoint as one dict; of a DCP folder, the weights whole (unless `weights` is
+    False) and no optimizer state (model/checkpoint_dcp.py loads that into a run)."""
+    if path.is_dir():
+        state = checkpoint_dcp.read_meta(path)
+        if weights:
+            from model.gpt import GPT, GPTConfig
+
+            model = GPT(GPTConfig.from_train(config_from_dict(state[CONFIG])))
+            state[MODEL] = checkpoint_dcp.read_full(path, model)
+    else:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or STEP not in state or (weights and MODEL not in state):
         raise ValueError("not a codegpt checkpoint (no model/step keys)")
     if state.get(FORMAT) != FORMAT_VERSION:
         raise ValueError(f"format {state.get(FORMAT)!r}, this code reads {FORMAT_VERSION}")
@@ -173,7 +219,7 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
 
 
 def load_latest(
-    run_dir: str | Path, map_location: Any = "cpu"
+    run_dir: str | Path, map_location: Any = "cpu", weights: bool = True
 ) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that loads, and its path; None if the run has none.
 
@@ -184,7 +230,7 @@ def load_latest(
     paths = list_checkpoints(run_dir)
     for path in reversed(paths):
         try:
-            return _read(path, map_location), path
+            return _read(path, map_location, weights), path
         except Exception as e:  # torch raises many types for a damaged zip/pickle
             log.warning("checkpoint %s does not load (%s); trying the previous one", path, e)
     if paths:
@@ -261,12 +307,12 @@ def load_for_inference(
     from model.gpt import GPT, GPTConfig
 
     target = Path(path_or_run_dir)
-    if target.is_dir():
+    if target.is_dir() and not is_checkpoint(target):
         found = load_latest(target, map_location)
         if found is None:
             raise InputError(f"{target}: no checkpoint (ckpt-*.pt); train first (`make train`)")
         state, path = found
-    elif target.is_file():
+    elif is_checkpoint(target) or target.is_file():
         path = target
         try:
             state = _read(target, map_location)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from model import optim
-from model.loss import auto_chunk, head_cross_entropy
+from model.loss import auto_chunk, head_cross_entropy, position_losses
 from model.optim import Optimizers
 from model.train_config import Loss, Optimizer
 
@@ -311,10 +311,20 @@ class GPT(nn.Module):
         return out
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None
+        self, idx: Tensor, targets: Tensor | None = None, *, each: bool = False, chunk: int = 0
     ) -> tuple[Tensor | None, Tensor | None]:
-        """With targets (B, T): (None, mean loss) via cfg.loss. Without: (logits (B, T, V), None)."""
+        """With targets (B, T): (None, mean loss) via cfg.loss, or with `each` (None, every
+        position's loss (B, T) fp32, `chunk` positions of logits at a time: eval, and the
+        only way under FSDP, whose hooks gather the weights around forward). Without
+        targets: (logits (B, T, V), None)."""
         h = self.hidden(idx)  # (B, T, C)
+        if each:
+            assert targets is not None, "each=True scores targets"
+            B, T, C = h.shape
+            losses = position_losses(
+                h.reshape(B * T, C), self.lm_head.weight, targets.reshape(-1), chunk
+            )
+            return None, losses.view(B, T)
         if targets is None:
             return self.lm_head(h), None
         B, T, C = h.shape
@@ -373,7 +383,9 @@ class GPT(nn.Module):
         betas: tuple[float, float],
         device_type: str,
         kind: Optimizer,
+        sharded: bool = False,
     ) -> torch.optim.Optimizer | Optimizers:
         """AdamW (weight decay on matrices and embeddings, none on biases and LayerNorms), or
-        Muon for the blocks' matrices and AdamW for the rest (model/optim.py)."""
-        return optim.build(self, kind, lr, weight_decay, betas, device_type)
+        Muon for the blocks' matrices and AdamW for the rest (model/optim.py); `sharded`
+        for weights that FSDP2 shards (model/fsdp.py)."""
+        return optim.build(self, kind, lr, weight_decay, betas, device_type, sharded)

@@ -302,3 +302,16 @@ def head_cross_entropy(
     if kind == "plain":
         return plain_cross_entropy(hidden, weight, targets)
     raise ValueError(f"loss must be fused, lean or plain, got {kind!r}")
+
+
+def position_losses(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int = 0) -> Tensor:
+    """hidden (N, C), targets (N,) -> (N,) fp32: each position's loss in nats, `chunk`
+    positions of logits at a time (no (N, V) logits at once; eval and scoring)."""
+    N = hidden.shape[0]
+    chunk = chunk or auto_chunk(N, weight.shape[0])
+    out = torch.empty(N, dtype=torch.float32, device=hidden.device)
+    for s in range(0, N, chunk):
+        logits = (hidden[s : s + chunk] @ weight.T.to(hidden.dtype)).float()  # (n_c, V)
+        picked = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
+        out[s : s + chunk] = torch.logsumexp(logits, dim=-1) - picked
+    return out

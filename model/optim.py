@@ -98,8 +98,10 @@ def build(
     weight_decay: float,
     betas: tuple[float, float],
     device_type: str,
+    sharded: bool = False,
 ) -> torch.optim.Optimizer | Optimizers:
-    """The run's optimizer over `model`'s parameters (each once: the tied head is wte)."""
+    """The run's optimizer over `model`'s parameters (each once: the tied head is wte);
+    `sharded` (FSDP2) takes model/fsdp.py's ShardedMuon for torch.optim.Muon."""
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     if kind == "adamw":
         return _adamw(_decay_groups(params, weight_decay), lr, betas, device_type)
@@ -108,7 +110,9 @@ def build(
     matrices: list[torch.Tensor] = list(muon_params(model))
     chosen = {id(p) for p in matrices}
     rest = [p for p in params if id(p) not in chosen]
-    muon = torch.optim.Muon(
+    from model.fsdp import ShardedMuon
+
+    muon = (ShardedMuon if sharded else torch.optim.Muon)(
         matrices,
         lr=lr,
         weight_decay=weight_decay,

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from model import tokenizer
 from model.gpt import GPT
-from model.loss import auto_chunk
 
 OTHER = "other"
 
@@ -49,17 +48,9 @@ def token_bytes(vocab_size: int) -> np.ndarray:
 @torch.no_grad()
 def token_losses(model: GPT, x: Tensor, y: Tensor, chunk: int = 0) -> Tensor:
     """x, y (B, T) -> (B, T) fp32: -log p(y | context) at every position, in nats."""
-    h = model.hidden(x)  # (B, T, C)
-    B, T, C = h.shape
-    flat, targets = h.reshape(B * T, C), y.reshape(-1)
-    w = model.lm_head.weight  # (V, C)
-    chunk = chunk or auto_chunk(B * T, w.shape[0])
-    out = torch.empty(B * T, dtype=torch.float32, device=h.device)
-    for s in range(0, B * T, chunk):
-        logits = (flat[s : s + chunk] @ w.T.to(flat.dtype)).float()  # (n_c, V)
-        picked = logits.gather(1, targets[s : s + chunk, None]).squeeze(1)
-        out[s : s + chunk] = torch.logsumexp(logits, dim=-1) - picked
-    return out.view(B, T)
+    _, losses = model(x, y, each=True, chunk=chunk)  # GPT.forward: FSDP's hooks run
+    assert losses is not None
+    return losses
 
 
 class Languages:

@@ -22,6 +22,7 @@ Loss = Literal["fused", "lean", "plain"]
 Optimizer = Literal["adamw", "muon"]
 # Recompute the blocks in backward (model/gpt.py): never, always, or as the planner rules
 ActivationCheckpointing = Literal["none", "full", "auto"]
+Parallel = Literal["ddp", "fsdp"]
 
 MODEL = ("model", "smoke")  # a model-shape key is also part of what smoke proves
 SMOKE = "smoke"
@@ -107,6 +108,11 @@ class TrainConfig(Config):
         "auto",
         "recompute each block in backward: none, full, or auto (full only where the GPU "
         "would otherwise fit too small a micro-batch; model/autobatch.py)",
+    )
+    parallel: Parallel = option(
+        "ddp",
+        "under torchrun: ddp (every rank holds the whole model) or fsdp (FSDP2: weights, "
+        "gradients and optimizer state sharded over the ranks; model/fsdp.py)",
     )
     tensorboard: bool = option(True, "also write TensorBoard scalars to out/<run>/tb/")
     seed: int = option(1337, "random seed")

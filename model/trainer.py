@@ -15,7 +15,6 @@ fixed seed a killed-and-resumed run ends bitwise equal to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -26,28 +25,10 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from model import config as configlib
-from model import distributed, optim
-from model.checkpoint import (
-    CONFIG,
-    LOADER,
-    LOSS_WINDOW,
-    MODEL,
-    OPTIMIZER,
-    RNG,
-    SCALER,
-    STEP,
-    capture_rng,
-    check_space,
-    estimate_bytes,
-    list_checkpoints,
-    load_latest,
-    restore_rng,
-    save_checkpoint,
-    step_of,
-)
+from model import distributed, fsdp, optim
+from model.checkpoint import list_checkpoints
 from model.distributed import DistInfo
-from model.errors import CheckFailed, StateError
+from model.errors import CheckFailed
 from model.gpt import GPT, GPTConfig
 from model.loader import make_loaders
 from model.metrics import LossWindow, MetricsLog, MfuMeter, peak_mem_gb, progress_line
@@ -58,15 +39,13 @@ from model.runtime import (
     seed_everything,
 )
 from model.schedule import lr_at
-from model.scoring import token_losses
 from model.signals import StopFlag
 from model.train_config import TrainConfig
+from model.trainer_state import SHAPE_KEYS, Checkpoints
 
 log = logging.getLogger(__name__)
 
-# A checkpoint of a different shape cannot be resumed into this model: the keys
-# tagged `model` in model/train_config.py.
-SHAPE_KEYS = configlib.keys(TrainConfig, "model")
+__all__ = ["SHAPE_KEYS", "EvalResult", "StepResult", "Trainer"]
 
 
 @dataclass
@@ -82,7 +61,7 @@ class EvalResult:
     by_language: dict[str, float]  # the same per language (top ones, then `other`)
 
 
-class Trainer:
+class Trainer(Checkpoints):
     """Model, optimizer, loaders and the run folder of one training run (one rank)."""
 
     def __init__(
@@ -96,13 +75,25 @@ class Trainer:
         enable_fast_math(device)
         seed_everything(cfg.seed)  # the same initial weights on every rank
         self.raw_model = GPT(GPTConfig.from_train(cfg)).to(device)
+        self.sharded = cfg.parallel == "fsdp"
+        if self.sharded:  # in place: the weights become shards (DTensors) before AdamW sees them
+            compile_blocks = cfg.compile and device.type == "cuda"
+            blocks = self.raw_model.transformer.h
+            fsdp.shard(self.raw_model, blocks, self.info, device, self.precision, compile_blocks)
         self.optimizer = self.raw_model.configure_optimizer(
-            cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), device.type, cfg.optimizer
+            cfg.weight_decay,
+            cfg.lr,
+            (cfg.beta1, cfg.beta2),
+            device.type,
+            cfg.optimizer,
+            self.sharded,
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.uses_scaler)
-        self.compiled: Any = maybe_compile(self.raw_model, cfg, device)
+        self.compiled: Any = self.raw_model
+        if not self.sharded:
+            self.compiled = maybe_compile(self.raw_model, cfg, device)
         self.model: Any = self.compiled
-        if self.info.enabled:
+        if self.info.enabled and not self.sharded:
             ids = [device.index] if device.type == "cuda" else None
             self.model = DistributedDataParallel(self.compiled, device_ids=ids)
         seed_everything(cfg.seed + self.info.rank)  # dropout masks differ between ranks
@@ -127,8 +118,9 @@ class Trainer:
     # --- one optimizer step -------------------------------------------------
 
     def _sync_context(self, micro: int) -> contextlib.AbstractContextManager[Any]:
-        """DDP all-reduces gradients only on the last micro-step of an accumulation."""
-        if self.info.enabled and micro < self.accum - 1:
+        """DDP all-reduces gradients only on the last micro-step of an accumulation (FSDP
+        reduce-scatters at each: its gradients stay shards)."""
+        if isinstance(self.model, DistributedDataParallel) and micro < self.accum - 1:
             ctx: contextlib.AbstractContextManager[Any] = self.model.no_sync()
             return ctx
         return contextlib.nullcontext()
@@ -150,7 +142,7 @@ class Trainer:
         for opt in optim.parts(self.optimizer):  # the GradScaler's way for several
             self.scaler.unscale_(opt)  # no-op without fp16
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        norm = fsdp.whole(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm))
         loss_v, norm_v = (float(v) for v in torch.stack([loss_sum, norm.float()]).tolist())
         # With fp16 an inf gradient is the GradScaler's business (it skips and lowers
         # the scale); a non-finite loss is a real problem in every precision.
@@ -178,7 +170,7 @@ class Trainer:
             # planner counts for it, model/memory.py); the others a chunk at a time
             chunk = x.numel() if self.cfg.loss == "plain" else self.cfg.loss_chunk
             with self.precision.autocast():
-                losses = token_losses(self.raw_model, x, y, chunk)  # (B, T)
+                _, losses = self.raw_model(x, y, each=True, chunk=chunk)  # (B, T)
             slots = torch.from_numpy(langs.of(self.val_set.positions(i))).to(self.device)
             sums[0].index_add_(0, slots.view(-1), losses.view(-1).double())
             sums[1].index_add_(0, slots.view(-1), torch.ones_like(losses).view(-1).double())
@@ -188,103 +180,6 @@ class Trainer:
         nats, tokens = sums.tolist()
         by_language = {n: a / t for n, a, t in zip(langs.names, nats, tokens, strict=True) if t}
         return EvalResult(sum(nats) / sum(tokens), by_language)
-
-    # --- checkpoints --------------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        """The checkpoint dict (a collective under DDP: every rank must call it)."""
-        return {
-            MODEL: self.raw_model.state_dict(),
-            OPTIMIZER: self.optimizer.state_dict(),
-            SCALER: self.scaler.state_dict(),
-            STEP: self.step,
-            RNG: distributed.gather(capture_rng(self.device), self.info),
-            LOADER: distributed.gather(self.train_loader.state_dict(), self.info),
-            LOSS_WINDOW: self.window.state_dict(),
-            CONFIG: dataclasses.asdict(self.cfg),
-        }
-
-    def checkpoint_bytes(self) -> int:
-        """What one more checkpoint takes: the newest one's size, else the estimate."""
-        ckpts = list_checkpoints(self.run_dir)
-        if ckpts:
-            return ckpts[-1].stat().st_size
-        return self.estimated_checkpoint_bytes()
-
-    def estimated_checkpoint_bytes(self) -> int:
-        """A checkpoint's size from the model and optimizer alone (never under, tested)."""
-        n_tensors = len(list(self.raw_model.parameters()))
-        muon = list(optim.muon_params(self.raw_model)) if self.cfg.optimizer == "muon" else []
-        state = optim.state_bytes(
-            self.raw_model.num_params(), n_tensors, sum(p.numel() for p in muon), len(muon)
-        )
-        return estimate_bytes(self.raw_model.num_params(), n_tensors, state)
-
-    def save(self) -> Path | None:
-        state = self.state()
-        path = None
-        if self.info.is_main:
-            check_space(self.run_dir, self.step, self.checkpoint_bytes())
-            path = save_checkpoint(self.run_dir, self.step, state)
-        distributed.barrier(self.info)
-        if path is not None:
-            log.info("checkpoint %s", path)
-        return path
-
-    def resume(self) -> bool:
-        """Load the newest checkpoint that loads; False when the run starts fresh."""
-        found = load_latest(self.run_dir, map_location=self.device)
-        if found is None:
-            return False
-        state, path = found
-        saved = state[CONFIG]
-        changed = [k for k in SHAPE_KEYS if saved.get(k) != getattr(self.cfg, k)]
-        if changed:
-            diffs = ", ".join(f"{k} {saved.get(k)} -> {getattr(self.cfg, k)}" for k in changed)
-            raise StateError(
-                f"{path} has a different model shape ({diffs}); use another out_dir "
-                "or move the old checkpoints away"
-            )
-        was = saved.get("optimizer", "adamw")
-        if was != self.cfg.optimizer:
-            raise StateError(
-                f"{path} was trained with optimizer={was}, this run asks for "
-                f"optimizer={self.cfg.optimizer}; keep optimizer={was}, or use another out_dir"
-            )
-        self.raw_model.load_state_dict(state[MODEL])
-        self.optimizer.load_state_dict(state[OPTIMIZER])
-        if self.scaler.is_enabled() and state[SCALER]:
-            self.scaler.load_state_dict(state[SCALER])
-        self.step = int(state[STEP])
-        self.window.load_state_dict(state.get(LOSS_WINDOW))
-        self._restore_rank_state(state)
-        if self.info.is_main:
-            self._set_aside_newer(self.step)
-        log.info("resumed from %s at step %d", path, self.step)
-        return True
-
-    def _restore_rank_state(self, state: dict[str, Any]) -> None:
-        rngs, loaders = state[RNG], state[LOADER]
-        rank = self.info.rank
-        if len(loaders) == self.info.world_size:
-            self.train_loader.load_state_dict(loaders[rank])
-            restore_rng(rngs[rank], self.device)
-        else:
-            log.warning(
-                "checkpoint was written by %d processes, this run has %d: the data order "
-                "is the same, but the random streams (dropout) differ from an uninterrupted run",
-                len(loaders),
-                self.info.world_size,
-            )
-            self.train_loader.load_state_dict(loaders[0])
-            seed_everything(self.cfg.seed + self.step + rank)
-
-    def _set_aside_newer(self, step: int) -> None:
-        """Rename checkpoints newer than the one resumed (they did not load) to *.corrupt."""
-        for p in list_checkpoints(self.run_dir):
-            if step_of(p) > step:
-                p.rename(p.with_name(p.name + ".corrupt"))
-                log.warning("set aside %s (did not load) as %s.corrupt", p, p.name)
 
     # --- the loop -------------------------------------------------------------
 

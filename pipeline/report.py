@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import config_from_dict, list_checkpoints, step_of
+from model.checkpoint import checkpoint_size, config_from_dict, list_checkpoints, step_of
 from model.config import Config, option
 from model.errors import CodegptError
 from model.metrics import format_eta
@@ -157,6 +157,6 @@ def _checkpoints(folder: Path) -> str:
     ckpts = list_checkpoints(folder)
     if not ckpts:
         return "none"
-    size = sum(p.stat().st_size for p in ckpts) / 2**20
+    size = sum(checkpoint_size(p) for p in ckpts) / 2**20
     names = ", ".join(p.name for p in ckpts)
     return f"{len(ckpts)} ({names}; newest step {step_of(ckpts[-1]):,}; {size:,.1f} MiB)"

@@ -100,7 +100,7 @@ def run(cfg: ServeConfig) -> int:
     import torch
     import uvicorn
 
-    from model.checkpoint import list_checkpoints, load_for_inference
+    from model.checkpoint import is_checkpoint, list_checkpoints, load_for_inference
     from model.engine import Engine
     from model.runtime import inference_precision
     from pipeline.serve.app import Served, build_app
@@ -110,7 +110,7 @@ def run(cfg: ServeConfig) -> int:
     device, precision, cache_dtype = inference_precision(train_cfg, cfg.device, cfg.dtype)
     model.to(device)
     sock = listen(cfg.host, cfg.port)  # before the engine: a taken port fails at once
-    ckpt = target if target.is_file() else list_checkpoints(target)[-1]
+    ckpt = target if is_checkpoint(target) or target.is_file() else list_checkpoints(target)[-1]
     engine = Engine(
         model,
         max_batch=cfg.max_batch,

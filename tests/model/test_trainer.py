@@ -101,16 +101,16 @@ def test_the_plain_loss_evaluates_on_all_logits_at_once_and_agrees(
 ) -> None:
     """loss=plain is the nanoGPT comparison: its eval makes the full (B*T, V) logits, as
     the planner counts for it; the value is the chunked losses' value."""
-    import model.trainer as trainer_module
+    import model.gpt as gpt  # GPT.forward(each=True), the trainer's eval, calls it
 
     chunks: list[int] = []
-    real = trainer_module.token_losses
+    real = gpt.position_losses
 
-    def recording(model: Any, x: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    def recording(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int = 0) -> Any:
         chunks.append(chunk)
-        return real(model, x, y, chunk)
+        return real(h, w, y, chunk)
 
-    monkeypatch.setattr(trainer_module, "token_losses", recording)
+    monkeypatch.setattr(gpt, "position_losses", recording)
     fused = Trainer(tiny_config(shards, tmp_path / "f", loss="fused", loss_chunk=7), CPU, tmp_path)
     plain = Trainer(tiny_config(shards, tmp_path / "p", loss="plain"), CPU, tmp_path)
     plain.raw_model.load_state_dict(fused.raw_model.state_dict())

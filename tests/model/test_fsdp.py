@@ -1,0 +1,182 @@
+"""FSDP2 (`parallel: fsdp`): sharded Muon, DCP checkpoints, 2 gloo processes against one,
+a SIGKILL and rerun, and a resume with another process count."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model.checkpoint import MODEL, list_checkpoints, load_for_inference, load_latest
+from model.config import build
+from model.distributed import DistInfo
+from model.errors import ConfigError, StateError
+from model.fsdp import ShardedMuon, shard
+from model.gpt import GPT, GPTConfig
+from model.metrics import read_metrics
+from model.runtime import Precision
+from model.train_config import TrainConfig
+from pipeline.train import train
+from tests.conftest import REPO
+from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
+
+TIMING = ("ms", "tokens_per_s")
+ENV = {"CODEGPT_SKIP_SMOKE_CHECK": "1", "CODEGPT_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
+
+
+def test_sharded_muon_on_whole_tensors_is_torch_muon_bitwise() -> None:
+    """Its momentum, Newton-Schulz, weight decay and scaled step are torch's own."""
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 32), torch.randn(32, 128)]
+    twins = [w.clone() for w in weights]
+    kw: dict[str, Any] = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    ours, theirs = ShardedMuon(weights, **kw), torch.optim.Muon(twins, **kw)
+    for _ in range(3):
+        for w, t in zip(weights, twins, strict=True):
+            g = torch.randn_like(w)
+            w.grad, t.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    for w, t in zip(weights, twins, strict=True):
+        assert torch.equal(w, t)
+        assert torch.equal(ours.state[w]["momentum_buffer"], theirs.state[t]["momentum_buffer"])
+
+
+def test_fsdp_refuses_float16() -> None:
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16))
+    with pytest.raises(ConfigError, match="parallel=fsdp does not run in float16"):
+        cpu, fp16 = torch.device("cpu"), Precision("float16", "cpu")
+        shard(model, model.transformer.h, DistInfo(), cpu, fp16, False)
+
+
+def _torchrun(config: Path, **popen: Any) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "pipeline", "train", "--config", str(config)]
+    env = {**os.environ, **ENV}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stderr=subprocess.PIPE, **popen)
+
+
+def _run2(config: Path) -> None:
+    proc = _torchrun(config)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run) if "loss" in r]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_fsdp_processes_match_one_and_resume_with_one(tmp_path: Path, optimizer: str) -> None:
+    data = write_tiny_shards(tmp_path / "shards")
+    common: dict[str, Any] = dict(
+        max_iters=6, grad_accum=4, eval_interval=3, ckpt_interval=3, log_interval=1
+    )
+    common["optimizer"] = optimizer
+    two = tiny_values(data, tmp_path / "two", parallel="fsdp", **common)
+    _run2(write_config_yaml(tmp_path / "two.yaml", two))
+    assert train(build(TrainConfig, tiny_values(data, tmp_path / "one", **common))) == 0
+
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    ckpt = list_checkpoints(tmp_path / "two")[-1]
+    assert ckpt.name == "ckpt-00000006.dcp"
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    whole, _ = load_latest(tmp_path / "two") or ({}, None)  # one process reads it whole
+    ref, _ = load_latest(tmp_path / "one") or ({}, None)
+    assert whole[MODEL].keys() == ref[MODEL].keys()
+    for name, t in ref[MODEL].items():  # Muon's bf16 Newton-Schulz: see test_distributed
+        torch.testing.assert_close(whole[MODEL][name], t, rtol=1e-4, atol=2e-3)
+    model, cfg, step = load_for_inference(ckpt)  # sample, eval, export and serve
+    assert step == 6 and cfg.parallel == "fsdp"
+    assert torch.equal(model.state_dict()["lm_head.weight"], whole[MODEL]["lm_head.weight"])
+
+    # the 2-process run goes on in 1 process (DCP reshards), as the 1-process run does
+    more = dict(common, max_iters=9)
+    assert (
+        train(build(TrainConfig, tiny_values(data, tmp_path / "two", parallel="fsdp", **more))) == 0
+    )
+    assert train(build(TrainConfig, tiny_values(data, tmp_path / "one", **more))) == 0
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    # a run resumes only the kind of checkpoint its `parallel` writes
+    with pytest.raises(StateError, match=r"written with parallel=fsdp \(a DCP folder\)"):
+        train(build(TrainConfig, tiny_values(data, tmp_path / "two", **dict(more, max_iters=12))))
+
+
+@pytest.mark.slow
+def test_fsdp_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
+    data = write_tiny_shards(tmp_path / "shards")
+    values = tiny_values(
+        data,
+        tmp_path / "killed",
+        parallel="fsdp",
+        optimizer="muon",
+        grad_accum=4,
+        max_iters=60,
+        ckpt_interval=10,
+        keep_ckpts=2,
+        log_interval=7,
+    )
+    config = write_config_yaml(tmp_path / "killed.yaml", values)
+    proc = _torchrun(config, start_new_session=True)  # its own group: the kill takes all
+    try:
+        deadline = time.monotonic() + 180
+        while not list_checkpoints(tmp_path / "killed") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.005)
+        time.sleep(0.3)  # somewhere between checkpoints, maybe inside a save
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = list_checkpoints(tmp_path / "killed")
+    assert killed_at and killed_at[-1].name < "ckpt-00000060.dcp"
+
+    _run2(config)  # the rerun resumes by itself
+    straight = dict(values, out_dir=str(tmp_path / "straight"))
+    _run2(write_config_yaml(tmp_path / "straight.yaml", straight))
+    a, b = (load_latest(tmp_path / r) for r in ("killed", "straight"))
+    assert a is not None and b is not None and a[1].name == b[1].name == "ckpt-00000060.dcp"
+    for name, t in b[0][MODEL].items():
+        assert torch.equal(a[0][MODEL][name], t), name
+    ma, mb = (
+        [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(tmp_path / r)]
+        for r in ("killed", "straight")
+    )
+    assert ma == mb
+    assert not list((tmp_path / "killed").glob(".tmp-*"))  # a save after the kill cleaned up
+
+
+def test_one_process_fsdp_writes_folders_and_a_broken_save_leaves_the_last_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = write_tiny_shards(tmp_path / "shards")
+    run = tmp_path / "run"
+    values = tiny_values(data, run, parallel="fsdp", max_iters=10, ckpt_interval=5)
+    assert train(build(TrainConfig, values)) == 0
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-00000005.dcp", "ckpt-00000010.dcp"]
+    # a kill mid-save: the temporary folder is no checkpoint; a kill between DCP's files
+    # and state.pt cannot leave a final folder, but one without .metadata reads as broken
+    half = run / ".tmp-ckpt-00000015.dcp"
+    half.mkdir()
+    (half / "__0_0.distcp").write_bytes(b"half")
+    (run / "ckpt-00000010.dcp" / ".metadata").unlink()
+    found = load_latest(run)
+    assert found is not None and found[1].name == "ckpt-00000005.dcp"
+    assert "ckpt-00000010.dcp does not load" in caplog.text
+    assert train(build(TrainConfig, dict(values, max_iters=15))) == 0  # resumes at 5
+    names = sorted(p.name for p in run.iterdir() if "ckpt" in p.name)
+    assert names == [
+        "ckpt-00000005.dcp",
+        "ckpt-00000010.dcp",
+        "ckpt-00000010.dcp.corrupt",  # set aside: it did not load
+        "ckpt-00000015.dcp",
+    ]
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [5, 10, 15]
