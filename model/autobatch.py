@@ -64,8 +64,12 @@ def candidates(cfg: TrainConfig, world_size: int) -> list[int]:
     return found
 
 
-def workload(cfg: TrainConfig, micro_batch: int, dtype: str) -> memory.Workload:
-    return memory.Workload.from_train(cfg, micro_batch, dtype)
+def workload(
+    cfg: TrainConfig, micro_batch: int, dtype: str, gpus: int | None = None
+) -> memory.Workload:
+    """On one GPU, sharded over `gpus` (default: the run's processes) under `parallel: fsdp`."""
+    gpus = distributed.from_env().world_size if gpus is None else gpus
+    return memory.Workload.from_train(cfg, micro_batch, dtype, gpus)
 
 
 def _with_batch(cfg: TrainConfig, micro_batch: int) -> TrainConfig:
@@ -156,6 +160,9 @@ def resolve_micro_batch(cfg: TrainConfig, device: torch.device) -> TrainConfig:
         budget / memory.GiB,
         memory.estimate(workload(cfg, start, dtype), overhead).required / memory.GiB,
     )
+    if cfg.parallel == "fsdp" and world > 1:  # a trial would need the sharded model
+        log.info("micro_batch auto under FSDP: the planner's %d, without a trial", start)
+        return _with_batch(cfg, distributed.min_over_ranks(start, info, device))
     for mb in sorted((m for m in sizes if m <= start), reverse=True):
         if trial(_with_batch(cfg, mb), device, mb, world):
             chosen = distributed.min_over_ranks(mb, info, device)  # all ranks run one size
@@ -178,13 +185,18 @@ def _gpu_budget(cfg: TrainConfig, device: torch.device) -> tuple[str, int, memor
 
 
 def checkpointing(
-    cfg: TrainConfig, dtype: str, budget: int, overhead: memory.Overhead, sizes: list[int]
+    cfg: TrainConfig,
+    dtype: str,
+    budget: int,
+    overhead: memory.Overhead,
+    sizes: list[int],
+    gpus: int | None = None,
 ) -> bool:
     """The `auto` rule (module docstring): recompute the blocks or not, for this budget.
 
     With an int micro_batch: only if it does not fit without recomputing and does with.
     """
-    base = dataclasses.replace(workload(cfg, 1, dtype), checkpoint=False)
+    base = dataclasses.replace(workload(cfg, 1, dtype, gpus), checkpoint=False)
     if isinstance(cfg.micro_batch, int):
         w = base.with_batch(cfg.micro_batch)
         fits = memory.estimate(w, overhead).fits(budget)

@@ -87,6 +87,7 @@ class Workload:
     loss_chunk: int = 0
     dropout: float = 0.0
     checkpoint: bool = False  # activation checkpointing: the blocks recomputed in backward
+    shards: int = 1  # FSDP2 over this many GPUs (model/memory_fsdp.py); 1: each holds all
 
     def __post_init__(self) -> None:
         if self.dtype not in _BYTES:
@@ -117,8 +118,11 @@ class Workload:
         return dataclasses.replace(self, micro_batch=micro_batch)
 
     @classmethod
-    def from_train(cls, cfg: TrainConfig, micro_batch: int, dtype: str) -> Workload:
-        """The workload of a training config at `micro_batch`, in the resolved `dtype`."""
+    def from_train(
+        cls, cfg: TrainConfig, micro_batch: int, dtype: str, shards: int = 1
+    ) -> Workload:
+        """The workload of a training config at `micro_batch`, in the resolved `dtype`; on
+        `shards` GPUs when its `parallel` is fsdp."""
         return cls(
             n_layer=cfg.n_layer,
             n_head=cfg.n_head,
@@ -133,6 +137,7 @@ class Workload:
             loss_chunk=cfg.loss_chunk,
             dropout=cfg.dropout,
             checkpoint=cfg.activation_checkpointing == "full",
+            shards=shards if cfg.parallel == "fsdp" else 1,
         )
 
     def gpt_config(self) -> GPTConfig:
@@ -166,8 +171,9 @@ def optimizer_state_bytes(w: Workload) -> int:
 
 
 def autocast_copy_bytes(w: Workload) -> int:
-    """The block weights cast to the compute dtype and saved for backward (biases are not)."""
-    return 0 if w.s == 4 else w.s * 12 * w.n_embd**2 * w.n_layer
+    """The block weights cast to the compute dtype and saved for backward (biases are not);
+    none under FSDP, whose gathered weights are already in it."""
+    return 0 if w.s == 4 or w.shards > 1 else w.s * 12 * w.n_embd**2 * w.n_layer
 
 
 # --- activations --------------------------------------------------------------
@@ -304,13 +310,25 @@ _STATE_NAMES = {
 }
 
 
+def static_parts(w: Workload) -> tuple[dict[str, int], dict[str, int]]:
+    """(weights and optimizer state, gradients) on one GPU for the whole step: all of them,
+    or under FSDP a 1/N shard of each and what is gathered whole (model/memory_fsdp.py)."""
+    P, state = param_count(w), optimizer_state_bytes(w)
+    if w.shards > 1:
+        from model.memory_fsdp import sharded_static
+
+        return sharded_static(w, P, state)
+    kept = {"weights (fp32)": 4 * P, _STATE_NAMES[w.optimizer]: state}
+    return kept, {"gradients (fp32)": 4 * P}
+
+
 def estimate(w: Workload, overhead: Overhead) -> Estimate:
     P = param_count(w)
     batch = 16 * w.tokens  # x and y, int64
+    kept, grads = static_parts(w)
     parts = {
-        "weights (fp32)": 4 * P,
-        "gradients (fp32)": 4 * P,
-        _STATE_NAMES[w.optimizer]: optimizer_state_bytes(w),
+        **kept,
+        **grads,
         "autocast weight casts kept for backward": autocast_copy_bytes(w),
         (
             f"activations kept, {w.n_layer} layers"
@@ -327,7 +345,7 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
         parts["backward with one block recomputed (its activations + gradient)"] = (
             layer_activation_bytes(w) + 4 * w.tokens * w.n_embd
         )
-    static = parts["weights (fp32)"] + parts["gradients (fp32)"] + optimizer_state_bytes(w)
+    static = sum(kept.values()) + sum(grads.values())
     # The fused loss peaks in its forward, the others at the start of their backward, both
     # with every activation alive. Late in the backward the embedding's dL/dW (4 V C) meets
     # the head's, waiting in autograd's buffer (4 V C, added in place): higher only for a
@@ -342,9 +360,7 @@ def estimate(w: Workload, overhead: Overhead) -> Estimate:
     )
     # eval runs after zero_grad(set_to_none=True): no gradients. Autocast caches the
     # casts of parameters until its context exits, in no_grad mode too.
-    peak_eval = (
-        4 * P + optimizer_state_bytes(w) + batch + autocast_copy_bytes(w) + eval_transient_bytes(w)
-    )
+    peak_eval = sum(kept.values()) + batch + autocast_copy_bytes(w) + eval_transient_bytes(w)
     e = Estimate(w, overhead, P, parts, peak_train, peak_eval)
     e.eval_after_train = peak_train + e.fragmentation + eval_largest_tensor(w)
     return e

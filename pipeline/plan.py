@@ -24,6 +24,7 @@ from typing import Any, Literal
 from model.config import option
 from model.errors import ConfigError
 from model.train_config import TrainConfig
+from pipeline.plan_tables import disk_lines, fsdp_lines, fsdp_rows, time_lines
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class PlanConfig(TrainConfig):
     format: Literal["table", "json"] = option("table", "table or json")
     mfu: float = option(0.35, "assumed MFU for the expected time", gt=0, le=1)
     exact: bool = option(False, "also trace the real model on fake tensors (slower, no GPU)")
+    gpus: int = option(
+        1, "GPUs of the run (torchrun's processes); with parallel=fsdp each holds 1/gpus", ge=1
+    )
     # `loss` (fused | lean | plain) is TrainConfig's: the plan shows the loss the run would use
 
 
@@ -110,6 +114,7 @@ def build_plan(cfg: PlanConfig) -> dict[str, Any]:
     )
     out = _memory_plan(cfg, card, dtype, sequences)
     out.update(_time(cfg, card, dtype, out["params"], sequences))
+    out["fsdp"] = fsdp_rows(cfg, card.budget, card.nominal, dtype, sequences, out["floor_hours"])
     out.update(_disk(cfg))
     return out
 
@@ -137,8 +142,9 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
     from model.memory_loss import compiled_loss_keeps_logits
 
     overhead = memory.Overhead.for_card(cfg.compile, card.nominal)
-    sizes = memory.batch_candidates(sequences)
-    without = dataclasses.replace(memory.Workload.from_train(cfg, 1, dtype), checkpoint=False)
+    sizes = _sizes(sequences, cfg.gpus)
+    one = memory.Workload.from_train(cfg, 1, dtype, cfg.gpus)
+    without = dataclasses.replace(one, checkpoint=False)
     ac, largest = _checkpointing(cfg, card, without, overhead, sizes)
     base = dataclasses.replace(without, checkpoint=ac)
     best = memory.largest_fitting(base, overhead, card.budget, sizes)
@@ -192,6 +198,15 @@ def _memory_plan(cfg: PlanConfig, card: Card, dtype: str, sequences: int) -> dic
     return out
 
 
+def _sizes(sequences: int, gpus: int) -> list[int]:
+    from model import memory
+
+    sizes = memory.batch_candidates(sequences, gpus)
+    if not sizes:
+        raise ConfigError(f"{sequences} sequences per step cannot be split over gpus={gpus}")
+    return sizes
+
+
 def _checkpointing(
     cfg: PlanConfig, card: Card, without: Any, overhead: Any, sizes: list[int]
 ) -> tuple[bool, dict[bool, int]]:
@@ -201,7 +216,7 @@ def _checkpointing(
     from model.autobatch import checkpointing
 
     if cfg.activation_checkpointing == "auto":
-        ac = checkpointing(cfg, without.dtype, card.budget, overhead, sizes)
+        ac = checkpointing(cfg, without.dtype, card.budget, overhead, sizes, cfg.gpus)
     else:
         ac = cfg.activation_checkpointing == "full"
     largest = {}
@@ -263,19 +278,11 @@ def _gib(n: int) -> str:
 
 
 def render(cfg: PlanConfig, p: dict[str, Any]) -> str:
-    parts = [_memory_lines(cfg, p), _sweep_lines(p), _time_lines(p), _disk_lines(cfg, p)]
+    parts = [_memory_lines(cfg, p), _sweep_lines(p)]
+    if cfg.parallel == "fsdp" or not p["max_micro_batch"]:  # what sharding over N would give
+        parts.append(fsdp_lines(p["fsdp"], p["gpu_bytes"]))
+    parts += [time_lines(p), disk_lines(cfg.out_dir, cfg.keep_ckpts, p)]
     return "\n\n".join("\n".join(lines) for lines in parts)
-
-
-def _disk_lines(cfg: PlanConfig, p: dict[str, Any]) -> list[str]:
-    need, free = p["checkpoints_disk_bytes"], p["disk_free_bytes"]
-    verdict = "fits" if need <= free else "DOES NOT FIT: free space or lower keep_ckpts"
-    return [
-        f"{f'disk of {cfg.out_dir}':<58}{'GiB':>8}",
-        f"  {'one checkpoint (fp32 weights + optimizer state)':<56}{_gib(p['checkpoint_bytes'])}",
-        f"  {f'keep_ckpts {cfg.keep_ckpts} + the one being written':<56}{_gib(need)}",
-        f"  {'free now':<56}{_gib(free)}  {verdict}",
-    ]
 
 
 def _memory_lines(cfg: PlanConfig, p: dict[str, Any]) -> list[str]:
@@ -343,42 +350,12 @@ def _sweep_lines(p: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(
-            "no micro-batch fits, even with activation checkpointing: lower block_size or "
-            "the model size, or use a bigger GPU (or several, once FSDP lands: issue 20)"
+            "no micro-batch fits on one GPU, even with activation checkpointing: shard it "
+            "over several with parallel=fsdp (below), lower block_size or the model size, "
+            "or use a bigger GPU"
             if p["max_micro_batch_with_ac"] == 0
             else "no micro-batch fits: set activation_checkpointing=full (or auto)"
         )
-    return lines
-
-
-def _time_lines(p: dict[str, Any]) -> list[str]:
-    def row(label: str, value: str) -> str:
-        return f"  {label:<40}{value:>14}"
-
-    steps = p["total_tokens"] // p["tokens_per_step"]
-    lines = [
-        "time:",
-        row("FLOPs per token (6N + 12 L C T)", f"{p['flops_per_token'] / 1e6:,.1f} M"),
-        row(f"tokens ({steps:,} steps)", f"{p['total_tokens'] / 1e9:,.2f} B"),
-    ]
-    if p["peak_tflops"] is None:
-        lines.append("  peak TFLOPS unknown: set gpu=... or peak_tflops=... for the floor time")
-    else:
-        lines += [
-            row(f"peak dense TFLOPS ({p['dtype']})", f"{p['peak_tflops']:,.1f}"),
-            row("floor at 100 % MFU", f"{p['floor_hours']:,.1f} h"),
-            row(f"expected at {100 * p['mfu_assumed']:.0f} % MFU", f"{p['expected_hours']:,.1f} h"),
-        ]
-    if p["measured_ms_per_step"] is not None:
-        lines.append(
-            row(
-                f"ETA at the measured {p['measured_ms_per_step']:,.1f} ms/step",
-                f"{p['eta_hours']:,.1f} h",
-            )
-        )
-        lines.append(f"  (measured in {p['measured_from']})")
-    else:
-        lines.append("  measured: none yet (run `make smoke` for a measured ETA)")
     return lines
 
 
