@@ -19,6 +19,7 @@ no pool: the same code runs in this process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 from collections import deque
@@ -61,6 +62,16 @@ class Source:
     batch_bytes: int
     budget: int  # text bytes of the decoded row groups in flight
     mark: Callable[[BatchInfo], np.ndarray | None] | None = None  # the near-dedup mask
+
+    @functools.cached_property
+    def first_rows(self) -> list[np.ndarray]:
+        """Per file, each row group's first row within the file (none for an unreadable one)."""
+        return [
+            np.zeros(0, np.int64)
+            if isinstance(layout, str)
+            else np.concatenate([[0], np.cumsum([rows for rows, _ in layout], dtype=np.int64)])
+            for layout in self.groups
+        ]
 
 
 @dataclass
@@ -200,8 +211,7 @@ def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
 
 def _first_row(src: Source, fi: int, g: int) -> int:
     """Row group g's first row within file fi (a JSON Lines group does not know its own)."""
-    layout = src.groups[fi]
-    return sum(rows for rows, _ in layout[:g]) if not isinstance(layout, str) else 0
+    return int(src.first_rows[fi][g])
 
 
 def _next_decode(flow: _Flow, dog: MemoryWatchdog) -> tuple[Any, int]:

@@ -96,6 +96,16 @@ class SourceConfig(Config):
                     setattr(self, key, value)
         super().__post_init__()
 
+    def checks(self) -> list[str]:
+        set_here = [k for k in COLUMN_KEYS if getattr(self, k)]
+        if self.schema == "files" and set_here:
+            return [
+                *super().checks(),
+                f"{', '.join(set_here)}: schema=files reads whole files and has no columns; "
+                "leave them out (or set schema= to read parquet or JSON Lines)",
+            ]
+        return super().checks()
+
     def reading(self) -> Reading:
         """How the workers read the input (batches.Reading)."""
         return Reading(

@@ -294,6 +294,10 @@ def test_a_folder_that_is_not_one_is_one_line(tmp_path: Path, capsys) -> None:
     assert tokenize(f, tmp_path / "out", schema="files") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a folder" in err and "schema=" in err, err
+    # a column key means nothing for whole files: refused, not silently ignored
+    assert tokenize(tmp_path, tmp_path / "out", schema="files", text_column="content") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "text_column" in err and "schema=files" in err, err
 
 
 def test_dedup_reads_every_source_as_tokenize_does(tmp_path: Path) -> None:
