@@ -110,7 +110,7 @@ def build(
     matrices: list[torch.Tensor] = list(muon_params(model))
     chosen = {id(p) for p in matrices}
     rest = [p for p in params if id(p) not in chosen]
-    from model.fsdp import ShardedMuon
+    from model.muon_sharded import ShardedMuon
 
     muon = (ShardedMuon if sharded else torch.optim.Muon)(
         matrices,

@@ -9,6 +9,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,24 @@ def test_gpu_docstrings_name_only_what_a_lent_machine_has() -> None:
         assert ".venv/bin/python" not in doc, script.name
         assert not re.search(r"--out\s+docs/", doc), script.name
         assert "gpu_session.sh" in doc, script.name
+
+
+def test_scale_gpu_dry_run_plans_and_traces_both_ways_of_the_blocks(tmp_path: Path) -> None:
+    """bench/scale_gpu.py --tiny: with and without activation checkpointing, the plan
+    against the real model's trace within 10 %, and recomputing keeps less."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "bench/scale_gpu.py", "--tiny", "--micro-batches", "4", "--steps", "1"]
+    done = subprocess.run(
+        [*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["ac"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {False, True}
+    for r in rows.values():
+        assert abs(r["error"]) < 0.10 and r["tokens_per_s"] > 0
+    assert rows[True]["measured"] < rows[False]["measured"]
+    assert rows[True]["predicted"] < rows[False]["predicted"]

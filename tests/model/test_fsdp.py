@@ -18,9 +18,10 @@ from model.checkpoint import MODEL, list_checkpoints, load_for_inference, load_l
 from model.config import build
 from model.distributed import DistInfo
 from model.errors import ConfigError, StateError
-from model.fsdp import ShardedMuon, shard
+from model.fsdp import shard
 from model.gpt import GPT, GPTConfig
 from model.metrics import read_metrics
+from model.muon_sharded import ShardedMuon
 from model.runtime import Precision
 from model.train_config import TrainConfig
 from pipeline.train import train
@@ -180,3 +181,44 @@ def test_one_process_fsdp_writes_folders_and_a_broken_save_leaves_the_last_good(
         "ckpt-00000015.dcp",
     ]
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == [5, 10, 15]
+
+
+def _muon_rank(rank: int, init: str, out: str) -> None:
+    """One of two gloo ranks: ShardedMuon on FSDP2 shards of matrices whose rows do not
+    divide by 2 (5, 3 and 1 rows: padded shards, an empty one) against torch.optim.Muon
+    on whole copies; this rank's verdict to out/<rank>."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        shapes = [(5, 4), (3, 6), (1, 3), (4, 4)]
+        model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(*s)) for s in shapes])
+        whole = [p.detach().clone() for p in model]
+        fully_shard(model, mesh=init_device_mesh("cpu", (2,)))
+        kw: dict[str, Any] = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        ours, theirs = ShardedMuon(list(model), **kw), torch.optim.Muon(whole, **kw)
+        for step in range(3):
+            torch.manual_seed(100 + step)  # the same gradients on both ranks
+            grads = [torch.randn(*s) for s in shapes]
+            for p, w, g in zip(model, whole, grads, strict=True):
+                p.grad = torch.distributed.tensor.distribute_tensor(g, p.device_mesh, p.placements)
+                w.grad = g.clone()
+            ours.step()
+            theirs.step()
+        same = all(torch.equal(p.full_tensor(), w) for p, w in zip(model, whole, strict=True))
+        Path(out, str(rank)).write_text("equal" if same else "differ")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_muon_on_uneven_shards_is_torch_muon_on_whole_matrices(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.start_processes(  # type: ignore[no-untyped-call]
+        _muon_rank, args=(init, str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    assert [(tmp_path / r).read_text() for r in ("0", "1")] == ["equal", "equal"]
