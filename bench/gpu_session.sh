@@ -96,14 +96,14 @@ if [ "$dry" = 1 ]; then
     memory_args=(--micro-batches 4 --steps 1)
     compile_args=(--micro-batches 4)
     train_args=(--steps 4 --eval-every 2 --warmup 1 --loops plain,fused,muon)
-    serve_args=(--clients 2 --requests 1 --tokens 8)
+    serve_args=(--clients 2 --requests 1 --tokens 8 --repeats 1)
 else
     tiny=()
     sample_args=()
     memory_args=()
     compile_args=(--micro-batches 4,8,16)
     train_args=(--steps 200 --loops plain,fused,muon --data data/shards/demo)
-    serve_args=()
+    serve_args=(--repeats 1)  # one round: the part's time is counted
 fi
 
 if [ "$part" = 1 ]; then

@@ -119,6 +119,18 @@ def allow_recompiles(n: int = 64) -> None:
             setattr(torch._dynamo.config, name, max(n, getattr(torch._dynamo.config, name)))
 
 
+def bench_device(tiny: bool) -> torch.device | None:
+    """The CPU for --tiny, else this GPU (fast math on, recompiles allowed); None, said
+    on stderr, when there is no GPU."""
+    if not tiny and not torch.cuda.is_available():
+        print("no CUDA GPU: run on a GPU, or pass --tiny for a CPU dry run", file=sys.stderr)
+        return None
+    device = torch.device("cpu") if tiny else torch.device("cuda", torch.cuda.current_device())
+    enable_fast_math(device)
+    allow_recompiles()
+    return device
+
+
 def _estimate(shape: dict[str, Any], mb: int, loss: str, comp: bool, dtype: str) -> plan.Estimate:
     w = plan.Workload(**shape, micro_batch=mb, dtype=dtype, compile=comp, loss=loss)
     return plan.estimate(w, plan.Overhead(0, 0))
@@ -302,12 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the markdown here")
     ap.add_argument("--json", help="also write part A's figures here (bench/gpu_summary.py)")
     args = ap.parse_args(argv)
-    if not args.tiny and not torch.cuda.is_available():
-        print("no CUDA GPU: run on a GPU, or pass --tiny for a CPU dry run", file=sys.stderr)
+    device = bench_device(args.tiny)
+    if device is None:
         return 2
-    device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
-    enable_fast_math(device)
-    allow_recompiles()
     shape = TINY if args.tiny else GPT2
     if args.tiny:
         UNIT.update(name="MiB", bytes=2**20)

@@ -38,13 +38,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from memory_gpu import GPT2, SEQUENCES, TINY, Run, allow_recompiles, free_memory, speed  # noqa: E402
+from memory_gpu import GPT2, SEQUENCES, TINY, Run, bench_device, free_memory, speed  # noqa: E402
 
 from model import hardware  # noqa: E402
 from model import memory as plan  # noqa: E402
 from model.atomic import write_text  # noqa: E402
 from model.memtrace import trace_peaks  # noqa: E402
-from model.runtime import enable_fast_math  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     "124m": GPT2,
@@ -143,12 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the markdown here")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
-    if not args.tiny and not torch.cuda.is_available():
-        print("no CUDA GPU: run on a GPU, or pass --tiny for a CPU dry run", file=sys.stderr)
+    device = bench_device(args.tiny)
+    if device is None:
         return 2
-    device = torch.device("cpu") if args.tiny else torch.device("cuda", torch.cuda.current_device())
-    enable_fast_math(device)
-    allow_recompiles()
     models = ["tiny"] if args.tiny else args.models.split(",")
     sizes = [int(v) for v in args.micro_batches.split(",")]
     comp = args.compile == "on" and device.type == "cuda"

@@ -45,6 +45,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of the three measures")
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU")
     p.add_argument("--out", type=Path, help="also write the markdown here")
     args = p.parse_args()
@@ -56,7 +57,7 @@ def main() -> int:
     device = "cpu" if args.tiny else "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         run, _ = run_folder(cfg, Path(tmp))
-        single, many, sample = measure(run, args, device)
+        repeats = measure(run, args, device)
     where = "cpu (--tiny dry run)" if args.tiny else device_name(torch.device("cuda"))
     lines = [
         "# The completions server on a GPU: 124M shape",
@@ -67,7 +68,7 @@ def main() -> int:
         f"- model: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, context "
         f"{cfg.block_size}, random init; greedy, {args.tokens} tokens per request",
         "",
-        *table(single, many, sample),
+        *table(repeats),
         "",
     ]
     text = "\n".join(lines)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,12 @@ from model.runtime import Precision
 from model.train_config import TrainConfig
 from pipeline.train import train
 from tests.conftest import REPO
-from tests.model.train_fixtures import tiny_values, write_config_yaml, write_tiny_shards
+from tests.model.train_fixtures import (
+    kill_after_first_checkpoint,
+    tiny_values,
+    write_config_yaml,
+    write_tiny_shards,
+)
 
 TIMING = ("ms", "tokens_per_s")
 ENV = {"CODEGPT_SKIP_SMOKE_CHECK": "1", "CODEGPT_LOG": "WARNING", "OMP_NUM_THREADS": "1"}
@@ -127,16 +131,9 @@ def test_fsdp_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> 
     )
     config = write_config_yaml(tmp_path / "killed.yaml", values)
     proc = _torchrun(config, start_new_session=True)  # its own group: the kill takes all
-    try:
-        deadline = time.monotonic() + 180
-        while not list_checkpoints(tmp_path / "killed") and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.005)
-        time.sleep(0.3)  # somewhere between checkpoints, maybe inside a save
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_first_checkpoint(
+        proc, tmp_path / "killed", lambda: os.killpg(proc.pid, signal.SIGKILL), 0.3, 180
+    )
     killed_at = list_checkpoints(tmp_path / "killed")
     assert killed_at and killed_at[-1].name < "ckpt-00000060.dcp"
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from pipeline.train import train
 from tests.conftest import REPO
 from tests.model.train_fixtures import (
     FIM_ON,
+    kill_after_first_checkpoint,
     tiny_values,
     write_code_shards,
     write_config_yaml,
@@ -63,16 +63,9 @@ def test_sigkill_midway_then_rerun_is_bitwise_identical(
         env=env,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not list_checkpoints(tmp_path / "killed") and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.005)
-        time.sleep(0.05)  # somewhere between checkpoints, maybe inside a save
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_first_checkpoint(
+        proc, tmp_path / "killed", lambda: os.kill(proc.pid, signal.SIGKILL), 0.05, 120
+    )
     killed_at = list_checkpoints(tmp_path / "killed")
     assert killed_at and max(p.name for p in killed_at) < "ckpt-00000150.pt"
 

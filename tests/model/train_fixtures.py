@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +105,22 @@ def gpt2_tokenizer_info() -> dict[str, object]:
         "vocab_sha256": tokenizer.RANKS_SHA256,
         "special_tokens": tokenizer.special_tokens(),
     }
+
+
+def kill_after_first_checkpoint(
+    proc: subprocess.Popen[Any], run: Path, kill: Callable[[], None], after: float, wait: float
+) -> None:
+    """Wait (up to `wait` s) for `run`'s first checkpoint, `after` s more (somewhere
+    between checkpoints, maybe inside a save), then `kill()` the still running `proc`."""
+    from model.checkpoint import list_checkpoints
+
+    try:
+        deadline = time.monotonic() + wait
+        while not list_checkpoints(run) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.005)
+        time.sleep(after)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        kill()
+    finally:
+        proc.wait()
