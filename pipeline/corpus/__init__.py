@@ -4,7 +4,7 @@
     source.py      the reading layer: the sources, the listing, the survey, a file's batches
     parquet.py     parquet in any schema: footers, schema checks, byte-bounded batches
     jsonl.py       JSON Lines files (.jsonl, .gz, .zst): spans of lines as row groups
-    files.py       a folder of source files: the walk (.gitignore, .git, ...), one file's record
+    files.py       a folder of source files: the walk (.gitignore, .git, ...), runs of files
     languages.py   a file's language from its extension (github-code's names)
     reading.py     a worker decodes a row group into shared memory; row ranges of it
     batches.py     what travels between the reader, the workers and a stage's writer

@@ -166,13 +166,15 @@ class Unreadable(Exception):
 
 
 # Row status, in the order the rules are applied; index 0 is a tokenized document, the
-# rest are skip reasons. `binary` (a NUL in a file's first 8 KB) is the reader's, as is
-# `too_large` for a file of a folder it does not read. A worker decides all but `duplicate`, which the writer decides in
+# rest are skip reasons. `binary` (a NUL in a file's first 8 KB) and `unreadable` (a
+# folder's file that could not be read) are the reader's, as is `too_large` for a
+# folder's file it does not read. A worker decides all but `duplicate`, which the writer decides in
 # input order (writer.py); its input is every row that passed the rules before it.
 STATUS = (
     "tokenized",
     "null",
     "binary",
+    "unreadable",
     "empty",
     "language",
     "too_large",

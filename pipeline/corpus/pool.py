@@ -62,6 +62,7 @@ class Source:
     batch_bytes: int
     budget: int  # text bytes of the decoded row groups in flight
     mark: Callable[[BatchInfo], np.ndarray | None] | None = None  # the near-dedup mask
+    members: list[list[tuple[str, ...]] | None] | None = None  # a folder's files per group
 
     @functools.cached_property
     def first_rows(self) -> list[np.ndarray]:
@@ -204,6 +205,7 @@ def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
             src.how,
             nbytes + 1024,
             name,
+            _members(src, fi, g),
         )
         flow.decodes.append((fi, name, nbytes, fut))
         flow.inflight += nbytes
@@ -212,6 +214,12 @@ def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
 def _first_row(src: Source, fi: int, g: int) -> int:
     """Row group g's first row within file fi (a JSON Lines group does not know its own)."""
     return int(src.first_rows[fi][g])
+
+
+def _members(src: Source, fi: int, g: int) -> tuple[str, ...]:
+    """The files of a folder's row group g (a table file's groups have none)."""
+    per_group = src.members[fi] if src.members else None
+    return per_group[g] if per_group else ()
 
 
 def _next_decode(flow: _Flow, dog: MemoryWatchdog) -> tuple[Any, int]:

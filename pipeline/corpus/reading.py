@@ -101,9 +101,10 @@ def decode_group(
     how: Reading,
     size_hint: int,
     name: str,
+    members: tuple[str, ...] = (),
 ) -> Decoded | FileError:
     """Read row group `group` of `path` from `start_row` (`group_row`: the group's first row
-    within the file); its text into a new segment called
+    within the file; `members`: a folder's group's files); its text into a new segment called
     `name` (or `name.K` once grown K times: the main process picks the names, so that it can
     remove the segment of a decode it had to kill, `discard`)."""
     from pipeline.corpus import source  # pyarrow: only the processes that decode
@@ -112,7 +113,14 @@ def decode_group(
     pos, parts, grown = 0, [], 0
     try:
         for item in source.read_file(
-            path, file_index, how, READ_BYTES, (group, start_row), groups=1, group_row=group_row
+            path,
+            file_index,
+            how,
+            READ_BYTES,
+            (group, start_row),
+            groups=1,
+            group_row=group_row,
+            members=members,
         ):
             if isinstance(item, FileError):
                 _drop(shm)

@@ -135,8 +135,9 @@ class SourceConfig(Config):
     def source(self, files: list[Path], infos: list[FileInfo | str], mark: Any = None) -> Source:
         """What pool.read_in_order reads: the files, their row groups, these keys."""
         groups = [i.groups if isinstance(i, FileInfo) else i for i in infos]
+        members = [i.members if isinstance(i, FileInfo) else None for i in infos]
         budget = int(self.decode_mb * 2**20)
-        return Source(files, groups, self.reading(), self.batch_bytes, budget, mark)
+        return Source(files, groups, self.reading(), self.batch_bytes, budget, mark, members)
 
     def rule_values(self) -> dict[str, Any]:
         return configlib.values(self, "rules")

@@ -9,7 +9,8 @@ A record is (text, repository, path, language, size), carried columnar in a `Bat
 | `*.jsonl`, `*.jsonl.gz`, `*.jsonl.zst` files (the same ways) | the same, for the objects' keys | jsonl.py |
 | a folder of source files (`input=~/src`) | `files` | files.py |
 
-Every source is cut the same way, into input files, their row groups and rows, so the
+Every source is cut the same way, into inputs, their row groups and rows (a folder is
+one input whose rows are its files, in runs of files as row groups), so the
 pool (pool.py), the resume position (file, row group, row) and the near-dedup row ids
 (file << 40 | row) mean the same for all of them. Survey first (`survey`: footers,
 or one pass over a JSON Lines file, or a stat), so a schema error comes before any
@@ -43,6 +44,7 @@ class FileInfo:
     text_bytes: int  # uncompressed bytes of the text (for the ETA)
     rows: int
     groups: list[tuple[int, int]]  # per row group: rows, uncompressed bytes of the text
+    members: list[tuple[str, ...]] | None = None  # a folder's: per row group, its files
 
 
 def kind_of(path: Path, how: Reading) -> str:
@@ -72,7 +74,7 @@ def list_inputs(spec: str, how: Reading) -> Listing:
                 "(input=~/src), or set schema= to read parquet or JSON Lines files"
             )
         listing = folder.walk(p)
-        if not listing.files:
+        if not listing.inputs:
             raise InputError(f"input {spec}: no source files in it; point input= at a folder")
         return listing
     if p.is_dir():
@@ -85,14 +87,14 @@ def list_inputs(spec: str, how: Reading) -> Listing:
                 "input= at a folder of them, pass schema=files for a folder of source "
                 "files, or run `make sample-data` for the built-in sample"
             )
-        return Listing(found, {})
+        return Listing(found, found, {})
     if any(ch in spec for ch in "*?["):
         found = sorted(Path(f) for f in glob.glob(os.path.expanduser(spec)) if os.path.isfile(f))
         if not found:
             raise InputError(f"input {spec}: the glob matches no files; fix input=")
-        return Listing(found, {})
+        return Listing(found, found, {})
     if p.is_file():
-        return Listing([p], {})
+        return Listing([p], [p], {})
     raise InputError(
         f"input {spec}: no such folder or file; set input= to a folder of parquet or JSON "
         "Lines files (e.g. input=data/sample after `make sample-data`), or of source files "
@@ -100,11 +102,11 @@ def list_inputs(spec: str, how: Reading) -> Listing:
     )
 
 
-def _layout(path: Path, how: Reading) -> FileInfo:
+def _layout(path: Path, how: Reading, members: list[Path]) -> FileInfo:
     kind = kind_of(path, how)
     if kind == "file":
-        size = folder.size_of(path, how)
-        return FileInfo(size, 1, [(1, size)])
+        groups, names = folder.layout(path, members, how)
+        return FileInfo(sum(b for _, b in groups), len(members), groups, names)
     if kind == "jsonl":
         groups = jsonl.survey(path, how)
     else:
@@ -113,14 +115,16 @@ def _layout(path: Path, how: Reading) -> FileInfo:
     return FileInfo(sum(b for _, b in groups), sum(r for r, _ in groups), groups)
 
 
-def survey(files: list[Path], how: Reading, on_error: str) -> list[FileInfo | str]:
+def survey(
+    files: list[Path], how: Reading, on_error: str, members: list[Path] | None = None
+) -> list[FileInfo | str]:
     """Every file's row groups before any work, so schema errors come first; for a file
     that cannot be read and will be skipped (on_error=skip) its one-line error, else an
-    InputError."""
+    InputError. `members`: a folder's files (Listing.inputs), for schema=files."""
     out: list[FileInfo | str] = []
     for f in files:
         try:
-            out.append(_layout(f, how))
+            out.append(_layout(f, how, members or []))
         except READ_ERRORS as e:
             if on_error != "skip":
                 raise InputError(file_error_text(str(f), str(e))) from None
@@ -137,13 +141,17 @@ def read_file(
     start: tuple[int, int] = (0, 0),
     groups: int | None = None,
     group_row: int = 0,
+    members: tuple[str, ...] = (),
 ) -> Iterator[Batch | FileError]:
     """Batches of one file from (row group, row) = start (at most `groups` row groups;
-    group_row: the start group's first row in the file); ends with a FileError on failure."""
+    group_row: the start group's first row in the file; a folder is read one group at a
+    time, `members` its files); ends with a FileError on failure."""
     kind = kind_of(path, how)
     try:
         if kind == "file":
-            yield folder.read(path, file_index, how)
+            yield from folder.read_group(
+                path, file_index, how, batch_bytes, start, group_row, members
+            )
         elif kind == "jsonl":
             yield from jsonl.read(path, file_index, how, batch_bytes, start, groups, group_row)
         else:

@@ -90,7 +90,7 @@ CONFIG = DedupConfig
 def run(cfg: DedupConfig) -> int:
     out = Path(cfg.output)
     listing = source.list_inputs(cfg.input, cfg.reading())
-    infos = source.survey(listing.files, cfg.reading(), cfg.on_error)
+    infos = source.survey(listing.files, cfg.reading(), cfg.on_error, listing.inputs)
     with exclusive(out, "dedup"):
         try:
             return _dedup(cfg, out, listing, infos)
@@ -100,7 +100,7 @@ def run(cfg: DedupConfig) -> int:
 
 def _dedup(cfg: DedupConfig, out: Path, listing: source.Listing, infos: list[Any]) -> int:
     files = listing.files
-    inputs = inputslib.input_entries(files)
+    inputs = inputslib.input_entries(listing.inputs)
     settings = configlib.values(cfg, OUTPUT)
     state = _previous(out, inputs, settings, cfg.force)
     if state is not None and state.get("complete"):

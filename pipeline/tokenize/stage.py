@@ -78,9 +78,9 @@ def settings_of(cfg: TokenizeConfig, near: Decision | None) -> dict[str, Any]:
     return settings
 
 
-def check_inputs(files: list[Path], cfg: TokenizeConfig) -> list[source.FileInfo | str]:
-    """Survey every input file before any work: schema errors first, the row groups to read."""
-    return source.survey(files, cfg.reading(), cfg.on_error)
+def check_inputs(listing: source.Listing, cfg: TokenizeConfig) -> list[source.FileInfo | str]:
+    """Survey every input before any work: schema errors first, the row groups to read."""
+    return source.survey(listing.files, cfg.reading(), cfg.on_error, listing.inputs)
 
 
 def previous_state(
@@ -140,7 +140,7 @@ def up_to_date(out: Path, old: dict[str, Any]) -> str:
 def run(cfg: TokenizeConfig) -> int:
     out = Path(cfg.output)
     listing = source.list_inputs(cfg.input, cfg.reading())
-    infos = check_inputs(listing.files, cfg)
+    infos = check_inputs(listing, cfg)
     with exclusive(out, "tokenize"):  # one writer per shard folder
         return _tokenize(cfg, out, listing, infos)
 
@@ -149,7 +149,7 @@ def _tokenize(
     cfg: TokenizeConfig, out: Path, listing: source.Listing, infos: list[source.FileInfo | str]
 ) -> int:
     files = listing.files
-    inputs = inputslib.input_entries(files)
+    inputs = inputslib.input_entries(listing.inputs)
     near = (
         decision.load(Path(cfg.near_dedup), inputs, cfg.rule_values()) if cfg.near_dedup else None
     )

@@ -242,7 +242,7 @@ def make_tree(root: Path, outside: Path) -> list[tuple[str, str, str]]:
 FOLDER = {"schema": "files", "max_doc_bytes": 20000}
 
 
-def test_a_folder_of_source_files(tmp_path: Path) -> None:
+def test_a_folder_of_source_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "src"
     kept = make_tree(root, tmp_path / "elsewhere.py")
     out = tmp_path / "out"
@@ -282,6 +282,12 @@ def test_a_folder_of_source_files(tmp_path: Path) -> None:
     # any worker count, the same bytes; a rerun is up to date
     assert tokenize(root, tmp_path / "two", workers=2, **FOLDER) == 0
     assert shard_bytes(tmp_path / "two") == shard_bytes(out)
+    # and any cut of the files into row groups (the main process decides it)
+    monkeypatch.setattr(files, "GROUP_FILES", 3)
+    assert tokenize(root, tmp_path / "threes", workers=2, batch_bytes=500, **FOLDER) == 0
+    assert shard_bytes(tmp_path / "threes") == shard_bytes(out)
+    assert _manifest(tmp_path / "threes")["counts"] == c
+    monkeypatch.undo()
     assert tokenize(root, out, **FOLDER) == 0 and _manifest(out)["complete"]
     # an edit is seen: refused without force
     (root / "app" / "src" / "main.py").write_text("print('changed')\n")
@@ -300,7 +306,9 @@ def test_a_folder_that_is_not_one_is_one_line(tmp_path: Path, capsys) -> None:
     assert len(err.splitlines()) == 1 and "text_column" in err and "schema=files" in err, err
 
 
-def test_dedup_reads_every_source_as_tokenize_does(tmp_path: Path) -> None:
+def test_dedup_reads_every_source_as_tokenize_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The near-dedup stage on JSON Lines and on a folder: copies found, and tokenize
     skips exactly those (its check of the decision's inputs and rules passes)."""
     docs = corpus(30, max_chars=2000)
@@ -314,6 +322,7 @@ def test_dedup_reads_every_source_as_tokenize_does(tmp_path: Path) -> None:
         p = root / d["repo_name"].replace("/", "_") / f"f{i:03d}.py"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(d["code"])
+    monkeypatch.setattr(files, "GROUP_FILES", 4)  # a folder's row ids span several groups
     for src, over in ((j, {}), (root, {"schema": "files"})):
         near = tmp_path / f"near-{src.name}"
         rules = {k: v for k, v in RULES_OFF.items() if k not in ("dedup", "near_dedup")}
@@ -333,7 +342,8 @@ def test_sigkill_then_rerun_gives_the_same_bytes(tmp_path: Path, kind: str) -> N
     from tests.pipeline.tokenize.test_tokenize_resume import _kill_when, _n_shards
 
     docs = corpus(300, max_chars=2000)
-    if kind == "files":
+    if kind == "files":  # more files than a row group holds (files.GROUP_FILES)
+        docs = corpus(1100, max_chars=600)
         src = tmp_path / "tree"
         for i, d in enumerate(docs):
             p = src / f"repo{i % 9}" / f"{i:04d}.py"
