@@ -120,6 +120,10 @@ input_files = $(if $(findstring *,$(1))$(findstring ?,$(1))$(findstring [,$(1)),
 # $(call input_deps,INPUT,SCHEMA): a stamp's prerequisites for its input
 input_deps = $(if $(filter files,$(2)),FORCE,$(call input_files,$(1)))
 TOK_FILES := $(call input_deps,$(TOK_INPUT),$(TOK_SCHEMA))
+# $(call touch_stamp,STAMP,SCHEMA,OUTPUT STATE FILE): a stage that always runs (schema=files)
+# touches its stamp only when it wrote something, so the stages after it (smoke, train)
+# do not re-run for an input that did not change
+touch_stamp = $(if $(filter files,$(2)),test -e $(1) -a $(1) -nt $(3) ||) touch $(1)
 # The near-dedup decision tokenize reads (its `near_dedup:`), and the dedup config that
 # writes it: the configs/*.yaml whose `output:` is that folder, else configs/dedup.yaml.
 # A near_dedup in ARGS wins over the config's; near_dedup="" (or near_dedup=) turns it off.
@@ -230,7 +234,7 @@ $(DEDUP_STAMP): $(DEDUP_CONFIG) $(call args_deps,$(DEDUP_STAMP),$(DEDUP_ARGS)) $
 	$(eval RAN_dedup := 1)$(call record_args,$@,$(DEDUP_ARGS))
 	@mkdir -p data out $(@D)
 	$(call stage,dedup,,--config $(DEDUP_CONFIG) $(DEDUP_ARGS))
-	@touch $@
+	@$(call touch_stamp,$@,$(DEDUP_SCHEMA),$(DEDUP_OUT)/dedup.json)
 
 tokenize: $(TOKENIZE_STAMP) ## parquet, JSON Lines or a folder of files -> token shards + manifest (TOKENIZE_CONFIG, paired with CONFIG's data)
 	@echo "tokenize: $(if $(RAN_tokenize),done,up to date, nothing to do) ($(TOKENIZE_CONFIG) -> $(TOK_OUTPUT))"
@@ -244,7 +248,7 @@ $(TOKENIZE_STAMP): $(TOKENIZE_CONFIG) $(call args_deps,$(TOKENIZE_STAMP),$(TOKEN
 	$(eval RAN_tokenize := 1)$(call record_args,$@,$(TOKENIZE_ARGS))
 	@mkdir -p data out $(@D)
 	$(call stage,tokenize,,--config $(TOKENIZE_CONFIG) $(TOKENIZE_ARGS))
-	@touch $@
+	@$(call touch_stamp,$@,$(TOK_SCHEMA),$(TOK_OUTPUT)/manifest.json)
 
 plan: | $(RUNTIME) ## GPU memory and time the training config needs
 	@mkdir -p data out

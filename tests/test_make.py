@@ -528,11 +528,16 @@ def test_make_tokenize_reads_every_source_from_a_fresh_checkout(box: Path) -> No
         assert m["complete"] and c["read"] == len(docs), name
         assert c["read"] == c["tokenized"] + sum(c["skipped"].values())
         assert json.loads((box / f"data/dedup/{name}/dedup.json").read_text())["complete"]
+        stamps = {p.name: p.stat().st_mtime_ns for p in (box / ".stamps").glob("*.yaml")}
         again = make(box, "RUN=local", "tokenize", args)
         assert again.returncode == 0, again.stderr
         if extra == "schema=files":  # the stages look at the files themselves
             assert stage_calls(again) == ["dedup", "tokenize"]
             assert again.stdout.count("up to date") >= 2, again.stdout
+            # and, having written nothing, leave the stamps (smoke after them stays done)
+            assert {
+                p.name: p.stat().st_mtime_ns for p in (box / ".stamps").glob("*.yaml")
+            } == stamps
         else:
             assert stage_calls(again) == [], name
     # an input file changed: make sees it (a JSON Lines file is a prerequisite)
