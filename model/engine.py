@@ -105,6 +105,7 @@ class Engine:
         max_queue: int = 32,
         autocast: Callable[[], AbstractContextManager[object]] | None = None,
         cache_dtype: torch.dtype | None = None,
+        threads: int = 0,
     ) -> None:
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         self.block = model.cfg.block_size
@@ -120,6 +121,7 @@ class Engine:
         self._stopping = False
         self._prefilling: _Job | None = None  # failed with the others if a step raises
         self._thread: threading.Thread | None = None
+        self.threads = threads  # torch's intra-op threads for the engine's thread; 0: as is
         self.steps = self.tokens = 0
 
     # --- the caller's side (any thread) ---------------------------------------------
@@ -173,6 +175,8 @@ class Engine:
     # --- the engine's thread ------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.threads:  # OpenMP's thread count is the calling thread's: set it here
+            torch.set_num_threads(self.threads)
         with torch.no_grad():
             while True:
                 with self._cond:

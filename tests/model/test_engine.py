@@ -109,3 +109,22 @@ def test_a_cancelled_request_leaves_at_the_next_step() -> None:
         assert engine.load() == (0, 0)
     finally:
         engine.stop()
+
+
+def test_the_engine_thread_runs_with_the_threads_it_was_given() -> None:
+    seen: list[int] = []
+    engine = Engine(tiny(), max_batch=1, threads=1)
+    engine.start()
+    try:
+        done = threading.Event()
+
+        def emit(ev: Event) -> None:  # on the engine's thread
+            seen.append(torch.get_num_threads())
+            if ev.finish:
+                done.set()
+
+        engine.submit(Request(prompt=encode("x"), max_tokens=2), emit)
+        assert done.wait(30)
+    finally:
+        engine.stop()
+    assert seen and set(seen) == {1}

@@ -32,3 +32,13 @@ def test_a_taken_port_is_one_line(fim_run: Path) -> None:
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("codegpt serve: error: cannot listen on 127.0.0.1:")
     assert "give another port=" in last
+
+
+def test_cpu_threads_leave_a_core_to_http_unless_told() -> None:
+    from pipeline.serve.stage import cpu_threads
+
+    assert cpu_threads(0, {}, 2) == 1  # this box: the loop and the client get a core
+    assert cpu_threads(0, {}, 16) == 15
+    assert cpu_threads(0, {}, 1) == 1
+    assert cpu_threads(0, {"OMP_NUM_THREADS": "2"}, 2) == 2  # an explicit count wins
+    assert cpu_threads(3, {"OMP_NUM_THREADS": "2"}, 2) == 3  # and threads= over both
