@@ -4,12 +4,13 @@ a SIGKILL and rerun, and a resume with another process count."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
@@ -130,12 +131,21 @@ def test_fsdp_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> 
         log_interval=7,
     )
     config = write_config_yaml(tmp_path / "killed.yaml", values)
-    proc = _torchrun(config, start_new_session=True)  # its own group: the kill takes all
-    kill_after_first_checkpoint(
-        proc, tmp_path / "killed", lambda: os.killpg(proc.pid, signal.SIGKILL), 0.3, 180
-    )
-    killed_at = list_checkpoints(tmp_path / "killed")
-    assert killed_at and killed_at[-1].name < "ckpt-00000060.dcp"
+    proc = _torchrun(config)
+    ranks: list[psutil.Process] = []
+
+    def kill_all() -> None:  # torchrun's workers outlive a killed launcher: kill them too
+        ranks.extend(psutil.Process(proc.pid).children(recursive=True))
+        for p in [psutil.Process(proc.pid), *ranks]:
+            p.kill()
+
+    kill_after_first_checkpoint(proc, tmp_path / "killed", kill_all, 0.3, 180)
+    psutil.wait_procs(ranks, timeout=30)
+    assert len(ranks) >= 2 and not any(p.is_running() for p in ranks)
+    killed_at = [p.name for p in list_checkpoints(tmp_path / "killed")]
+    time.sleep(1)  # nobody goes on writing
+    assert [p.name for p in list_checkpoints(tmp_path / "killed")] == killed_at
+    assert killed_at and killed_at[-1] < "ckpt-00000060.dcp"
 
     _run2(config)  # the rerun resumes by itself
     straight = dict(values, out_dir=str(tmp_path / "straight"))
