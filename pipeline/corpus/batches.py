@@ -203,9 +203,9 @@ class Encoded:
 
 
 class Position(NamedTuple):
-    """Where a run resumes: the document that supplied the last token in a shard."""
+    """Where a run resumes: the first row of the batch after its last checkpoint (a row
+    past its row group's end is the next row group's first)."""
 
     file_index: int = 0
     row_group: int = 0
     row: int = 0
-    token_offset: int = 0  # tokens of that document already in a shard

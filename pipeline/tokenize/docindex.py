@@ -44,32 +44,24 @@ def partial_path(folder: Path, index: int) -> Path:
 
 
 class DocIndex:
-    """The open records (documents reaching into the unfinished val shard), and their ids.
-
-    Records get ids in the order they are added (one per val document, input order), so a
-    checkpoint persists exactly the documents before its resume position by their count.
-    """
+    """The open records: the documents reaching into the unfinished val shard, in input
+    order (a checkpoint, at a batch boundary, persists them all)."""
 
     def __init__(self, folder: Path, shard_tokens: int) -> None:
         self.folder, self.S = Path(folder), shard_tokens
         self.open = np.empty(0, dtype=_OPEN)
-        self.first_id = 0  # the id of open[0]
         self.persisted = 0  # open[:persisted] are in the current shard's partial file
         self.shard = 0  # the unfinished val shard
         self.stream = 0  # val tokens of the documents added so far
 
-    def add(self, ntok: np.ndarray, nbytes: np.ndarray, langs: list[str], skip_first: bool) -> int:
-        """Add val documents in input order; `skip_first`: the first continues a resumed
-        document whose record exists already. Returns the id the first new record got."""
+    def add(self, ntok: np.ndarray, nbytes: np.ndarray, langs: list[str]) -> None:
+        """Add val documents in input order."""
         offsets = self.stream + np.concatenate([[0], np.cumsum(ntok)[:-1]]).astype(np.int64)
         self.stream += int(ntok.sum())
-        k = 1 if skip_first else 0
-        new = np.empty(len(ntok) - k, dtype=_OPEN)
-        new["offset"], new["tokens"], new["bytes"] = offsets[k:], ntok[k:], nbytes[k:]
-        new["language"] = [name.encode("utf-8")[:32] for name in langs[k:]]
-        start_id = self.first_id + len(self.open)
+        new = np.empty(len(ntok), dtype=_OPEN)
+        new["offset"], new["tokens"], new["bytes"] = offsets, ntok, nbytes
+        new["language"] = [name.encode("utf-8")[:32] for name in langs]
         self.open = np.concatenate([self.open, new])
-        return start_id
 
     def write_shard(self, length: int) -> str:
         """The index of the val shard just written (`length` tokens); the records of a
@@ -89,13 +81,13 @@ class DocIndex:
         name = index_name(self.shard)
         write_atomically(self.folder / name, lambda f: np.save(f, rec, allow_pickle=False))
         gone = int(np.searchsorted(end, hi, side="right"))  # ends are increasing
-        self.open, self.first_id = self.open[gone:], self.first_id + gone
+        self.open = self.open[gone:]
         self.persisted, self.shard = 0, self.shard + 1
         return name
 
-    def persist(self, upto_id: int) -> None:
-        """Make the open records with id < upto_id durable in the current partial file."""
-        n = max(0, min(upto_id - self.first_id, len(self.open)))
+    def persist(self) -> None:
+        """Make the open records durable in the current partial file."""
+        n = len(self.open)
         if n > self.persisted:
             new = self.open[self.persisted : n]
             append_items(partial_path(self.folder, self.shard), new, self.persisted)

@@ -62,9 +62,9 @@ class Seen:
             b, a = self.runs.pop(), self.runs.pop()
             self.runs.append(np.sort(np.concatenate([a, b]), kind="stable"))
 
-    def mark(self, enc: Encoded) -> tuple[Encoded, np.ndarray]:
-        """The encoding with this batch's duplicates marked (their tokens dropped), and the
-        rows whose digests joined the set, ascending (for the resume count of a row)."""
+    def mark(self, enc: Encoded) -> Encoded:
+        """The encoding with this batch's duplicates marked (their tokens dropped); the
+        others' digests join the set."""
         rows = np.flatnonzero(np.isin(enc.status, _CANDIDATES))
         d = enc.digest[rows]
         _, first = np.unique(d, return_index=True)
@@ -73,17 +73,14 @@ class Seen:
         fresh &= ~self._contains(d)  # ... that no earlier batch had
         self._add(d[fresh])
         dup = rows[~fresh]
-        return (drop_rows(enc, dup) if len(dup) else enc), rows[fresh]
+        return drop_rows(enc, dup) if len(dup) else enc
 
-    def persist(self, upto: int) -> None:
-        """Make the first `upto` digests durable (each manifest records its count)."""
-        if upto <= self.persisted:
-            return
-        pending = np.concatenate(self.log) if self.log else np.empty(0, dtype=DTYPE)
-        take = upto - self.persisted
-        append_items(self.path, pending[:take].astype(DTYPE), self.persisted)
-        self.log = [pending[take:]] if take < len(pending) else []
-        self.persisted = upto
+    def persist(self) -> None:
+        """Make every digest so far durable (each manifest records their count)."""
+        if self.count > self.persisted:
+            pending = np.concatenate(self.log)
+            append_items(self.path, pending.astype(DTYPE), self.persisted)
+            self.log, self.persisted = [], self.count
 
     def restore(self, count: int) -> None:
         """The set of a resumed run: the first `count` digests of the file."""

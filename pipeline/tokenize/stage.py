@@ -196,7 +196,6 @@ def _encode_all(
     cfg: TokenizeConfig, src: Source, writer: ShardWriter, progress: Progress, dog: MemoryWatchdog
 ) -> None:
     pos = writer.position
-    drop = pos.token_offset  # tokens of the first document already in a shard
     threshold = split_threshold(cfg.val_fraction)
     rules = cfg.rules(digest=cfg.dedup == "exact")
     work = Work(
@@ -211,8 +210,7 @@ def _encode_all(
             if isinstance(item, FileError):
                 _file_error(cfg, item, writer)
                 continue
-            writer.consume(item, enc, drop)
-            drop = 0
+            writer.consume(item, enc)
             progress.tick(writer)
 
 

@@ -1,20 +1,20 @@
-"""The tokenize stage's output side: shard buffers, exact resume state, the accounting.
+"""The tokenize stage's output side: shard buffers, resume state, the accounting.
 
 `ShardWriter.consume` takes one batch's encoding (in input order) and copies
 each split's tokens into that split's preallocated uint16 buffer of
-`shard_tokens`. When a buffer is full it writes the shard and checkpoints:
+`shard_tokens`, writing a shard each time a buffer fills. At the end of a batch
+in which a shard was written it checkpoints, at that batch boundary:
 
-  - the position: the document that supplied the shard's last token, as
-    (file index, row group, row, token offset within the document);
-  - the accounting of every document BEFORE that one;
-  - the other split's partial buffer, which holds exactly the tokens of its
-    documents before that one (made durable by pipeline.tokenize.manifest's partial
-    files, appended, never rewritten).
+  - the position: the first row of the next batch;
+  - the accounting of every document read so far;
+  - each split's unfinished buffer, appended to its partial file (only the
+    tokens past what the file already holds: never rewritten), with the val
+    documents' open records and exact dedup's digests beside them;
+  - then the manifest, atomically.
 
-A rerun reloads the partial buffers, reads from that document on, drops its
-first `token offset` tokens, and so produces the same bytes as a run that was
-never stopped. Events within one batch are taken in row order, so the other
-split's buffer is always cut at the right document.
+A rerun reloads the partial buffers and reads from the position on. A shard is
+a cut of its split's token stream every `shard_tokens` tokens, whatever the
+batches, so the rerun writes the same bytes as a run that was never stopped.
 """
 
 from __future__ import annotations
@@ -93,13 +93,19 @@ class ShardWriter:
         self.files_skipped: list[dict[str, Any]] = []
         self.seen = Seen(out) if exact_dedup else None
         self.docs = DocIndex(out, shard_tokens)
+        self.finished_partials: list[Path] = []  # to delete once a manifest lists their shards
         if old is not None:
             self._restore(old)
         out.mkdir(parents=True, exist_ok=True)
 
     def _restore(self, old: dict[str, Any]) -> None:
         p = old["position"]
-        self.position = Position(p["file_index"], p["row_group"], p["row"], p["token_offset"])
+        if p.get("token_offset"):
+            raise StateError(
+                f"{shards.manifest_path(self.out)} was written by an older codegpt that stopped "
+                "inside a document; pass force=true to tokenize again"
+            )
+        self.position = Position(p["file_index"], p["row_group"], p["row"])
         c = old["counts"]
         self.counts = Counts(**c)
         self.files_skipped = list(old.get("files_skipped", []))
@@ -134,90 +140,50 @@ class ShardWriter:
 
     # ------------------------------------------------------------ consuming
 
-    def consume(self, batch: BatchInfo, enc: Encoded, drop: int) -> None:
-        """Copy one batch's tokens into the buffers, writing shards as they fill.
-
-        `drop` > 0 only on the first batch of a resumed run: that many tokens of
-        its first document are already in a shard.
-        """
-        fresh = np.empty(0, dtype=np.int64)  # rows whose digests joined the exact-dedup set
+    def consume(self, batch: BatchInfo, enc: Encoded) -> None:
+        """Take one batch's encoding: its val documents' records and counts, then its tokens
+        into the buffers, a shard written each time one fills; a checkpoint at the batch's
+        end if any did."""
         if self.seen is not None:
-            enc, fresh = self.seen.mark(enc)
-        seen_before = self.seen.count - len(fresh) if self.seen is not None else 0
-        ntok = enc.ntok.copy()
-        tokens = list(enc.tokens)
-        continues = bool(drop) and int(enc.split[0]) == VAL
-        if drop:
-            first = int(enc.split[0])
-            assert ntok[0] >= drop, "resume position past the end of its document"
-            ntok[0] -= drop
-            tokens[first] = tokens[first][drop:]
+            enc = self.seen.mark(enc)
         vrows = np.flatnonzero((enc.split == VAL) & (enc.ntok > 0))
         names = [batch.lang_names[c] for c in batch.lang[vrows]]
-        first_id = self.docs.add(enc.ntok[vrows], enc.nbytes[vrows], names, continues)
-        first_id -= int(continues)  # the id of vrows[0]'s record
-        rows = [np.flatnonzero((enc.split == s) & (ntok > 0)) for s in range(2)]
-        cums = [np.cumsum(ntok[r]) for r in rows]
-        before = self.counts.copy()
-        done = [0, 0]  # tokens of each split's batch stream already in a buffer
-        for row, s, end, offset in self._events(rows, cums, ntok):
-            self.splits[s].put(tokens[s][done[s] : end])
-            done[s] = end
-            o = 1 - s
-            k = int(np.searchsorted(rows[o], row))  # documents of the other split before row
-            upto = int(cums[o][k - 1]) if k else 0
-            self.splits[o].put(tokens[o][done[o] : upto])
-            done[o] = upto
-            counts = before.copy()
-            counts.add(batch, enc, row)
-            at = Position(
-                batch.file_index,
-                batch.row_group,
-                batch.row + row,
-                offset + (drop if row == 0 else 0),
-            )
-            # the resume state holds the documents before `row`, and the record of `row`
-            # itself when its val shard just filled (it goes on in the next shard)
-            docs = first_id + int(np.searchsorted(vrows, row, side="right" if s == VAL else "left"))
-            digests = seen_before + int(np.searchsorted(fresh, row))
-            self._complete(s, at, counts, docs, digests)
-        for s in range(2):
-            self.splits[s].put(tokens[s][done[s] :])
-        self.counts = before
+        self.docs.add(enc.ntok[vrows], enc.nbytes[vrows], names)  # before any val shard
         self.counts.add(batch, enc)
+        filled = sum(self._put(sb, enc.tokens[s]) for s, sb in enumerate(self.splits))
+        self.position = Position(batch.file_index, batch.row_group, batch.row + batch.num_rows)
+        if filled:
+            self._checkpoint()
 
-    def _events(
-        self, rows: list[np.ndarray], cums: list[np.ndarray], ntok: np.ndarray
-    ) -> list[tuple[int, int, int, int]]:
-        """(row, split, end in the split's stream, token offset in the row) per full shard."""
-        events = []
-        for s in range(2):
-            total = int(cums[s][-1]) if len(cums[s]) else 0
-            end = self.shard_tokens - self.splits[s].fill
-            while end <= total:
-                k = int(np.searchsorted(cums[s], end))  # the document holding token end-1
-                row = int(rows[s][k])
-                start = int(cums[s][k]) - int(ntok[row])
-                events.append((row, s, end, end - start))
-                end += self.shard_tokens
-        return sorted(events)
+    def _put(self, sb: SplitBuffer, tokens: np.ndarray) -> int:
+        """Copy tokens into the split's buffer, writing a shard each time it fills."""
+        written = 0
+        while len(tokens):
+            room = self.shard_tokens - sb.fill
+            sb.put(tokens[:room])
+            tokens = tokens[room:]
+            if sb.fill == self.shard_tokens:
+                self._write_shard(sb)
+                written += 1
+        return written
 
-    def _complete(self, s: int, at: Position, counts: Counts, docs: int, digests: int) -> None:
-        """Shard s is full: write it, make the resume state durable, checkpoint."""
-        sb = self.splits[s]
-        self._write_shard(sb)
-        o = self.splits[1 - s]
-        if o.fill > o.persisted:
-            manifest.append_partial(self.out, o.name, o.index, o.buf[: o.fill], o.persisted)
-            o.persisted = o.fill
-        self.docs.persist(docs)
+    def _checkpoint(self) -> None:
+        """Make the resume state durable at a batch boundary: each split's unfinished buffer
+        appended to its partial file, the open document records and the digests, then the
+        manifest; then the partial files of the shards it lists as complete go."""
+        for sb in self.splits:
+            if sb.fill > sb.persisted:
+                manifest.append_partial(
+                    self.out, sb.name, sb.index, sb.buf[: sb.fill], sb.persisted
+                )
+                sb.persisted = sb.fill
+        self.docs.persist()
         if self.seen is not None:
-            self.seen.persist(digests)
-        self.position = at
-        self._write_manifest(counts, complete=False)
-        manifest.partial_path(self.out, sb.name, sb.index - 1).unlink(missing_ok=True)
-        if sb.name == "val":
-            self.docs.remove_partial(sb.index - 1)
+            self.seen.persist()
+        self._write_manifest(complete=False)
+        for p in self.finished_partials:
+            p.unlink(missing_ok=True)
+        self.finished_partials.clear()
 
     def _write_shard(self, sb: SplitBuffer) -> None:
         path = shards.write_shard(self.out, sb.name, sb.index, sb.buf[: sb.fill])
@@ -225,6 +191,9 @@ class ShardWriter:
         if sb.name == "val":
             entry["docs"] = self.docs.write_shard(sb.fill)
         sb.shards.append(entry)
+        self.finished_partials.append(manifest.partial_path(self.out, sb.name, sb.index - 1))
+        if sb.name == "val":
+            self.finished_partials.append(partial_path(self.out, sb.index - 1))
         log.debug("wrote %s (%d tokens)", path, sb.fill)
         sb.fill = sb.persisted = 0
 
@@ -240,7 +209,8 @@ class ShardWriter:
 
     # ------------------------------------------------------------ manifest
 
-    def _write_manifest(self, counts: Counts, complete: bool) -> None:
+    def _write_manifest(self, complete: bool) -> None:
+        counts = self.counts
         assert counts.balanced(), f"accounting does not add up: {counts}"
         pos = self.position
         data = {
@@ -256,7 +226,6 @@ class ShardWriter:
                 "file": self.files[pos.file_index] if pos.file_index < len(self.files) else None,
                 "row_group": pos.row_group,
                 "row": pos.row,
-                "token_offset": pos.token_offset,
             },
             "counts": counts.to_dict(),
             "files_skipped": self.files_skipped,
@@ -264,7 +233,7 @@ class ShardWriter:
         manifest.write(self.out, data)
 
     def checkpoint_empty(self) -> None:
-        self._write_manifest(self.counts, complete=False)
+        self._write_manifest(complete=False)
 
     def finish(self) -> None:
         """Write each split's last (shorter) shard, then the complete manifest."""
@@ -272,7 +241,7 @@ class ShardWriter:
             if sb.fill:
                 self._write_shard(sb)
         self.position = Position(len(self.files))
-        self._write_manifest(self.counts, complete=True)
+        self._write_manifest(complete=True)
         manifest.remove_partials(self.out)
         if self.seen is not None:
             self.seen.remove()

@@ -204,3 +204,18 @@ def test_a_listed_shard_that_is_gone_is_named(src, tmp_path, capsys):
     assert "train_000001.npy is listed in manifest.json but missing" in err and "force=true" in err
     assert tokenize(src, out, force=True) == 0
     assert (out / "train_000001.npy").is_file()
+
+
+def test_a_manifest_stopped_inside_a_document_by_older_code_is_refused(src, tmp_path, capsys):
+    """Resume is at batch boundaries now; an older manifest's token offset cannot be honoured."""
+    out = tmp_path / "out"
+    assert tokenize(src, out) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    m["complete"] = False
+    m["position"].update(file_index=1, row_group=0, row=3, token_offset=17)
+    (out / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert tokenize(src, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "older codegpt that stopped inside a document" in err and "force=true" in err
+    assert len(err.splitlines()) == 1
