@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 from bench.common import machine, measure, version  # noqa: E402
 from model import tokenizer  # noqa: E402
 from model.atomic import write_text  # noqa: E402
+from model.manifest import read_manifest  # noqa: E402
 
 SHARD_TOKENS = 100_000_000
 BATCH_ROWS = 1024  # the baseline's batch; sample rows are at most 1 MB, so <= ~1 GB worst case
@@ -196,18 +197,19 @@ def run_stage(src: Path, out: Path, rules: list[str]) -> dict[str, Any]:
     # a trip would end the benchmark with exit 3, which is itself a finding.
     cmd += ["workers=auto", f"shard_tokens={SHARD_TOKENS}", "force=true", *rules]
     m = measure(cmd)
-    man = json.loads((out / "manifest.json").read_text())
-    counts, tokens = man["counts"], shard_tokens(out)
-    if not man["complete"] or sum(counts["tokens"].values()) != tokens:
-        raise SystemExit(f"bench: {out}: manifest disagrees with the shards ({counts})")
+    man = read_manifest(out)
+    tokens = shard_tokens(out)
+    if man is None or not man.complete or man.total_tokens() != tokens:
+        raise SystemExit(f"bench: {out}: manifest disagrees with the shards ({man})")
+    counts = man.counts
     return {
         "tokens": tokens,
         "seconds": m.wall,
         "peak": m.peak,
         "pss": m.peak_pss,
         "procs": m.procs,
-        "docs": counts["read"],
-        "removed": sum(counts["skipped"].values()) / max(counts["read"], 1),
+        "docs": counts.read,
+        "removed": sum(counts.skipped.values()) / max(counts.read, 1),
         "main_cpu": m.main_cpu,
         "worker_cpu": m.other_cpu,
     }

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model import fim, tokenizer
 from model.errors import InputError
-from model.shards import MANIFEST, SPLITS, list_shards, read_doc_index, read_manifest
+from model.manifest import MANIFEST, SPLITS, Manifest, read_manifest
+from model.shards import list_shards, read_doc_index
 
 if TYPE_CHECKING:
     from model.train_config import TrainConfig
@@ -34,7 +35,7 @@ class Dataset:
     folder: Path
     shards: dict[str, list[Path]]  # split -> its shard files, in order
     complete: bool  # the manifest says the whole input is in the shards
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
 
     def val_index(self) -> np.ndarray | None:
         """The val split's document index (language and bytes of each val document)."""
@@ -60,7 +61,7 @@ def open_dataset(folder: str | Path, vocab_size: int, allow_partial: bool = Fals
         )
         return Dataset(folder, {s: list_shards(folder, s) for s in SPLITS}, complete=False)
     _check_tokenizer(folder, manifest, vocab_size)
-    complete = manifest.get("complete") is True
+    complete = manifest.complete
     if not complete:
         if not allow_partial:
             raise InputError(
@@ -68,16 +69,13 @@ def open_dataset(folder: str | Path, vocab_size: int, allow_partial: bool = Fals
                 f"running); {fix}"
             )
         log.warning("%s is incomplete: allow_partial=true, training on the listed shards", folder)
-    shards = {s: [folder / e["name"] for e in manifest["shards"][s]] for s in SPLITS}
-    for paths in shards.values():
-        for p in paths:
-            if not p.is_file():
-                raise InputError(f"{p} is listed in {folder / MANIFEST} but missing; {fix}")
+    manifest.listed_but_missing(folder, fix)
+    shards = {s: [folder / e.name for e in manifest.shards[s]] for s in SPLITS}
     return Dataset(folder, shards, complete, manifest)
 
 
-def _check_tokenizer(folder: Path, manifest: dict[str, Any], vocab_size: int) -> None:
-    tok = manifest.get("tokenizer") or {}
+def _check_tokenizer(folder: Path, manifest: Manifest, vocab_size: int) -> None:
+    tok = manifest.tokenizer
     name = tok.get("name")
     where = folder / MANIFEST
     if name == tokenizer.NAME and tok.get("vocab_sha256") != tokenizer.RANKS_SHA256:
@@ -110,7 +108,7 @@ def fim_rates(cfg: TrainConfig, data: Dataset) -> fim.Rates | None:
     """The run's FIM rates, or None for fim_rate 0; FIM needs text to cut, so GPT-2 shards."""
     if cfg.fim_rate == 0:
         return None
-    tok = (data.manifest or {}).get("tokenizer") or {"name": tokenizer.NAME}
+    tok = (data.manifest.tokenizer if data.manifest else None) or {"name": tokenizer.NAME}
     if tok.get("name") != tokenizer.NAME:
         raise InputError(
             f"{data.folder / MANIFEST}: the shards' tokenizer is {tok.get('name')!r}, but "

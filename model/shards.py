@@ -1,4 +1,4 @@
-"""The token shard folder: shards and the manifest's reader. The one module that owns them.
+"""The token shard folder: its shards and the val document index. The one module that owns them.
 
 A shard is a numpy `.npy` file: dtype uint16, one dimension, exactly
 `shard_tokens` long except the last shard of a split. Names are
@@ -7,9 +7,9 @@ renamed into place, so no reader ever sees a partial one. Readers memory-map
 (`np.load(path, mmap_mode="r")`) and never read a whole shard into RAM; plain
 `np.load(path)` works too, as build-nanogpt's loader does.
 
-`manifest.json` beside the shards is written by the tokenize stage
-(pipeline/tokenize/manifest.py) and read only here, by `read_manifest`: the
-tokenize rerun check and the trainer's data contract both go through it.
+`manifest.json` beside the shards is model/manifest.py's record (its one reader
+and writer): the tokenize rerun check and the trainer's data contract both go
+through it.
 
 A val shard's document index, `val_NNNNNN.docs.npy` (written by
 pipeline/tokenize/docindex.py, read here by `read_doc_index`): records of
@@ -21,23 +21,21 @@ pipeline/tokenize/docindex.py, read here by `read_doc_index`): records of
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from model.atomic import fsync_dir as fsync_dir  # re-exported: callers fsync folders
 from model.atomic import write_atomically
 from model.errors import InputError
+from model.manifest import MANIFEST as MANIFEST  # re-exported: the folder's file names
+from model.manifest import SPLITS as SPLITS
+from model.manifest import Manifest
 
-SPLITS = ("train", "val")
 DTYPE = np.uint16
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".tmp"  # model/manifest.py's too
 _NAME = re.compile(r"^(train|val)_(\d{6})\.npy$")
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 DOC_RECORD = np.dtype([("start", "<i8"), ("tokens", "<i8"), ("bytes", "<i8"), ("language", "S32")])
 
 
@@ -102,49 +100,27 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def manifest_path(folder: Path) -> Path:
-    return Path(folder) / MANIFEST
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest of `folder`, or None when there is none."""
-    p = manifest_path(folder)
-    if not p.is_file():
-        return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(
-            f"{p}: unreadable manifest ({e}); pass force=true to start over in {folder}"
-        ) from None
-    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-        raise InputError(
-            f"{p}: not a version-{MANIFEST_VERSION} tokenize manifest; pass force=true to start over"
-        )
-    return data
-
-
-def read_doc_index(folder: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+def read_doc_index(folder: Path, manifest: Manifest) -> np.ndarray | None:
     """The whole val split's document index, `start` made an offset into the split's
     stream (the val shards concatenated); None when its shards have no index."""
-    entries = manifest.get("shards", {}).get("val", [])
-    if not entries or any("docs" not in e for e in entries):
+    entries = manifest.shards["val"]
+    if not entries or any(e.docs is None for e in entries):
         return None
     parts, offset = [], 0
     for e in entries:
-        path = Path(folder) / e["docs"]
+        path = Path(folder) / str(e.docs)
         try:
             rec = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise InputError(
                 f"{path}: unreadable document index ({err}); tokenize again (force=true)"
             ) from None
-        if rec.dtype != DOC_RECORD or int(rec["tokens"].sum()) != int(e["tokens"]):
+        if rec.dtype != DOC_RECORD or int(rec["tokens"].sum()) != e.tokens:
             raise InputError(
-                f"{path}: not the document index of {e['name']}; tokenize again (force=true)"
+                f"{path}: not the document index of {e.name}; tokenize again (force=true)"
             )
         rec = rec.copy()
         rec["start"] += offset
         parts.append(rec)
-        offset += int(e["tokens"])
+        offset += e.tokens
     return np.concatenate(parts)

@@ -16,9 +16,9 @@ from typing import Any
 from model.checkpoint import checkpoint_size, config_from_dict, list_checkpoints, step_of
 from model.config import Config, option
 from model.errors import CodegptError
+from model.manifest import read_manifest
 from model.metrics import format_eta
 from model.rundir import SMOKE_FILE, load_run, read_smoke_stamp, smoke_fingerprint
-from model.shards import read_manifest
 from pipeline.tokenize.progress import rule_shares, top_languages
 
 DEFAULT_CONFIG = None
@@ -124,17 +124,14 @@ def _data_lines(config: dict[str, Any]) -> list[str]:
         return [f"data         {data}: {e}"]
     if m is None:
         return [f"data         {data}: no manifest.json"]
-    c = m.get("counts", {})
-    state = "" if m.get("complete") else " (tokenize not finished)"
-    tokens = c.get("tokens", {})
+    c = m.counts
+    state = "" if m.complete else " (tokenize not finished)"
     lines = [
-        f"data         {data}{state}: {c.get('read', 0):,} documents read, "
-        f"{c.get('tokenized', 0):,} kept; {tokens.get('train', 0):,} train and "
-        f"{tokens.get('val', 0):,} val tokens"
+        f"data         {data}{state}: {c.read:,} documents read, {c.tokenized:,} kept; "
+        f"{c.tokens.get('train', 0):,} train and {c.tokens.get('val', 0):,} val tokens"
     ]
-    if "skipped" in c:
+    if c.read:  # shards listed by other means have no account of documents
         lines.append(f"removed      {rule_shares(c)}")
-    if "languages" in c:
         lines.append(f"languages    {top_languages(c)}")
     return lines
 

@@ -12,9 +12,9 @@
     lifeline.py    a worker process exits when the main process that started it dies
     rules.py       the per-document quality filters and the exact-dedup digest
     watchdog.py    stops a stage cleanly before the machine runs out of memory
-    inputs.py      the input files a stage's output depends on, and what changed since
+    inputs.py      what a stage's output is made from (Made), and the one what-changed check
     appendonly.py  append-only record files whose valid length a state file records
-    decision.py    the near-dedup decision: dedup writes it, tokenize reads it (its one module)
+    decision.py    the near-dedup decision and dedup.json's record (DedupState): their one module
 
 Neither stage imports the other's room (tests/test_layout.py checks it): both import
 this one, as datatrove's steps share its readers and executors. Nothing is imported

@@ -5,9 +5,11 @@ In the dedup stage's output folder:
 - `near_duplicates.npy`: the dropped rows, sorted, as uint64 row ids
   `file_index << 40 | row within the file` (file_index in the sorted input
   list; up to 2**24 files of 2**40 rows, no footer needed to number them);
-- `dedup.json`, written last and atomically: the inputs (path, size, mtime)
-  and the rules the decision was made with, its parameters, its counts and
-  the sha256 of `near_duplicates.npy`.
+- `dedup.json` (`DedupState`, a typed record: `read_state` its one reader,
+  `write_progress` and `write` its writers), replaced atomically at every
+  checkpoint of the stage and written last: the inputs (path, size, mtime)
+  and the rules the decision was made with, its parameters, its counts, the
+  sha256 of `near_duplicates.npy`; while unfinished, where signing goes on.
 
 Tokenize (`near_dedup: <folder>`) reads both, refuses a decision made for other
 inputs or rules (one line naming what differs), and skips the listed rows as
@@ -19,14 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from model.atomic import write_atomically, write_text
 from model.errors import InputError, StateError
 from pipeline.corpus import inputs as inputslib
+from pipeline.corpus.batches import Position
 
 STATE = "dedup.json"
 DROPPED = "near_duplicates.npy"
@@ -41,34 +45,97 @@ def row_ids(file_index: int, first_row: int, n: int) -> np.ndarray:
     )
 
 
-def write(folder: Path, state: dict[str, Any], dropped: np.ndarray) -> None:
+@dataclass
+class DedupCounts:
+    read: int = 0
+    text_bytes: int = 0
+    signed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # by rule
+    dropped: int = 0  # set by the clustering
+    clusters: int = 0
+
+
+@dataclass(kw_only=True)
+class DedupState:
+    """`dedup.json` as a record: what the decision is made from, where signing goes on, the
+    counts; `read_state` is its one reader, `write_progress` and `write` its writers."""
+
+    inputs: list[dict[str, Any]]
+    settings: dict[str, Any]  # the keys that shape the decision
+    rules: dict[str, Any]  # tokenize's rule keys it applied (tokenize must use the same)
+    params: dict[str, int]  # num_perm, bands, rows, shingle
+    partitions: int
+    records: list[int] | None = None  # valid band records per partition file
+    position: Position = field(default_factory=Position)
+    phase: Literal["sign", "cluster"] = "sign"
+    counts: DedupCounts = field(default_factory=DedupCounts)
+    files_skipped: list[dict[str, Any]] = field(default_factory=list)
+    ignored: dict[str, Any] | None = None
+    complete: bool = False
+    sha256: str | None = None  # of near_duplicates.npy, once complete
+
+    def made(self) -> inputslib.Made:
+        return inputslib.Made(self.inputs, self.settings)
+
+
+def _json(state: DedupState) -> str:
+    data: dict[str, Any] = {"version": VERSION, **asdict(state)}
+    data["position"] = state.position._asdict()
+    if state.ignored is None:
+        del data["ignored"]
+    if state.complete:
+        del data["position"]
+        data["dropped"] = DROPPED
+    else:
+        del data["sha256"]
+    return json.dumps(data, indent=1) + "\n"
+
+
+def write(folder: Path, state: DedupState, dropped: np.ndarray) -> None:
     """The dropped ids, then the state that points at them (complete: true)."""
     dropped = np.unique(dropped.astype(np.uint64))
     path = Path(folder) / DROPPED
     write_atomically(path, lambda f: np.save(f, dropped, allow_pickle=False))
-    done = {**state, "version": VERSION, "complete": True, "dropped": DROPPED}
-    done["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    write_text(Path(folder) / STATE, json.dumps(done, indent=1) + "\n")
+    state.complete, state.sha256 = True, hashlib.sha256(path.read_bytes()).hexdigest()
+    write_text(Path(folder) / STATE, _json(state))
 
 
-def write_progress(folder: Path, state: dict[str, Any]) -> None:
+def write_progress(folder: Path, state: DedupState) -> None:
     """The unfinished stage's resume state (complete: false), atomically."""
-    data = {**state, "version": VERSION, "complete": False}
-    write_text(Path(folder) / STATE, json.dumps(data, indent=1) + "\n")
+    write_text(Path(folder) / STATE, _json(state))
 
 
-def read_state(folder: Path) -> dict[str, Any] | None:
-    """The stage's dedup.json, or None when there is none."""
+def read_state(folder: Path) -> DedupState | None:
+    """The stage's dedup.json, or None when there is none; a damaged one is one line."""
     p = Path(folder) / STATE
     if not p.is_file():
         return None
+    fix = "rerun `make dedup` with force=true"
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise InputError(f"{p}: unreadable ({e}); rerun `make dedup` with force=true") from None
+        raise InputError(f"{p}: unreadable ({e}); {fix}") from None
     if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise InputError(f"{p}: not a version-{VERSION} dedup state; rerun with force=true")
-    return data
+        raise InputError(f"{p}: not a version-{VERSION} dedup state; {fix}")
+    try:
+        pos = data.get("position") or {}
+        return DedupState(
+            inputs=list(data["inputs"]),
+            settings=dict(data["settings"]),
+            rules=dict(data["rules"]),
+            params=dict(data["params"]),
+            partitions=int(data["partitions"]),
+            records=data.get("records"),
+            position=Position(pos.get("file_index", 0), pos.get("row_group", 0), pos.get("row", 0)),
+            phase=data.get("phase", "sign"),
+            counts=DedupCounts(**data["counts"]),
+            files_skipped=list(data.get("files_skipped") or []),
+            ignored=data.get("ignored"),
+            complete=data.get("complete") is True,
+            sha256=data.get("sha256"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{p}: a dedup state with a malformed field ({e!r}); {fix}") from None
 
 
 class Decision:
@@ -90,11 +157,12 @@ def load(folder: Path, inputs: list[dict[str, Any]], rules: dict[str, Any]) -> D
     folder = Path(folder)
     state = read_state(folder)
     fix = f"run `make dedup` (or python -m pipeline dedup) for this input and output={folder}"
-    if state is None or not state.get("complete"):
+    if state is None or not state.complete:
         raise StateError(f"{folder / STATE}: no finished near-dedup decision; {fix}")
     # the rules as "settings": tokenize's rule keys must be the ones the decision applied
-    made = {"inputs": state["inputs"], "settings": state["rules"]}
-    changed = inputslib.differences(made, inputs, rules, None)
+    changed = inputslib.differences(
+        inputslib.Made(state.inputs, state.rules), inputslib.Made(inputs, rules)
+    )
     if changed:
         raise StateError(
             f"{folder / STATE} was made for other inputs or rules ({'; '.join(changed[:5])}); {fix}"
@@ -104,6 +172,7 @@ def load(folder: Path, inputs: list[dict[str, Any]], rules: dict[str, Any]) -> D
         dropped = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable ({e}); {fix} with force=true") from None
-    if hashlib.sha256(path.read_bytes()).hexdigest() != state.get("sha256"):
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha != state.sha256:
         raise StateError(f"{path} does not match {folder / STATE}; {fix} with force=true")
-    return Decision(dropped.astype(np.uint64), state["sha256"])
+    return Decision(dropped.astype(np.uint64), sha)

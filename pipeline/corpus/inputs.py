@@ -8,6 +8,7 @@ its own inputs and rules the same way. This is that one check.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,22 @@ def input_entries(files: list[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def differences(
-    old: dict[str, Any],
-    inputs: list[dict[str, Any]],
-    settings: dict[str, Any],
-    tokenizer: dict[str, Any] | None,
-) -> list[str]:
-    """Human-readable list of what differs between a manifest and a new run's request."""
+@dataclass(frozen=True)
+class Made:
+    """What an output was (or is to be) made from: its inputs, the settings that shape it
+    and, for shards, the tokenizer."""
+
+    inputs: list[dict[str, Any]]
+    settings: dict[str, Any]
+    tokenizer: dict[str, Any] | None = None
+
+
+def differences(old: Made, new: Made) -> list[str]:
+    """Human-readable list of what differs between what an output was made from and a new
+    run's request."""
     changes: list[str] = []
-    before = {e["path"]: e for e in old.get("inputs", [])}
-    now = {e["path"]: e for e in inputs}
+    before = {e["path"]: e for e in old.inputs}
+    now = {e["path"]: e for e in new.inputs}
     for p in sorted(set(before) - set(now)):
         changes.append(f"input {p} removed")
     for p in sorted(set(now) - set(before)):
@@ -50,11 +57,11 @@ def differences(
             if before[p].get(key) != now[p][key]:
                 changes.append(f"input {p} {key} {before[p].get(key)} -> {now[p][key]}")
                 break
-    old_cfg = {**IMPLIED, **old.get("settings", {})}
-    for key in sorted(set(settings) | set(old.get("settings", {}))):
-        if old_cfg.get(key) != settings.get(key):
-            changes.append(f"{key} {old_cfg.get(key)!r} -> {settings.get(key)!r}")
-    was = old.get("tokenizer")
+    old_cfg = {**IMPLIED, **old.settings}
+    for key in sorted(set(new.settings) | set(old.settings)):
+        if old_cfg.get(key) != new.settings.get(key):
+            changes.append(f"{key} {old_cfg.get(key)!r} -> {new.settings.get(key)!r}")
+    was, tokenizer = old.tokenizer, new.tokenizer
     if (
         isinstance(was, dict)
         and "special_tokens" not in was

@@ -44,6 +44,7 @@ from model.progress import Ticker
 from pipeline.corpus import decision, source
 from pipeline.corpus import inputs as inputslib
 from pipeline.corpus.batches import STATUS, BatchInfo, FileError, Position
+from pipeline.corpus.decision import DedupCounts, DedupState
 from pipeline.corpus.pool import Work, read_in_order
 from pipeline.corpus.settings import OUTPUT, SourceConfig
 from pipeline.corpus.watchdog import MemoryWatchdog
@@ -102,44 +103,36 @@ def _dedup(cfg: DedupConfig, out: Path, listing: source.Listing, infos: list[Any
     files = listing.files
     inputs = inputslib.input_entries(listing.inputs)
     settings = configlib.values(cfg, OUTPUT)
-    state = _previous(out, inputs, settings, cfg.force)
-    if state is not None and state.get("complete"):
-        print(f"{out}: up to date ({_counts_line(state['counts'])}); nothing to do")
+    state = _previous(out, inputslib.Made(inputs, settings), cfg.force)
+    if state is not None and state.complete:
+        print(f"{out}: up to date ({_counts_line(state.counts)}); nothing to do")
         return 0
     params = cfg.params()
     rows = [i.rows if i else 0 for i in infos]
     if state is None:
-        state = {
-            "inputs": inputs,
-            "settings": settings,
-            "rules": cfg.rule_values(),
-            "params": params.__dict__,
-            "partitions": partitions_for(sum(rows), params.bands),
-            "records": None,
-            "position": Position()._asdict(),
-            "phase": "sign",
-            "counts": {"read": 0, "text_bytes": 0, "signed": 0, "skipped": {}},
-            "files_skipped": [],
-            **({"ignored": listing.ignored} if listing.ignored else {}),
-        }
+        state = DedupState(
+            inputs=inputs,
+            settings=settings,
+            rules=cfg.rule_values(),
+            params=params.__dict__,
+            partitions=partitions_for(sum(rows), params.bands),
+            ignored=listing.ignored or None,
+        )
         decision.write_progress(out, state)
     else:
-        log.info("resuming %s (%s) at %s", out, state["phase"], state["position"])
-    parts = Partitions(out, state["partitions"], state["records"])
+        log.info("resuming %s (%s) at %s", out, state.phase, state.position)
+    parts = Partitions(out, state.partitions, state.records)
     with MemoryWatchdog(cfg.max_rss_gb, cfg.min_available_gb) as dog:
-        if state["phase"] == "sign":
+        if state.phase == "sign":
             _sign(cfg, files, infos, state, parts, dog)
-        dropped, summary = _cluster(parts, rows, dog)
-    state["counts"].update(summary)
-    decision.write(out, {k: v for k, v in state.items() if k not in ("position",)}, dropped)
+        dropped, state.counts.dropped, state.counts.clusters = _cluster(parts, rows, dog)
+    decision.write(out, state, dropped)
     parts.remove()
-    print(f"dedup: {_counts_line(state['counts'])}; decision in {out}")
+    print(f"dedup: {_counts_line(state.counts)}; decision in {out}")
     return 0
 
 
-def _previous(
-    out: Path, inputs: list[dict[str, Any]], settings: dict[str, Any], force: bool
-) -> dict[str, Any] | None:
+def _previous(out: Path, request: inputslib.Made, force: bool) -> DedupState | None:
     """The state to go on from (None: start afresh); a changed request is refused."""
     if force:
         for p in (out / decision.STATE, out / decision.DROPPED, *out.glob("keys-*.bin")):
@@ -148,7 +141,7 @@ def _previous(
     state = decision.read_state(out)
     if state is None:
         return None
-    changed = inputslib.differences(state, inputs, settings, None)
+    changed = inputslib.differences(state.made(), request)
     if changed:
         raise StateError(
             f"{out / decision.STATE} was made for other inputs or settings: "
@@ -161,12 +154,12 @@ def _sign(
     cfg: DedupConfig,
     files: list[Path],
     infos: list[Any],
-    state: dict[str, Any],
+    state: DedupState,
     parts: Partitions,
     dog: MemoryWatchdog,
 ) -> None:
     """Phase 1: band keys of every kept document into the partitions, checkpointed."""
-    pos = Position(**state["position"])
+    pos = state.position
     src = cfg.source(files, infos)
     work = Work(
         functools.partial(sign_batch, rules=cfg.rules(digest=False), params=cfg.params()),
@@ -181,44 +174,40 @@ def _sign(
         for item, signed in results:
             if isinstance(item, FileError):
                 _file_error(cfg, item, state)
-                state["position"] = Position(item.file_index + 1)._asdict()
+                state.position = Position(item.file_index + 1)
             else:
                 _take(item, signed, state, parts)
             if parts.buffered >= cfg.checkpoint_mb * 2**20:
                 _checkpoint(Path(cfg.output), state, parts)
             progress.tick()
-    state["phase"] = "cluster"
+    state.phase = "cluster"
     _checkpoint(Path(cfg.output), state, parts)
 
 
-def _take(batch: BatchInfo, signed: Signed, state: dict[str, Any], parts: Partitions) -> None:
+def _take(batch: BatchInfo, signed: Signed, state: DedupState, parts: Partitions) -> None:
     ids = decision.row_ids(batch.file_index, batch.file_row, batch.num_rows)[signed.rows]
     parts.add(signed.keys, ids)
-    c = state["counts"]
-    c["read"] += batch.num_rows
-    c["text_bytes"] += signed.nbytes
-    c["signed"] += len(signed.rows)
+    c = state.counts
+    c.read += batch.num_rows
+    c.text_bytes += signed.nbytes
+    c.signed += len(signed.rows)
     values, counts = np.unique(signed.status, return_counts=True)
     for v, n in zip(values.tolist(), counts.tolist(), strict=True):
         if v:
-            c["skipped"][STATUS[v]] = c["skipped"].get(STATUS[v], 0) + n
-    state["position"] = Position(
-        batch.file_index, batch.row_group, batch.row + batch.num_rows
-    )._asdict()
+            c.skipped[STATUS[v]] = c.skipped.get(STATUS[v], 0) + n
+    state.position = Position(batch.file_index, batch.row_group, batch.row + batch.num_rows)
 
 
-def _checkpoint(out: Path, state: dict[str, Any], parts: Partitions) -> None:
-    state["records"] = parts.flush()
+def _checkpoint(out: Path, state: DedupState, parts: Partitions) -> None:
+    state.records = parts.flush()
     decision.write_progress(out, state)
 
 
-def _file_error(cfg: DedupConfig, err: FileError, state: dict[str, Any]) -> None:
+def _file_error(cfg: DedupConfig, err: FileError, state: DedupState) -> None:
     if cfg.on_error == "fail":
         raise InputError(source.file_error_text(err.path, err.message))
     log.warning("%s: skipped from row group %d (%s)", err.path, err.row_group, err.message)
-    state["files_skipped"].append(
-        {"file": err.path, "row_group": err.row_group, "error": err.message}
-    )
+    state.files_skipped.append({"file": err.path, "row_group": err.row_group, "error": err.message})
 
 
 def _hint(cfg: DedupConfig) -> str:
@@ -229,8 +218,8 @@ def _hint(cfg: DedupConfig) -> str:
 
 def _cluster(
     parts: Partitions, rows: list[int], dog: MemoryWatchdog
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Phase 2: the dropped row ids, and the cluster counts."""
+) -> tuple[np.ndarray, int, int]:
+    """Phase 2: the dropped row ids, their number and the clusters'."""
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
     edge_file = parts.folder / "edges.bin"
     with open(edge_file, "wb") as f:  # scratch: redone in full if phase 2 is interrupted
@@ -252,39 +241,36 @@ def _cluster(
         dense - offsets[files]
     ).astype(np.uint64)
     # a cluster of two or more is a root that some dropped row points to
-    summary = {"dropped": len(dense), "clusters": len(np.unique(root[dense]))}
-    return ids, summary
+    return ids, len(dense), len(np.unique(root[dense]))
 
 
-def _counts_line(c: dict[str, Any]) -> str:
-    read = max(int(c.get("read", 0)), 1)
-    skipped = sum(c.get("skipped", {}).values())
+def _counts_line(c: DedupCounts) -> str:
     return (
-        f"{c.get('read', 0):,} documents read, {skipped:,} skipped by the rules, "
-        f"{c.get('signed', 0):,} signed; {c.get('dropped', 0):,} near-duplicates in "
-        f"{c.get('clusters', 0):,} clusters ({100 * c.get('dropped', 0) / read:.1f} % of the documents)"
+        f"{c.read:,} documents read, {sum(c.skipped.values()):,} skipped by the rules, "
+        f"{c.signed:,} signed; {c.dropped:,} near-duplicates in {c.clusters:,} clusters "
+        f"({100 * c.dropped / max(c.read, 1):.1f} % of the documents)"
     )
 
 
 class _Progress:
     """A line on stderr every `every` seconds: documents, MB/s, share done, ETA."""
 
-    def __init__(self, total_bytes: int, every: float, state: dict[str, Any]) -> None:
+    def __init__(self, total_bytes: int, every: float, state: DedupState) -> None:
         self.total, self.ticker, self.state = total_bytes, Ticker(every), state
-        self.bytes0 = state["counts"]["text_bytes"]
+        self.bytes0 = state.counts.text_bytes
 
     def tick(self) -> None:
         if not self.ticker.due():
             return
-        c = self.state["counts"]
-        done = c["text_bytes"] - self.bytes0
+        c = self.state.counts
+        done = c.text_bytes - self.bytes0
         mb_s = self.ticker.rate(done) / 1e6
-        pct = 100.0 * c["text_bytes"] / self.total if self.total else 0.0
+        pct = 100.0 * c.text_bytes / self.total if self.total else 0.0
         log.info(
             "%s docs, %s signed, %.1f MB/s, %.0f%%, ETA %s",
-            f"{c['read']:,}",
-            f"{c['signed']:,}",
+            f"{c.read:,}",
+            f"{c.signed:,}",
             mb_s,
             pct,
-            self.ticker.eta(done, self.total - c["text_bytes"]),
+            self.ticker.eta(done, self.total - c.text_bytes),
         )

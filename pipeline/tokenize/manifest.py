@@ -1,7 +1,8 @@
-"""The tokenize manifest: the one module that writes it (model/shards.py reads it).
+"""The tokenize stage's resume files beside the manifest, and clearing an output.
 
-`manifest.json` sits beside the shards and is rewritten atomically (temporary
-name, fsync, rename) after every complete shard. It records what the output is
+`manifest.json` (model/manifest.py: the record, its one reader and writer) sits
+beside the shards and is rewritten atomically (temporary name, fsync, rename)
+at every checkpoint. It records what the output is
 a function of (the input files with size and mtime, the config keys that shape
 the output, the tokenizer and a hash of its vocabulary), what has been written
 (per split, the shards and their token counts), where to resume, and the
@@ -21,31 +22,17 @@ and a manifest says so.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from model import shards
-from model.atomic import write_atomically
+from model.manifest import Manifest, ShardEntry, manifest_path, write_manifest
 from pipeline.corpus.appendonly import append_items, load_items
 
 PARTIAL_SUFFIX = ".partial"
 PARTIAL_DTYPE = np.dtype("<u2")
-
-
-def write(folder: Path, data: dict[str, Any]) -> None:
-    """Atomically replace the manifest: temporary name, fsync, rename, fsync the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = shards.manifest_path(folder)
-    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
-    write_atomically(
-        final,
-        lambda f: f.write(text.encode("utf-8")),
-        final.with_name(final.name + shards.TMP_SUFFIX),
-    )
 
 
 def partial_path(folder: Path, split: str, index: int) -> Path:
@@ -79,7 +66,7 @@ def clear(folder: Path) -> int:
     # The manifest goes first: a kill halfway leaves shards without a manifest,
     # which a rerun refuses (or force=true clears), never a manifest whose
     # shards are half gone.
-    shards.manifest_path(folder).unlink(missing_ok=True)
+    manifest_path(folder).unlink(missing_ok=True)
     shards.fsync_dir(folder)
     for split in shards.SPLITS:
         for p in folder.glob(f"{split}_*.npy"):
@@ -90,26 +77,17 @@ def clear(folder: Path) -> int:
     return n
 
 
-def write_for_shards(folder: Path, tokenizer: dict[str, Any]) -> dict[str, Any]:
+def write_for_shards(folder: Path, tokenizer: dict[str, Any]) -> Manifest:
     """A complete manifest for shards made by other means (tests, benchmarks), listing them.
 
     `tokenizer` is what the shards were made with: {"name", "vocab_sha256"} for GPT-2,
     or {"name", "n_vocab"} for anything else, so the trainer can check its vocabulary.
     """
-    listed: dict[str, list[dict[str, Any]]] = {
-        s: [
-            {"name": p.name, "tokens": len(shards.open_shard(p))}
-            for p in shards.list_shards(folder, s)
-        ]
+    listed = {
+        s: [ShardEntry(p.name, len(shards.open_shard(p))) for p in shards.list_shards(folder, s)]
         for s in shards.SPLITS
     }
-    tokens = {s: sum(int(e["tokens"]) for e in listed[s]) for s in shards.SPLITS}
-    data = {
-        "version": shards.MANIFEST_VERSION,
-        "complete": True,
-        "tokenizer": tokenizer,
-        "shards": listed,
-        "counts": {"tokens": tokens},
-    }
-    write(folder, data)
-    return data
+    m = Manifest(complete=True, tokenizer=tokenizer, shards=listed)
+    m.counts.tokens = {s: sum(e.tokens for e in listed[s]) for s in shards.SPLITS}
+    write_manifest(folder, m)
+    return m

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-from model import shards
+from model import manifest
 from model.progress import Ticker
-from pipeline.tokenize.writer import Counts, ShardWriter
+from pipeline.tokenize.counts import Counts
+from pipeline.tokenize.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Progress:
         skipped = ", ".join(f"{k} {v:,}" for k, v in c.skipped.items() if v) or "none"
         n = {sb.name: sb.index for sb in writer.splits}
         files = (
-            f"; unreadable files skipped: {len(writer.files_skipped)} (listed in {shards.MANIFEST})"
+            f"; unreadable files skipped: {len(writer.files_skipped)} (listed in {manifest.MANIFEST})"
             if writer.files_skipped
             else ""
         )
@@ -64,20 +64,20 @@ class Progress:
             f"{c.tokens['val']:,} val tokens in {n['val']} shards, in {writer.out} "
             f"({secs:.1f}s, {mb_s:.1f} MB/s, {tok_s / 1e6:.2f} M tokens/s)"
         )
-        return "\n".join([first, *summary_lines(c.to_dict())])
+        return "\n".join([first, *summary_lines(c)])
 
 
-def rule_shares(counts: dict[str, Any]) -> str:
+def rule_shares(counts: manifest.Counts) -> str:
     """What each rule removed, as shares of the documents read ("duplicate 2.3 %, ...")."""
-    read = max(int(counts.get("read", 0)), 1)
-    removed = [(k, v) for k, v in counts.get("skipped", {}).items() if v]
+    read = max(counts.read, 1)
+    removed = [(k, v) for k, v in counts.skipped.items() if v]
     return ", ".join(f"{k} {100 * v / read:.1f} %" for k, v in removed) or "nothing"
 
 
-def top_languages(counts: dict[str, Any], top: int = 8) -> str:
+def top_languages(counts: manifest.Counts, top: int = 8) -> str:
     """The languages by tokens, train and val together, with their shares and documents."""
     langs: dict[str, list[int]] = {}
-    for split in counts.get("languages", {}).values():
+    for split in counts.languages.values():
         for name, d in split.items():
             acc = langs.setdefault(name, [0, 0])
             acc[0], acc[1] = acc[0] + d["documents"], acc[1] + d["tokens"]
@@ -90,7 +90,7 @@ def top_languages(counts: dict[str, Any], top: int = 8) -> str:
     return (shown or "none") + more
 
 
-def summary_lines(counts: dict[str, Any]) -> list[str]:
+def summary_lines(counts: manifest.Counts) -> list[str]:
     """The tokenize summary's lines about the rules and the languages."""
     return [
         f"tokenize: removed, as a share of the documents read: {rule_shares(counts)}",

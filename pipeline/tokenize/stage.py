@@ -32,6 +32,7 @@ from model.atomic import write_error
 from model.config import option
 from model.errors import InputError, StateError
 from model.lock import exclusive
+from model.manifest import MANIFEST, SPLITS, Manifest, read_manifest
 from pipeline.corpus import decision, source
 from pipeline.corpus import inputs as inputslib
 from pipeline.corpus.batches import FileError
@@ -83,31 +84,31 @@ def check_inputs(listing: source.Listing, cfg: TokenizeConfig) -> list[source.Fi
     return source.survey(listing.files, cfg.reading(), cfg.on_error, listing.inputs)
 
 
-def previous_state(
-    out: Path, inputs: list[dict[str, Any]], settings: dict[str, Any], force: bool
-) -> dict[str, Any] | None:
+def previous_state(out: Path, request: inputslib.Made, force: bool) -> Manifest | None:
     """The manifest to resume from (None: start afresh); refuse a changed request."""
     if force:
         n = manifest.clear(out)
         if n:
             log.info("force=true: removed %d old shards and the manifest of %s", n, out)
         return None
-    old = shards.read_manifest(out)
+    old = read_manifest(out)
     if old is None:
-        found = [p.name for s in shards.SPLITS for p in out.glob(f"{s}_*.npy")]
+        found = [p.name for s in SPLITS for p in out.glob(f"{s}_*.npy")]
         if found:
             raise StateError(
-                f"{out} holds shards ({found[0]}, ...) but no {shards.MANIFEST}; "
+                f"{out} holds shards ({found[0]}, ...) but no {MANIFEST}; "
                 "choose another output= or pass force=true to replace them"
             )
         return None
-    changed = inputslib.differences(old, inputs, settings, tokenizer_info())
+    changed = inputslib.differences(
+        inputslib.Made(old.inputs, old.settings, old.tokenizer), request
+    )
     if changed:
         shown = "; ".join(changed[:5]) + (
             f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
         )
         raise StateError(
-            f"{shards.manifest_path(out)} was written for other inputs or settings: {shown}. "
+            f"{out / MANIFEST} was written for other inputs or settings: {shown}. "
             "Pass force=true to delete those shards and start over (or choose another output=)"
         )
     return old
@@ -121,19 +122,13 @@ def tokenizer_info() -> dict[str, Any]:
     }
 
 
-def up_to_date(out: Path, old: dict[str, Any]) -> str:
+def up_to_date(out: Path, old: Manifest) -> str:
     """The line a no-op rerun prints; a listed shard that is gone is an error."""
-    for entries in old["shards"].values():
-        for e in entries:
-            if not (out / e["name"]).is_file():
-                raise StateError(
-                    f"{out / e['name']} is listed in {shards.MANIFEST} but missing; "
-                    "pass force=true to tokenize again"
-                )
-    n = sum(len(v) for v in old["shards"].values())
-    toks = sum(old["counts"]["tokens"].values())
+    old.listed_but_missing(out, "pass force=true to tokenize again")
+    n = sum(len(v) for v in old.shards.values())
     return (
-        f"{out}: up to date ({toks:,} tokens in {n} shards); nothing to do (force=true redoes it)"
+        f"{out}: up to date ({old.total_tokens():,} tokens in {n} shards); nothing to do "
+        "(force=true redoes it)"
     )
 
 
@@ -153,23 +148,24 @@ def _tokenize(
     near = (
         decision.load(Path(cfg.near_dedup), inputs, cfg.rule_values()) if cfg.near_dedup else None
     )
-    settings = settings_of(cfg, near)
-    old = previous_state(out, inputs, settings, cfg.force)
-    if old is not None and old.get("complete"):
+    request = inputslib.Made(inputs, settings_of(cfg, near), tokenizer_info())
+    old = previous_state(out, request, cfg.force)
+    if old is not None and old.complete:
         print(up_to_date(out, old))
         return 0
-    header = {
-        "settings": settings,
-        "config": configlib.to_dict(cfg),
-        "tokenizer": tokenizer_info(),
-        "inputs": inputs,
+    head = Manifest(
+        complete=False,
+        tokenizer=tokenizer_info(),
+        settings=request.settings,
+        config=configlib.to_dict(cfg),
+        inputs=inputs,
         # a folder's files left out by reason (.git, .gitignore, ...), so none is lost unseen
-        **({"ignored": listing.ignored} if listing.ignored else {}),
-    }
+        ignored=listing.ignored or None,
+    )
     writer: ShardWriter | None = None
     try:
         names = [str(f) for f in files]
-        writer = ShardWriter(out, cfg.shard_tokens, header, names, old, cfg.dedup == "exact")
+        writer = ShardWriter(out, cfg.shard_tokens, head, names, old, cfg.dedup == "exact")
         if old is None:
             writer.checkpoint_empty()  # a manifest exists before any shard does
         else:

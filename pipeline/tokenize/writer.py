@@ -27,6 +27,7 @@ import numpy as np
 
 from model import shards
 from model.errors import StateError
+from model.manifest import MANIFEST, SPLITS, Manifest, Resume, ShardEntry, write_manifest
 from pipeline.corpus.batches import VAL, BatchInfo, Encoded, FileError, Position
 from pipeline.tokenize import manifest
 from pipeline.tokenize.counts import Counts
@@ -57,7 +58,7 @@ class SplitBuffer:
         self.touch = touch
         self.fill = 0
         self.persisted = 0
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[ShardEntry] = []
 
     @property
     def index(self) -> int:
@@ -74,23 +75,25 @@ class SplitBuffer:
 
 
 class ShardWriter:
+    """Writes the shards and keeps `record`, the manifest they are listed in: `head` holds
+    what the output is a function of; `old`, a manifest to go on from, the rest."""
+
     def __init__(
         self,
         out: Path,
         shard_tokens: int,
-        header: dict[str, Any],
+        head: Manifest,
         files: list[str],
-        old: dict[str, Any] | None,
+        old: Manifest | None,
         exact_dedup: bool = True,
     ) -> None:
         self.out = out
         self.shard_tokens = shard_tokens
-        self.header = header
+        self.record = head
         self.files = files
-        self.splits = [SplitBuffer(name, shard_tokens, name == "train") for name in shards.SPLITS]
+        self.splits = [SplitBuffer(name, shard_tokens, name == "train") for name in SPLITS]
         self.counts = Counts()
         self.position = Position()
-        self.files_skipped: list[dict[str, Any]] = []
         self.seen = Seen(out) if exact_dedup else None
         self.docs = DocIndex(out, shard_tokens)
         self.finished_partials: list[Path] = []  # to delete once a manifest lists their shards
@@ -98,38 +101,36 @@ class ShardWriter:
             self._restore(old)
         out.mkdir(parents=True, exist_ok=True)
 
-    def _restore(self, old: dict[str, Any]) -> None:
-        p = old["position"]
-        if p.get("token_offset"):
+    @property
+    def files_skipped(self) -> list[dict[str, Any]]:
+        return self.record.files_skipped
+
+    def _restore(self, old: Manifest) -> None:
+        r = old.resume
+        if r.token_offset:
             raise StateError(
-                f"{shards.manifest_path(self.out)} was written by an older codegpt that stopped "
+                f"{self.out / MANIFEST} was written by an older codegpt that stopped "
                 "inside a document; pass force=true to tokenize again"
             )
-        self.position = Position(p["file_index"], p["row_group"], p["row"])
-        c = old["counts"]
-        self.counts = Counts(**c)
-        self.files_skipped = list(old.get("files_skipped", []))
+        old.listed_but_missing(self.out, "pass force=true to start over")
+        self.position = Position(r.file_index, r.row_group, r.row)
+        self.counts = Counts.of(old.counts)
+        self.record.files_skipped = list(old.files_skipped)
         if self.seen is not None:
-            self.seen.restore(int(old.get("dedup_digests", 0)))
-        val_shards = len(old["shards"]["val"])
-        self.docs.restore(val_shards, int(old.get("partial_docs", 0)), int(c["tokens"]["val"]))
+            self.seen.restore(r.dedup_digests)
+        val_shards = len(old.shards["val"])
+        self.docs.restore(val_shards, r.partial_docs, self.counts.tokens["val"])
         keep = {partial_path(self.out, val_shards)}
         for sb in self.splits:
-            sb.shards = list(old["shards"][sb.name])
-            for e in sb.shards:
-                if not (self.out / e["name"]).is_file():
-                    raise StateError(
-                        f"{self.out / e['name']} is listed in {shards.MANIFEST} but missing; "
-                        "pass force=true to start over"
-                    )
-            n = int(old["partial"][sb.name])
+            sb.shards = list(old.shards[sb.name])
+            n = r.partial[sb.name]
             if n:
                 sb.put(manifest.load_partial(self.out, sb.name, sb.index, n))
                 keep.add(manifest.partial_path(self.out, sb.name, sb.index))
             sb.persisted = n
             # shards past the manifest's list were written after its last rewrite; they
             # are rewritten identically, but must not be mistaken for complete ones.
-            listed = {e["name"] for e in sb.shards} | {e["docs"] for e in sb.shards if "docs" in e}
+            listed = {e.name for e in sb.shards} | {e.docs for e in sb.shards}
             for q in self.out.glob(f"{sb.name}_*.npy"):
                 if q.name not in listed:
                     q.unlink()
@@ -187,10 +188,8 @@ class ShardWriter:
 
     def _write_shard(self, sb: SplitBuffer) -> None:
         path = shards.write_shard(self.out, sb.name, sb.index, sb.buf[: sb.fill])
-        entry: dict[str, Any] = {"name": path.name, "tokens": sb.fill}
-        if sb.name == "val":
-            entry["docs"] = self.docs.write_shard(sb.fill)
-        sb.shards.append(entry)
+        docs = self.docs.write_shard(sb.fill) if sb.name == "val" else None
+        sb.shards.append(ShardEntry(path.name, sb.fill, docs))
         self.finished_partials.append(manifest.partial_path(self.out, sb.name, sb.index - 1))
         if sb.name == "val":
             self.finished_partials.append(partial_path(self.out, sb.index - 1))
@@ -210,27 +209,21 @@ class ShardWriter:
     # ------------------------------------------------------------ manifest
 
     def _write_manifest(self, complete: bool) -> None:
-        counts = self.counts
-        assert counts.balanced(), f"accounting does not add up: {counts}"
-        pos = self.position
-        data = {
-            "version": shards.MANIFEST_VERSION,
-            "complete": complete,
-            **self.header,
-            "shards": {sb.name: sb.shards for sb in self.splits},
-            "partial": {sb.name: 0 if complete else sb.persisted for sb in self.splits},
-            "partial_docs": 0 if complete else self.docs.persisted,
-            "dedup_digests": 0 if complete or self.seen is None else self.seen.persisted,
-            "position": {
-                "file_index": pos.file_index,
-                "file": self.files[pos.file_index] if pos.file_index < len(self.files) else None,
-                "row_group": pos.row_group,
-                "row": pos.row,
-            },
-            "counts": counts.to_dict(),
-            "files_skipped": self.files_skipped,
-        }
-        manifest.write(self.out, data)
+        assert self.counts.balanced(), f"accounting does not add up: {self.counts}"
+        pos, m = self.position, self.record
+        m.complete, m.counts = complete, self.counts
+        m.shards = {sb.name: sb.shards for sb in self.splits}
+        m.resume = Resume(
+            pos.file_index,
+            pos.row_group,
+            pos.row,
+            file=self.files[pos.file_index] if pos.file_index < len(self.files) else None,
+        )
+        if not complete:
+            m.resume.partial = {sb.name: sb.persisted for sb in self.splits}
+            m.resume.partial_docs = self.docs.persisted
+            m.resume.dedup_digests = self.seen.persisted if self.seen is not None else 0
+        write_manifest(self.out, m)
 
     def checkpoint_empty(self) -> None:
         self._write_manifest(complete=False)
@@ -245,7 +238,7 @@ class ShardWriter:
         manifest.remove_partials(self.out)
         if self.seen is not None:
             self.seen.remove()
-        written = {sb.name: sum(e["tokens"] for e in sb.shards) for sb in self.splits}
+        written = {sb.name: sum(e.tokens for e in sb.shards) for sb in self.splits}
         assert written == self.counts.tokens, f"shards hold {written}, counted {self.counts.tokens}"
         if not self.splits[1].shards:
             log.warning("no document went to val (val_fraction too small for so few repositories)")

@@ -16,6 +16,7 @@ from model import tokenizer
 from model.dataset import open_dataset
 from model.errors import InputError
 from model.loader import EvalSet, TrainLoader, Windows
+from model.manifest import write_manifest
 from model.order import permute
 from model.shards import list_shards, write_shard
 from pipeline.tokenize import manifest
@@ -217,7 +218,8 @@ def test_no_manifest_or_an_incomplete_one_is_refused_unless_allowed(
     folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     m = manifest.write_for_shards(folder, COUNTING)
-    manifest.write(folder, {**m, "complete": False})
+    m.complete = False
+    write_manifest(folder, m)
     with pytest.raises(InputError, match=r"complete: false.*make tokenize.*allow_partial=true"):
         open_dataset(folder, VOCAB)
     assert not open_dataset(folder, VOCAB, allow_partial=True).complete

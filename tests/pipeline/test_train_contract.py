@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from model.checkpoint import list_checkpoints
+from model.manifest import write_manifest
 from model.shards import write_shard
 from pipeline.tokenize import manifest
 from tests.conftest import REPO, tmpfs_or_skip
@@ -49,7 +50,8 @@ def one_line(done: subprocess.CompletedProcess[str], code: int) -> str:
 def test_an_unfinished_tokenize_is_refused_then_allowed(tmp_path: Path) -> None:
     data = write_tiny_shards(tmp_path / "shards")
     m = manifest.write_for_shards(data, TOKENIZER)
-    manifest.write(data, {**m, "complete": False})
+    m.complete = False
+    write_manifest(data, m)
     line = one_line(run_train(tmp_path, data, max_iters=2), 2)
     assert f"{data / 'manifest.json'} says complete: false" in line
     assert "make tokenize" in line and "allow_partial=true" in line

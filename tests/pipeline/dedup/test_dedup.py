@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model.errors import InputError
 from pipeline.__main__ import main
 from pipeline.corpus import decision
+from pipeline.corpus.batches import Position
 from pipeline.dedup.buckets import EDGE, components
 from pipeline.dedup.minhash import MinHasher, Params, jaccard, lsh_bands
 from tests.conftest import REPO, tmpfs_or_skip
@@ -230,13 +232,13 @@ def test_sigkill_in_the_middle_then_rerun_gives_the_same_decision(tmp_path: Path
                 state = decision.read_state(out)
             except Exception:  # being replaced this instant
                 state = None
-            if state and sum(state.get("records") or []) >= at_least:
+            if state and sum(state.records or []) >= at_least:
                 break
             time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = decision.read_state(out)
-        assert state is not None and not state["complete"], "finished before it was killed"
+        assert state is not None and not state.complete, "finished before it was killed"
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / decision.DROPPED).read_bytes() == (ref / decision.DROPPED).read_bytes()
@@ -268,3 +270,34 @@ def test_a_full_disk_is_one_line_and_a_rerun_elsewhere_resumes(tmp_path: Path) -
     assert not any("Traceback" in line for line in err)
     assert main(["dedup", *dedup_args(src, copy)]) == 0
     assert (copy / decision.DROPPED).read_bytes() == (ref / decision.DROPPED).read_bytes()
+
+
+def test_the_state_record_reads_back_and_reads_an_older_file(tmp_path: Path) -> None:
+    """dedup.json's one writer and one reader agree field by field; a state written before
+    the position lost its token offset still resumes; a damaged field is one line."""
+    state = decision.DedupState(
+        inputs=[{"path": "a.parquet", "size": 1, "mtime_ns": 2}],
+        settings={"threshold": 0.7},
+        rules={"max_doc_bytes": 9},
+        params={"num_perm": 128, "bands": 14, "rows": 9, "shingle": 5},
+        partitions=4,
+        records=[1, 2, 3, 4],
+        position=Position(1, 2, 3),
+        phase="cluster",
+        counts=decision.DedupCounts(read=9, text_bytes=99, signed=8, skipped={"null": 1}),
+        files_skipped=[{"file": "b", "row_group": 0, "error": "bad"}],
+    )
+    decision.write_progress(tmp_path, state)
+    assert decision.read_state(tmp_path) == state
+    data = json.loads((tmp_path / decision.STATE).read_text())
+    data["position"]["token_offset"] = 0  # as the code before batch-boundary resume wrote it
+    (tmp_path / decision.STATE).write_text(json.dumps(data))
+    assert decision.read_state(tmp_path) == state
+    decision.write(tmp_path, state, np.array([5, 3, 5], dtype=np.uint64))
+    done = decision.read_state(tmp_path)
+    assert done is not None and done.complete and done.sha256 and done.records == [1, 2, 3, 4]
+    assert np.load(tmp_path / decision.DROPPED).tolist() == [3, 5]
+    del data["counts"]
+    (tmp_path / decision.STATE).write_text(json.dumps(data))
+    with pytest.raises(InputError, match="malformed field.*counts.*force=true"):
+        decision.read_state(tmp_path)

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from model import shards, tokenizer
+from model import tokenizer
+from model.manifest import read_manifest
 from pipeline.tokenize.worker import split_of, split_threshold
 from tests.conftest import REPO
 from tests.pipeline.tokenize.tokenize_fixtures import (
@@ -166,10 +167,10 @@ def test_changed_config_or_inputs_refused_then_force(src, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "part-1.parquet mtime_ns" in err and "part-3.parquet added" in err
     assert tokenize(src, out, shard_tokens=6000, force=True) == 0
-    m = shards.read_manifest(out)
-    assert m is not None and m["settings"]["shard_tokens"] == 6000
-    assert all(e["tokens"] <= 6000 for e in m["shards"]["train"])
-    assert len(list(out.glob("train_*.npy"))) == len(m["shards"]["train"])
+    m = read_manifest(out)
+    assert m is not None and m.settings["shard_tokens"] == 6000
+    assert all(e.tokens <= 6000 for e in m.shards["train"])
+    assert len(list(out.glob("train_*.npy"))) == len(m.shards["train"])
 
 
 def test_foreign_shards_refused(src, tmp_path, capsys):
@@ -201,7 +202,8 @@ def test_a_listed_shard_that_is_gone_is_named(src, tmp_path, capsys):
     capsys.readouterr()
     assert tokenize(src, out) == 2
     err = capsys.readouterr().err
-    assert "train_000001.npy is listed in manifest.json but missing" in err and "force=true" in err
+    assert f"train_000001.npy is listed in {out / 'manifest.json'} but missing" in err
+    assert "force=true" in err
     assert tokenize(src, out, force=True) == 0
     assert (out / "train_000001.npy").is_file()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -9,8 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model import shards
 from model.errors import InputError
+from model.manifest import (
+    MANIFEST,
+    Counts,
+    Manifest,
+    Resume,
+    ShardEntry,
+    read_manifest,
+    write_manifest,
+)
 from pipeline.corpus import inputs as inputslib
 from pipeline.corpus import source
 from pipeline.corpus.batches import Batch, FileError, Reading
@@ -101,25 +110,45 @@ def test_list_inputs_sorted_and_glob(tmp_path):
 
 
 def test_manifest_write_read_and_differences(tmp_path):
+    """The record reads back equal field by field, in the documented JSON layout."""
     f = tmp_path / "x.parquet"
     f.write_bytes(b"1234")
     inputs = inputslib.input_entries([f])
-    data = {
-        "version": shards.MANIFEST_VERSION,
-        "inputs": inputs,
-        "settings": {"a": 1},
-        "tokenizer": {},
-    }
-    manifest.write(tmp_path, data)
-    assert shards.read_manifest(tmp_path) == data and not list(tmp_path.glob("*.tmp"))
+    m = Manifest(
+        complete=False,
+        tokenizer={"name": "gpt2"},
+        shards={"train": [ShardEntry("train_000000.npy", 7)], "val": [ShardEntry("v", 3, "d")]},
+        counts=Counts(read=5, tokenized=4, skipped={"null": 1}, tokens={"train": 7, "val": 3}),
+        settings={"a": 1},
+        config={"workers": 2},
+        inputs=inputs,
+        ignored={"gitignored": 2},
+        files_skipped=[{"file": "y", "error": "bad"}],
+        resume=Resume(1, 2, 3, "x", {"train": 5, "val": 6}, partial_docs=7, dedup_digests=8),
+    )
+    write_manifest(tmp_path, m)
+    assert read_manifest(tmp_path) == m and not list(tmp_path.glob("*.tmp"))
+    data = json.loads((tmp_path / MANIFEST).read_text())
+    assert list(data) == [
+        *("version", "complete", "settings", "config", "tokenizer", "inputs", "ignored"),
+        *("shards", "partial", "partial_docs", "dedup_digests", "position", "counts"),
+        "files_skipped",
+    ]
+    assert data["shards"]["train"] == [{"name": "train_000000.npy", "tokens": 7}]  # no docs key
     f.write_bytes(b"12345")
     g = tmp_path / "y.parquet"
     g.write_bytes(b"")
-    changed = inputslib.differences(data, inputslib.input_entries([f, g]), {"a": 2}, {})
+    changed = inputslib.differences(
+        inputslib.Made(m.inputs, m.settings),
+        inputslib.Made(inputslib.input_entries([f, g]), {"a": 2}),
+    )
     assert changed == [f"input {g} added", f"input {f} size 4 -> 5", "a 1 -> 2"]
-    (tmp_path / shards.MANIFEST).write_text("{not json")
+    (tmp_path / MANIFEST).write_text(json.dumps({**data, "counts": {"tokns": {}}}))
+    with pytest.raises(InputError, match="malformed field.*tokns.*force=true"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(InputError, match="force=true"):
-        shards.read_manifest(tmp_path)
+        read_manifest(tmp_path)
 
 
 def test_partial_file_survives_a_killed_append(tmp_path):
