@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.__main__ import main
 from pipeline.corpus.settings import SourceConfig
@@ -594,3 +595,28 @@ def test_up_runs_smoke_then_compose_with_the_users_ids_and_memory(box: Path) -> 
     trainer = json.loads(got.stdout)["services"]["trainer"]
     assert trainer["user"] == f"{os.getuid()}:{os.getgid()}"
     assert int(trainer["mem_limit"]) == int(trainer["memswap_limit"]) == 5 * 2**30
+
+
+# The keys the Makefile reads from a config with its sed reader (yaml_get).
+MAKE_READS = ("output", "input", "data", "out_dir", "schema", "near_dedup")
+
+
+def test_makes_yaml_reader_agrees_with_yaml_on_every_shipped_config(box: Path) -> None:
+    """docker mode reads config values without Python (only make and docker on the host):
+    for every key it reads, its sed reader must give what yaml.safe_load gives."""
+    pairs = [
+        (cfg, key)
+        for cfg in sorted((box / "configs").glob("*.yaml"))
+        for key in MAKE_READS
+        if key in (yaml.safe_load(cfg.read_text()) or {})
+    ]
+    assert len(pairs) >= 10
+    probe = box / "probe.mk"  # read after the Makefile, so its yaml_get is defined
+    probe.write_text(
+        "".join(f"$(info {c.name} {k}=[$(call yaml_get,configs/{c.name},{k})])\n" for c, k in pairs)
+    )
+    done = make(box, "-n", "-f", str(probe), "help")
+    assert done.returncode == 0, done.stderr
+    for cfg, key in pairs:
+        value = yaml.safe_load(cfg.read_text())[key]
+        assert f"{cfg.name} {key}=[{'' if value is None else value}]" in done.stdout, (cfg, key)
