@@ -13,7 +13,9 @@ and decoded row groups (segments) only while their text bytes stay under
 `budget` (or when none is in flight: a row group larger than the budget is
 still read, alone). So memory does not grow with the input, and a single
 huge row group is read once, not once per worker. With one worker there is
-no pool: the same code runs in this process.
+no pool: each call runs in this process and comes back as a finished Future
+(its result, or the exception it raised, met at `.result()` where a pool's
+would be), so the reading code is the same for any worker count.
 """
 
 from __future__ import annotations
@@ -75,12 +77,41 @@ class Source:
         ]
 
 
+@dataclass(frozen=True)
+class _Group:
+    """A row group to read: row group `group` of file `file_index` from `row`."""
+
+    file_index: int
+    group: int
+    row: int
+    text_bytes: int  # of the whole row group, as its footer says
+
+
+@dataclass(frozen=True)
+class _Decode:
+    """A row group decoding (or a FileError passed on in its place, with no segment)."""
+
+    file_index: int
+    segment: str | None  # the name the decode's segment is created under
+    text_bytes: int  # counted in _Flow.inflight until released
+    future: Future[Any]  # a reading.Decoded or a FileError
+
+
+@dataclass(frozen=True)
+class _Range:
+    """One result to hand out, in input order: a row range's, or a FileError's."""
+
+    item: Item
+    future: Future[Any]  # work.fn's result on the range (None for a FileError)
+    segment: str | None  # the decoded segment the range reads, None for a FileError
+
+
 @dataclass
 class _Flow:
     """The state of one read: queued decodes, ranges in flight, live segments."""
 
-    decodes: deque[tuple[int, str, int, Future[Any] | Any]] = field(default_factory=deque)
-    pending: deque[tuple[Item, Future[Any] | Any | None, str | None]] = field(default_factory=deque)
+    decodes: deque[_Decode] = field(default_factory=deque)
+    pending: deque[_Range] = field(default_factory=deque)
     live: dict[str, int] = field(default_factory=dict)  # segment -> ranges not yet consumed
     inflight: int = 0  # text bytes of the row groups decoding or decoded, not yet released
     sizes: dict[str, int] = field(default_factory=dict)
@@ -113,7 +144,7 @@ def read_in_order(
     try:
         while True:
             _admit(src, flow, groups, pool)
-            while flow.decodes and (_done(flow.decodes[0][3]) or not flow.pending):
+            while flow.decodes and (flow.decodes[0].future.done() or not flow.pending):
                 if len(flow.pending) >= 2 * max(workers, 1):
                     break
                 _unfold(src, flow, pool, dog, groups)
@@ -121,11 +152,11 @@ def read_in_order(
                 if not flow.decodes and groups.exhausted:
                     break
                 continue
-            item, fut, seg = flow.pending.popleft()
-            result = _result(fut, dog) if fut is not None else None
+            rng = flow.pending.popleft()
+            result = _result(rng.future, dog)
             dog.check(hint())
-            yield item, result
-            _consumed(flow, seg)
+            yield rng.item, result
+            _consumed(flow, rng.segment)
         clean = True
     except reading.ShmFull as e:
         raise ResourceError(f"{e}; {hint()}") from None
@@ -147,23 +178,23 @@ class _Groups:
 
     def __init__(self, src: Source, start: Position) -> None:
         self.it = self._walk(src, start)
-        self.next: tuple[int, int, int, int] | FileError | None = next(self.it, None)
+        self.next: _Group | FileError | None = next(self.it, None)
 
     @property
     def exhausted(self) -> bool:
         return self.next is None
 
-    def pop(self) -> tuple[int, int, int, int] | FileError:
+    def pop(self) -> _Group | FileError:
         assert self.next is not None
         item, self.next = self.next, next(self.it, None)
         return item
 
     def skip_file(self, file_index: int) -> None:
-        while isinstance(self.next, tuple) and self.next[0] == file_index:
+        while isinstance(self.next, _Group) and self.next.file_index == file_index:
             self.pop()
 
     @staticmethod
-    def _walk(src: Source, start: Position) -> Iterator[tuple[int, int, int, int] | FileError]:
+    def _walk(src: Source, start: Position) -> Iterator[_Group | FileError]:
         for fi in range(start.file_index, len(src.files)):
             layout = src.groups[fi]
             if isinstance(layout, str):  # unreadable: its error, in its place
@@ -174,7 +205,7 @@ class _Groups:
                 row = start.row if (fi, g) == (start.file_index, start.row_group) else 0
                 rows, nbytes = layout[g]
                 if row < rows:
-                    yield fi, g, row, nbytes
+                    yield _Group(fi, g, row, nbytes)
 
 
 def _groups(src: Source, start: Position) -> _Groups:
@@ -185,30 +216,30 @@ def _admit(src: Source, flow: _Flow, groups: _Groups, pool: _Pool) -> None:
     """Queue decodes while the decoded bytes in flight stay under the budget."""
     while not groups.exhausted and len(flow.decodes) < 2 * pool.workers:
         nxt = groups.next
-        if isinstance(nxt, tuple):
+        if isinstance(nxt, _Group):
             busy = flow.inflight > 0 or flow.decodes
-            if busy and flow.inflight + nxt[3] > src.budget:
+            if busy and flow.inflight + nxt.text_bytes > src.budget:
                 return
         item = groups.pop()
         if isinstance(item, FileError):
-            flow.decodes.append((item.file_index, "", 0, item))
+            flow.decodes.append(_Decode(item.file_index, None, 0, _finished(item)))
             continue
-        fi, g, row, nbytes = item
+        fi, g = item.file_index, item.group
         name = flow.name()
         fut = pool.submit(
             reading.decode_group,
             src.files[fi],
             fi,
             g,
-            row,
+            item.row,
             _first_row(src, fi, g),
             src.how,
-            nbytes + 1024,
+            item.text_bytes + 1024,
             name,
             _members(src, fi, g),
         )
-        flow.decodes.append((fi, name, nbytes, fut))
-        flow.inflight += nbytes
+        flow.decodes.append(_Decode(fi, name, item.text_bytes, fut))
+        flow.inflight += item.text_bytes
 
 
 def _first_row(src: Source, fi: int, g: int) -> int:
@@ -226,10 +257,10 @@ def _next_decode(flow: _Flow, dog: MemoryWatchdog) -> tuple[Any, int]:
     """The oldest decode's result and its bytes. It leaves flow.decodes only once its result
     is in: should waiting fail (a dead pool, a worker's error), _release_all still finds
     its segment by name."""
-    _fi, _name, nbytes, fut = flow.decodes[0]
-    d = fut if isinstance(fut, FileError) else _result(fut, dog)
+    oldest = flow.decodes[0]
+    d = _result(oldest.future, dog)
     flow.decodes.popleft()
-    return d, nbytes
+    return d, oldest.text_bytes
 
 
 def _unfold(src: Source, flow: _Flow, pool: _Pool, dog: MemoryWatchdog, groups: _Groups) -> None:
@@ -237,9 +268,9 @@ def _unfold(src: Source, flow: _Flow, pool: _Pool, dog: MemoryWatchdog, groups: 
     d, nbytes = _next_decode(flow, dog)
     if isinstance(d, FileError):
         flow.inflight -= nbytes
-        flow.pending.append((d, None, None))
+        flow.pending.append(_Range(d, _finished(None), None))
         groups.skip_file(d.file_index)
-        while flow.decodes and flow.decodes[0][0] == d.file_index:  # the rest of that file
+        while flow.decodes and flow.decodes[0].file_index == d.file_index:  # the rest of it
             extra, more = _next_decode(flow, dog)
             flow.inflight -= more
             if isinstance(extra, reading.Decoded):
@@ -253,17 +284,17 @@ def _unfold(src: Source, flow: _Flow, pool: _Pool, dog: MemoryWatchdog, groups: 
         t = reading.task(d, a, b, None)
         if src.mark is not None:
             t = dataclasses.replace(t, near_dup=src.mark(t.info))
-        flow.pending.append((t.info, pool.submit(reading.run_range, t, pool.work.fn), d.shm))
+        flow.pending.append(_Range(t.info, pool.submit(reading.run_range, t, pool.work.fn), d.shm))
 
 
 def _release_all(flow: _Flow) -> None:
     """Unlink every segment still held, once the workers are stopped: those being cut, and
     those of the decodes still queued, done or killed half way (by their names)."""
-    for seg in set(flow.live) | {s for *_, s in flow.pending if s}:
+    for seg in set(flow.live) | {r.segment for r in flow.pending if r.segment}:
         reading.release(seg)
-    for _fi, name, _n, _fut in flow.decodes:
-        if name:
-            reading.discard(name)
+    for dec in flow.decodes:
+        if dec.segment:
+            reading.discard(dec.segment)
 
 
 def _consumed(flow: _Flow, seg: str | None) -> None:
@@ -276,13 +307,25 @@ def _consumed(flow: _Flow, seg: str | None) -> None:
         reading.release(seg)
 
 
-def _done(fut: Any) -> bool:
-    return not isinstance(fut, Future) or fut.done()
+def _finished(value: Any) -> Future[Any]:
+    """A Future already holding `value` (a FileError passed on, or a FileError's None)."""
+    fut: Future[Any] = Future()
+    fut.set_result(value)
+    return fut
 
 
-def _result(fut: Any, dog: MemoryWatchdog) -> Any:
-    if not isinstance(fut, Future):
-        return fut
+def _inline(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """fn(*args) run here, as a finished Future: its result, or the Exception it raised, which
+    `.result()` raises where a pool's would. KeyboardInterrupt and the like are not kept."""
+    fut: Future[Any] = Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as e:
+        fut.set_exception(e)
+    return fut
+
+
+def _result(fut: Future[Any], dog: MemoryWatchdog) -> Any:
     while True:
         try:
             return fut.result(timeout=0.2)
@@ -292,7 +335,7 @@ def _result(fut: Any, dog: MemoryWatchdog) -> Any:
 
 
 class _Pool:
-    """A process pool, or (one worker) calls in this process returning their results."""
+    """A process pool, or (one worker) calls in this process: a Future either way."""
 
     def __init__(self, workers: int, work: Work) -> None:
         self.workers, self.work = workers, work
@@ -307,9 +350,9 @@ class _Pool:
         else:
             work.warm_up(0)  # what a worker builds once, here (no parent to watch)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | Any:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         if self.executor is None:
-            return fn(*args)
+            return _inline(fn, *args)
         try:
             return self.executor.submit(fn, *args)
         except (EOFError, OSError) as e:  # a worker could not start: its forkserver is gone
