@@ -14,7 +14,8 @@ same loss on a fixed batch, and a few greedily decoded tokens. Checks:
   ln(vocab_size) (its input embedding is its output row), and code repeats up
   to a quarter of its tokens (indentation): on the demo's corpus the plain mean
   sits 0.16-0.27 below ln(vocab_size) and moves with the corpus's share of
-  repeats, the rest's mean 0.01-0.05 above it;
+  repeats, the rest's mean 0.01-0.05 above it. It is checked before the steps,
+  and a failure ends smoke there, in seconds;
 - the last loss is at least `smoke_min_drop` below the first;
 - every step was finite and the reloaded model's loss matches.
 
@@ -71,22 +72,26 @@ class SmokeReport:
     failures: list[str] = field(default_factory=list)
 
 
-def _checks(
-    cfg: TrainConfig, initial: float, losses: list[float], roundtrip: tuple[float, float]
-) -> list[str]:
-    out = []
+def _initial_check(cfg: TrainConfig, initial: float) -> str | None:
+    """The failure of the initial-loss check, or None: made before any step, and a failure
+    ends smoke there (the steps of a broken initialisation prove nothing)."""
     ln_v = math.log(cfg.vocab_size)
+    if abs(initial - ln_v) <= cfg.smoke_tolerance:
+        return None
+    windows = cfg.eval_iters * int(cfg.micro_batch)
+    return (
+        f"initial loss {initial:.4f} (mean over {windows} val windows' targets that do not "
+        "repeat their input, before any step) "
+        f"is not within smoke_tolerance={cfg.smoke_tolerance} of ln(vocab_size="
+        f"{cfg.vocab_size}) = {ln_v:.4f}: the initialisation or the data is wrong"
+    )
+
+
+def _checks(cfg: TrainConfig, losses: list[float], roundtrip: tuple[float, float]) -> list[str]:
+    out = []
     first, last = losses[0], losses[-1]
     if not all(math.isfinite(v) for v in losses):
         out.append(f"non-finite loss during the steps: {losses}")
-    if not abs(initial - ln_v) <= cfg.smoke_tolerance:
-        windows = cfg.eval_iters * int(cfg.micro_batch)
-        out.append(
-            f"initial loss {initial:.4f} (mean over {windows} val windows' targets that do not "
-            "repeat their input, before any step) "
-            f"is not within smoke_tolerance={cfg.smoke_tolerance} of ln(vocab_size="
-            f"{cfg.vocab_size}) = {ln_v:.4f}: the initialisation or the data is wrong"
-        )
     if not first - last >= cfg.smoke_min_drop:
         out.append(
             f"loss fell from {first:.4f} to {last:.4f} in {len(losses)} steps, less than "
@@ -136,6 +141,10 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     trainer = Trainer(resolved, device, work)
     x, y = (t.clone() for t in trainer.val_set.batch(0))  # the fixed batch
     initial, initial_all = _initial_loss(trainer)  # before any update
+    failed = _initial_check(resolved, initial)
+    if failed is not None:
+        shutil.rmtree(work, ignore_errors=True)
+        raise CheckFailed(f"smoke test failed: {failed}")
     losses: list[float] = []
     times: list[float] = []
     for _ in range(cfg.smoke_steps):
@@ -162,7 +171,7 @@ def run_smoke(cfg: TrainConfig) -> SmokeReport:
     report = SmokeReport(
         losses, val, (before, after), ms, tps, mfu, mem, sample, initial, initial_all
     )
-    report.failures = _checks(resolved, initial, losses, (before, after))
+    report.failures = _checks(resolved, losses, (before, after))
     shutil.rmtree(work, ignore_errors=True)
     if report.failures:
         raise CheckFailed("smoke test failed: " + "; ".join(report.failures))

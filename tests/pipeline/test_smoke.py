@@ -182,6 +182,11 @@ def test_the_demo_config_still_refuses_a_broken_init_on_real_code(
     demo_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(trainer, "GPT", LoudGPT)
+
+    def no_step(*args: object, **kwargs: object) -> None:
+        raise AssertionError("smoke took a step after a failed initial check")
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", no_step)  # it fails before any step
     cfg = demo_config(demo_corpus, tmp_path / "run", seed=1)
     with pytest.raises(CheckFailed, match=INITIAL.format(windows=20) + " smoke_tolerance=0.35"):
         smoke.run_smoke(cfg)
