@@ -10,12 +10,13 @@ file is removed and the error propagates.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from model.errors import CodegptError, ResourceError, StateError
+from model.errors import CodegptError, InputError, ResourceError, StateError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room: free space, then rerun
 
@@ -72,3 +73,17 @@ def write_text(final: Path, text: str) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     data = text.encode("utf-8")
     return write_atomically(final, lambda f: f.write(data))
+
+
+def read_json_state(path: Path, version: int, kind: str, fix: str) -> dict[str, Any] | None:
+    """A state file that write_text wrote: its JSON object, None when there is none; an
+    unreadable one, or one of another version, is one InputError line ending in `fix`."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable {kind} ({e}); {fix}") from None
+    if not isinstance(data, dict) or data.get("version") != version:
+        raise InputError(f"{path}: not a version-{version} {kind}; {fix}")
+    return data

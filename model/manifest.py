@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.atomic import write_atomically
+from model.atomic import read_json_state, write_atomically
 from model.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -148,15 +148,10 @@ def write_manifest(folder: Path, m: Manifest) -> None:
 def read_manifest(folder: Path) -> Manifest | None:
     """The manifest of `folder`, or None when there is none; a damaged one is one line."""
     p = manifest_path(folder)
-    if not p.is_file():
-        return None
     fix = f"pass force=true to start over in {folder}"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: unreadable manifest ({e}); {fix}") from None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise InputError(f"{p}: not a version-{VERSION} tokenize manifest; {fix}")
+    data = read_json_state(p, VERSION, "tokenize manifest", fix)
+    if data is None:
+        return None
     try:
         return _parse(data)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

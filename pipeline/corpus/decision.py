@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.atomic import write_atomically, write_text
+from model.atomic import read_json_state, write_atomically, write_text
 from model.errors import InputError, StateError
 from pipeline.corpus import inputs as inputslib
 from pipeline.corpus.batches import Position
@@ -108,15 +108,10 @@ def write_progress(folder: Path, state: DedupState) -> None:
 def read_state(folder: Path) -> DedupState | None:
     """The stage's dedup.json, or None when there is none; a damaged one is one line."""
     p = Path(folder) / STATE
-    if not p.is_file():
-        return None
     fix = "rerun `make dedup` with force=true"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{p}: unreadable ({e}); {fix}") from None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        raise InputError(f"{p}: not a version-{VERSION} dedup state; {fix}")
+    data = read_json_state(p, VERSION, "dedup state", fix)
+    if data is None:
+        return None
     try:
         pos = data.get("position") or {}
         return DedupState(
