@@ -38,6 +38,7 @@ SAMPLE_CONFIG ?= configs/sample.yaml## sample config
 SERVE_CONFIG ?= configs/serve.yaml## serve config
 PORT ?= 8000## make serve: the port on 127.0.0.1
 RUN_NAME ?= ## run folder out/$(RUN_NAME) instead of the config's out_dir
+TEST_WORKERS ?= auto## make test: pytest-xdist workers for the parallel part (auto = the cores)
 ARGS ?= ## key=value overrides for the stage(s) named on the command line
 COMPOSE ?= docker compose
 
@@ -204,8 +205,12 @@ fmt: setup ## apply ruff's fixes and formatting
 	cd $(ROOT) && $(PYTHON) -m ruff check --fix .
 	cd $(ROOT) && $(PYTHON) -m ruff format .
 
+# The suite in two parts (docs/testing.md): the tests safe side by side on every core
+# (pytest-xdist; a group of tests that share machine-wide state stays on one worker),
+# then those marked serial, alone.
 test: setup lint ## lint, then the whole test suite (CPU only)
-	cd $(ROOT) && $(PYTHON) -m pytest -q
+	cd $(ROOT) && $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	cd $(ROOT) && $(PYTHON) -m pytest -q -m serial
 
 # ---------------------------------------------------------------- image
 image: ## build the CUDA 12.8 image $(IMAGE) (docs/containers.md)

@@ -96,7 +96,8 @@ if [ "$dry" = 1 ]; then
     memory_args=(--micro-batches 4 --steps 1)
     compile_args=(--micro-batches 4)
     train_args=(--steps 4 --eval-every 2 --warmup 1 --loops plain,fused,muon)
-    serve_args=(--clients 2 --requests 1 --tokens 8 --repeats 1)
+    # two repeats: the dry run's table is what tests/test_bench_serve.py checks
+    serve_args=(--clients 2 --requests 1 --tokens 8 --repeats 2)
 else
     tiny=()
     sample_args=()

@@ -131,20 +131,40 @@ def _fixed_loss(trainer: Trainer, model: Any, x: torch.Tensor, y: torch.Tensor) 
     return float(loss.item())
 
 
-def run_smoke(cfg: TrainConfig) -> SmokeReport:
-    """Run the smoke steps and checks; writes smoke.ok on success, raises CheckFailed if not."""
+def _fresh(cfg: TrainConfig) -> tuple[Trainer, TrainConfig, torch.device, Path]:
+    """The trainer smoke runs: `cfg`'s fresh model and data, its checkpoints in out/<run>/smoke/."""
     device = resolve_device(cfg)
     resolved = resolve_config(cfg, device)
-    run_dir = Path(cfg.out_dir)
-    work = run_dir / "smoke"
+    work = Path(cfg.out_dir) / "smoke"
     shutil.rmtree(work, ignore_errors=True)
-    trainer = Trainer(resolved, device, work)
-    x, y = (t.clone() for t in trainer.val_set.batch(0))  # the fixed batch
-    initial, initial_all = _initial_loss(trainer)  # before any update
+    return Trainer(resolved, device, work), resolved, device, work
+
+
+def _checked_initial(trainer: Trainer, resolved: TrainConfig, work: Path) -> tuple[float, float]:
+    """The initial losses (non-repeats, all), before any update; CheckFailed if out of band."""
+    initial, initial_all = _initial_loss(trainer)
     failed = _initial_check(resolved, initial)
     if failed is not None:
         shutil.rmtree(work, ignore_errors=True)
         raise CheckFailed(f"smoke test failed: {failed}")
+    return initial, initial_all
+
+
+def initial_losses(cfg: TrainConfig) -> tuple[float, float]:
+    """Smoke's first check alone, as run_smoke makes it before its steps: the fresh model's
+    initial losses (non-repeats, all), or CheckFailed. Writes nothing that stays."""
+    trainer, resolved, _, work = _fresh(cfg)
+    try:
+        return _checked_initial(trainer, resolved, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_smoke(cfg: TrainConfig) -> SmokeReport:
+    """Run the smoke steps and checks; writes smoke.ok on success, raises CheckFailed if not."""
+    trainer, resolved, device, work = _fresh(cfg)
+    x, y = (t.clone() for t in trainer.val_set.batch(0))  # the fixed batch
+    initial, initial_all = _checked_initial(trainer, resolved, work)  # before any update
     losses: list[float] = []
     times: list[float] = []
     for _ in range(cfg.smoke_steps):

@@ -1,21 +1,21 @@
 """bench/serve_gpu.py's CPU dry run (a tiny model): the whole measurement runs, server
-process, streaming clients and the sample baseline, and writes its table."""
+process, streaming clients and the sample baseline, and writes its table. The GPU
+session's dry run (part 2, made once per test session) runs it with these arguments
+(`--tiny --clients 2 --requests 1 --tokens 8 --repeats 2`) and returns it as serve.md."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.test_bench_train import run_bench
+from tests.bench_fixtures import dry_run
+from tests.conftest import Shared
 
 
 @pytest.mark.slow
-def test_the_gpu_serving_bench_dry_runs_on_the_cpu(tmp_path: Path) -> None:
-    out = tmp_path / "serve-gpu.md"
-    args = ["--clients", "2", "--requests", "1", "--tokens", "8", "--repeats", "2"]
-    run_bench("serve_gpu.py", out, *args)
-    text = out.read_text()
+def test_the_gpu_serving_bench_dry_runs_on_the_cpu(shared: Shared) -> None:
+    folder = dry_run(shared, "2")
+    assert (folder / "rc").read_text().startswith("0\n"), (folder / "rc").read_text()
+    text = (folder / "out" / "serve.md").read_text()
     rows = [
         ln.split("|")[1:3]
         for ln in text.splitlines()

@@ -3,20 +3,11 @@ AdamW loops it races (the plain loop, codegpt's three losses) train the same mod
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-
-def run_bench(script: str, out: Path, *args: str) -> None:
-    """`python bench/<script> --tiny ARGS --out OUT`, which must succeed."""
-    cmd = [sys.executable, f"bench/{script}", "--tiny", *args, "--out", str(out)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+from tests.bench_fixtures import run_bench
 
 
 @pytest.mark.slow

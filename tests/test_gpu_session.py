@@ -4,7 +4,6 @@ what comes back fits what a lent machine returns; a failed step is reported, not
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,26 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.bench_fixtures import dry_run, session
+from tests.conftest import REPO, Shared
 
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # what the device tool brings back
 STEPS = {"1": ["gpu-tests", "sample", "memory", "memory-compile"], "2": ["train", "serve"]}
 
 
-def _session(part: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
-    cmd = ["bash", "bench/gpu_session.sh", *extra, part]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("part", ["1", "2"])
 def test_the_session_dry_runs_on_the_cpu_and_returns_what_a_lent_machine_can(
-    part: str, tmp_path: Path
+    part: str, shared: Shared
 ) -> None:
-    out = tmp_path / "out"
-    done = _session(part, out, "--dry-run")
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    folder = dry_run(shared, part)
+    rc, _, log = (folder / "rc").read_text().partition("\n")
+    assert rc == "0", log
+    out = folder / "out"
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert len(files) <= 8 and all(len(f.parts) == 1 and NAME.match(f.name) for f in files), files
     figures = json.loads((out / "figures.json").read_text())
@@ -68,7 +63,7 @@ def test_a_step_that_fails_or_times_out_is_reported_and_the_summary_says_so(
 
 
 def test_without_a_gpu_the_real_session_refuses_in_one_line(tmp_path: Path) -> None:
-    done = _session("1", tmp_path / "out")
+    done = session("1", tmp_path / "out")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         f"gpu-session: error: {sys.executable} sees no CUDA GPU; on the CPU pass --dry-run"

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +14,8 @@ from model import memory_loss
 from model.gpt import GPT
 from model.memory import GiB, Overhead, Workload
 from model.memtrace import trace_peaks
+from tests.bench_fixtures import dry_run
+from tests.conftest import Shared
 
 # The accuracy docs/plan.md and the README state, with a little room (measured on
 # these shapes: activations within 0.18 % eager and 2.0 % compiled, peaks within 1.1 %).
@@ -209,19 +208,13 @@ def test_batch_candidates_respect_world_size() -> None:
 
 
 @pytest.mark.slow
-def test_gpu_memory_bench_dry_run_on_cpu() -> None:
-    """bench/memory_gpu.py --tiny runs both parts on the CPU and prints its tables."""
-    repo = Path(__file__).resolve().parents[2]
-    args = ["--tiny", "--micro-batches", "4", "--compile", "off", "--steps", "1"]
-    proc = subprocess.run(
-        [sys.executable, "bench/memory_gpu.py", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+def test_gpu_memory_bench_dry_run_on_cpu(shared: Shared) -> None:
+    """bench/memory_gpu.py --tiny runs both parts on the CPU and prints its tables: the GPU
+    session's dry run (part 1, made once) runs it with these arguments (`--tiny
+    --micro-batches 4 --compile off --steps 1`) and returns them as memory.md."""
+    ran = dry_run(shared, "1")
+    assert (ran / "rc").read_text().startswith("0\n"), (ran / "rc").read_text()
+    out = (ran / "out" / "memory.md").read_text()
     assert "### A. Predicted vs measured peak (MiB)" in out and "### B. The story" in out
     rows = [line for line in out.splitlines() if line.startswith("| 4 | off |")]
     assert len(rows) == 1

@@ -21,8 +21,10 @@ HOW = Reading()  # github-code's columns
 
 
 def _segments() -> set[str]:
+    """This process's segments (pool.py names them after the reading's main pid): another
+    tokenize on the machine, or a test beside this one, has segments of its own."""
     shm = Path("/dev/shm")
-    return {p.name for p in shm.glob("codegpt-*")} if shm.is_dir() else set()
+    return {p.name for p in shm.glob(f"codegpt-{os.getpid()}-*")} if shm.is_dir() else set()
 
 
 def no_warm_up(_main_pid: int) -> None:
@@ -37,7 +39,7 @@ def first_text(batch: object) -> list[bytes]:
 def test_a_row_group_decoded_once_then_cut_into_ranges(tmp_path: Path) -> None:
     docs = corpus(90)
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=90)
-    d = reading.decode_group(f, 0, 0, 10, 0, HOW, 400_000, f"codegpt-test-{os.getpid()}")
+    d = reading.decode_group(f, 0, 0, 10, 0, HOW, 400_000, f"codegpt-{os.getpid()}-test")
     assert isinstance(d, reading.Decoded) and d.info.row == 10 and len(d.null) == 80
     spans = reading.ranges(d, 20_000)
     assert spans[0][0] == 0 and spans[-1][1] == 80 and len(spans) > 2
@@ -62,14 +64,14 @@ def test_read_in_order_serves_every_row_once_in_order(tmp_path: Path, workers: i
     # a budget smaller than any row group: one decoded group in flight at a time
     src = Source(files, groups, HOW, 9000, budget=1)
     work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
-    before = _segments()
+    assert _segments() == set()
     with MemoryWatchdog(64, 0) as dog:
         out = list(read_in_order(src, Position(0, 1, 5), workers, work, dog, lambda: ""))
     rows = [(info.file_index, info.row_group, info.row) for info, _ in out]
     assert rows == sorted(rows) and rows[0] == (0, 1, 5)
     texts = [t for _, ts in out for t in ts]
     assert texts == [d["code"].encode() for d in docs[35:]]
-    assert _segments() <= before  # every segment unlinked
+    assert _segments() == set()  # every segment unlinked
 
 
 def test_an_unreadable_file_and_a_corrupt_group_come_in_their_place(tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_a_column_that_decodes_larger_than_its_footer_says_grows_its_segment(
     f = write_parquet(tmp_path / "a.parquet", docs, row_group_size=200)
     layout = source.survey([f], HOW, "fail")[0]
     assert not isinstance(layout, str) and layout.groups[0][1] < 100_000
-    name = f"codegpt-test-{os.getpid()}-grow"
+    name = f"codegpt-{os.getpid()}-grow"
     d = reading.decode_group(f, 0, 0, 0, 0, HOW, layout.groups[0][1], name)
     assert isinstance(d, reading.Decoded) and d.shm.startswith(name + ".")
     assert d.text_bytes == 200 * len(docs[0]["code"])
@@ -129,7 +131,7 @@ def test_a_full_dev_shm_while_growing_leaves_no_segment(
         return real(name, size)
 
     monkeypatch.setattr(reading, "_create", create)
-    name = f"codegpt-test-{os.getpid()}-full"
+    name = f"codegpt-{os.getpid()}-full"
     with pytest.raises(reading.ShmFull):
         reading.decode_group(f, 0, 0, 0, 0, HOW, layout.groups[0][1], name)
     assert not {s for s in _segments() if s.startswith(name)}
@@ -141,12 +143,12 @@ def test_a_read_stopped_half_way_leaves_no_segment(tmp_path: Path) -> None:
     infos = source.survey(files, HOW, "fail")
     src = Source(files, [i.groups for i in infos], HOW, 5000, budget=2**30)  # type: ignore[union-attr]
     work = Work(first_text, no_warm_up, "tests.pipeline.corpus.test_reading")
-    before = _segments()
+    assert _segments() == set()
     with MemoryWatchdog(64, 0) as dog:
         reader = read_in_order(src, Position(), 2, work, dog, lambda: "")
         next(reader)  # several decodes are queued or running now
         reader.close()  # what an error in the stage does: the pool stopped mid-flight
-    assert _segments() <= before
+    assert _segments() == set()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
