@@ -206,10 +206,10 @@ fmt: setup ## apply ruff's fixes and formatting
 	cd $(ROOT) && $(PYTHON) -m ruff format .
 
 # The suite in two parts (docs/testing.md): the tests safe side by side on every core
-# (pytest-xdist; a group of tests that share machine-wide state stays on one worker),
-# then those marked serial, alone.
+# (pytest-xdist; a module's tests on one worker, so its fixtures are built once and its
+# tests never meet each other's processes), then those marked serial, alone.
 test: setup lint ## lint, then the whole test suite (CPU only)
-	cd $(ROOT) && $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not serial"
+	cd $(ROOT) && $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not serial"
 	cd $(ROOT) && $(PYTHON) -m pytest -q -m serial
 
 # ---------------------------------------------------------------- image

@@ -78,6 +78,7 @@ def test_an_out_of_range_id_names_the_shard_and_the_offset(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # "at once" is a time limit: alone on the CPU
 def test_a_second_trainer_on_the_same_run_stops_at_once_naming_the_first(
     tmp_path: Path, shards: Path
 ) -> None:

@@ -239,6 +239,37 @@ def make_tree(root: Path, outside: Path) -> list[tuple[str, str, str]]:
     return sorted(kept, key=lambda k: Path(k[0]).parts)
 
 
+def test_nested_gitignores_decide_as_git_does(tmp_path: Path) -> None:
+    """A deeper .gitignore's rules win over the ones above it, and a folder's own
+    patterns are relative to it: the files walk() keeps are exactly the ones a real git
+    repository does not ignore (`git ls-files --others --exclude-standard`)."""
+    import subprocess
+
+    root = tmp_path / "repo"
+    ignores = {
+        ".gitignore": "*.log\n*.tmp\nbuild/\n/top.txt\n",
+        "sub/.gitignore": "!keep.log\n*.txt\n!/build/\n",
+        "sub/deeper/.gitignore": "keep.log\n!*.tmp\n",
+    }
+    names = ["top.txt", "a.log", "a.tmp", "main.py", "build/gen.py", "sub/top.txt"]
+    names += ["sub/keep.log", "sub/other.log", "sub/notes.txt", "sub/x.tmp", "sub/build/b.py"]
+    names += ["sub/deeper/keep.log", "sub/deeper/y.tmp", "sub/deeper/z.txt", "sub/deeper/m.py"]
+    for rel, text in [*ignores.items(), *((n, "x = 1\n") for n in names)]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    git = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    kept = {p.relative_to(root).as_posix() for p in files.walk(root).inputs}
+    assert kept == set(git.stdout.split())
+    # the cases that need the deeper file to win: negated back in, then out again below
+    assert {"sub/keep.log", "sub/deeper/y.tmp"} <= kept and "sub/deeper/keep.log" not in kept
+
+
 FOLDER = {"schema": "files", "max_doc_bytes": 20000}
 
 

@@ -38,9 +38,9 @@ BOXES = {
 TOKEN = "sandbox-test-stray-5e1c"  # in the command line of the daemons and children started
 BOX_DIRS = os.path.join(tempfile.gettempdir(), "sandbox-")
 AS_ROOT = os.geteuid() == 0
-# The stray scan looks at every process of the machine: this module's tests stay on one
-# pytest-xdist worker, so one test's daemon control is never another's stray.
-pytestmark = pytest.mark.xdist_group("sandbox")
+# The stray scan looks at every process of the machine: make test runs a module's tests on
+# one pytest-xdist worker (--dist loadscope), so one test's daemon control is never
+# another's stray.
 
 
 def box(name: str) -> Limits:

@@ -184,6 +184,7 @@ def test_full_means_429_and_a_client_that_disconnects_frees_its_slot(tmp_path: P
         stop(s)
 
 
+@pytest.mark.serial  # a load test: 36 requests against a time limit, alone on the CPU
 def test_bounded_load_all_served_or_told_to_retry(server: Server) -> None:
     """12 concurrent streaming clients, 3 requests each, against max_batch 4 + max_queue 2:
     every request is served whole or refused with a 429 and Retry-After, none hangs."""
