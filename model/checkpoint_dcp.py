@@ -29,11 +29,13 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from model import distributed
 from model.atomic import DISK_FULL, fsync_dir, write_atomically
 from model.distributed import DistInfo
+from model.errors import StateError
 
 META = "state.pt"
 MODEL, OPTIMIZER = "model", "optimizer"  # model/checkpoint.py's keys
@@ -100,7 +102,27 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise ValueError(f"{META} is not a codegpt checkpoint's state (no step)")
     if not (path / ".metadata").is_file():
         raise ValueError("no DCP .metadata (the save did not finish)")
+    check_files(path)
     return meta
+
+
+def check_files(path: Path) -> None:
+    """Every byte range that `.metadata` says the folder holds is there: a shard file
+    missing or cut short is a ValueError naming it, found before any rank's `dcp.load`
+    (whose CheckpointException derives from BaseException and would end the run)."""
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as e:
+        raise ValueError(f"its .metadata does not read ({e})") from None
+    need: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(need.items()):
+        f = path / name
+        have = f.stat().st_size if f.is_file() else None
+        if have is None or have < size:
+            got = "missing" if have is None else f"{have:,} bytes"
+            raise ValueError(f"its shard {name} is {got}, .metadata says {size:,}")
 
 
 def load_into(path: Path, model: torch.nn.Module, optimizer: Any) -> None:
@@ -109,15 +131,29 @@ def load_into(path: Path, model: torch.nn.Module, optimizer: Any) -> None:
     opts = _parts(optimizer)
     model_sd, optim_sd = get_state_dict(model, opts)  # templates: shapes and shardings
     state: dict[str, Any] = {MODEL: model_sd, OPTIMIZER: optim_sd}
-    with _one_process_is_meant():
+    with _one_process_is_meant(), _as_error(path):
         dcp.load(state, checkpoint_id=path)  # in place: the shards this rank holds
     set_state_dict(model, opts, model_state_dict=state[MODEL], optim_state_dict=state[OPTIMIZER])
+
+
+@contextlib.contextmanager
+def _as_error(path: Path) -> Iterator[None]:
+    """DCP's CheckpointException (a BaseException, not an Exception) as one line naming
+    the folder: damage that check_files cannot see (bytes changed in place)."""
+    try:
+        yield
+    except CheckpointException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StateError(
+            f"{path} does not load ({first[:200]}); rename it to {path.name}.corrupt and "
+            "rerun to resume from the previous checkpoint"
+        ) from None
 
 
 def read_full(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights whole, as plain tensors shaped as `model`'s, in one process."""
     weights = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
-    with _one_process_is_meant():
+    with _one_process_is_meant(), _as_error(path):
         dcp.load({MODEL: weights}, checkpoint_id=path, no_dist=True)
     return weights
 

@@ -8,8 +8,11 @@ NCCL on GPUs, gloo on the CPU.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +65,32 @@ def per_rank_accum(grad_accum: int, world_size: int) -> int:
             "(torchrun --nproc_per_node x nodes); set grad_accum to a multiple of it"
         )
     return grad_accum // world_size
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_launcher(info: DistInfo) -> None:
+    """Under torchrun: this worker is SIGKILLed by the kernel as soon as its launcher dies,
+    however it died (SIGKILL of its pid or of its process group included: torchrun starts
+    each worker in a session of its own, so a signal to the launcher's group misses them).
+
+    Linux's parent-death signal, set as the worker starts; a launcher that died before it
+    was set has left us to init (or a subreaper), and we stop at once. SIGKILL, not the
+    SIGTERM that checkpoints: without a launcher the other ranks are dying too, and a
+    checkpoint is every rank's or none. Elsewhere a worker outlives a killed launcher
+    until its next collective fails (docs/training.md).
+    """
+    if not info.enabled or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+        return
+    if parent == 1 or os.getppid() != parent:  # the launcher was gone before the prctl
+        log.error("rank %d: the launcher is gone; stopping", info.rank)
+        os._exit(1)
 
 
 def setup(info: DistInfo, device_type: str) -> torch.device | None:

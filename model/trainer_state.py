@@ -159,7 +159,14 @@ class Checkpoints:
                 f"optimizer={self.cfg.optimizer}; keep optimizer={was}, or use another out_dir"
             )
         if self.sharded:  # resharded to this process count
-            checkpoint_dcp.load_into(path, self.raw_model, self.optimizer)
+            try:
+                checkpoint_dcp.load_into(path, self.raw_model, self.optimizer)
+            except StateError as e:  # damage only DCP's own load finds: every rank's
+                if self.info.is_main:
+                    path.rename(path.with_name(path.name + ".corrupt"))
+                    log.warning("set aside %s as %s.corrupt: %s", path, path.name, e)
+                distributed.barrier(self.info)
+                return self.resume()  # the previous one (each damaged one set aside)
         else:
             self.raw_model.load_state_dict(state[MODEL])
             self.optimizer.load_state_dict(state[OPTIMIZER])

@@ -4,6 +4,8 @@ a SIGKILL and rerun, and a resume with another process count."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,12 +119,17 @@ def test_two_fsdp_processes_match_one_and_resume_with_one(tmp_path: Path, optimi
 
 
 @pytest.mark.slow
-def test_fsdp_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> None:
+# FSDP with a SIGKILL to the launcher's process group, DDP with one to its pid alone:
+# torchrun starts each worker in a session of its own, so neither reaches a worker itself
+@pytest.mark.parametrize(("parallel", "target"), [("fsdp", "group"), ("ddp", "pid")])
+def test_a_killed_launcher_takes_its_workers_and_the_rerun_is_bitwise_identical(
+    tmp_path: Path, parallel: str, target: str
+) -> None:
     data = write_tiny_shards(tmp_path / "shards")
     values = tiny_values(
         data,
         tmp_path / "killed",
-        parallel="fsdp",
+        parallel=parallel,
         optimizer="muon",
         grad_accum=4,
         max_iters=60,
@@ -131,27 +138,30 @@ def test_fsdp_sigkill_midway_then_rerun_is_bitwise_identical(tmp_path: Path) -> 
         log_interval=7,
     )
     config = write_config_yaml(tmp_path / "killed.yaml", values)
-    proc = _torchrun(config)
+    proc = _torchrun(config, start_new_session=True)  # the launcher leads its own group
     ranks: list[psutil.Process] = []
 
-    def kill_all() -> None:  # torchrun's workers outlive a killed launcher: kill them too
+    def kill_launcher() -> None:
         ranks.extend(psutil.Process(proc.pid).children(recursive=True))
-        for p in [psutil.Process(proc.pid), *ranks]:
-            p.kill()
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
 
-    kill_after_first_checkpoint(proc, tmp_path / "killed", kill_all, 0.3, 180)
-    psutil.wait_procs(ranks, timeout=30)
-    assert len(ranks) >= 2 and not any(p.is_running() for p in ranks)
+    kill_after_first_checkpoint(proc, tmp_path / "killed", kill_launcher, 0.3, 180)
+    gone, alive = psutil.wait_procs(ranks, timeout=10)  # the kernel's parent-death signal
+    assert len(ranks) >= 2 and alive == [], alive
     killed_at = [p.name for p in list_checkpoints(tmp_path / "killed")]
     time.sleep(1)  # nobody goes on writing
     assert [p.name for p in list_checkpoints(tmp_path / "killed")] == killed_at
-    assert killed_at and killed_at[-1] < "ckpt-00000060.dcp"
+    last = "ckpt-00000060" + (".dcp" if parallel == "fsdp" else ".pt")
+    assert killed_at and killed_at[-1] < last
 
-    _run2(config)  # the rerun resumes by itself
+    _run2(config)  # the rerun resumes by itself (the lock of the killed run is free)
     straight = dict(values, out_dir=str(tmp_path / "straight"))
     _run2(write_config_yaml(tmp_path / "straight.yaml", straight))
     a, b = (load_latest(tmp_path / r) for r in ("killed", "straight"))
-    assert a is not None and b is not None and a[1].name == b[1].name == "ckpt-00000060.dcp"
+    assert a is not None and b is not None and a[1].name == b[1].name == last
     for name, t in b[0][MODEL].items():
         assert torch.equal(a[0][MODEL][name], t), name
     ma, mb = (
@@ -188,6 +198,42 @@ def test_one_process_fsdp_writes_folders_and_a_broken_save_leaves_the_last_good(
         "ckpt-00000015.dcp",
     ]
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == [5, 10, 15]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "unseen by the file check"])
+def test_a_damaged_dcp_folder_is_set_aside_and_the_rerun_is_bitwise_from_the_previous(
+    tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder with its .metadata but a shard cut short or gone: the rerun sets it aside
+    as *.corrupt and resumes from the one before, ending where a run that only ever had
+    that one ends. The third case turns the file check off, so DCP's own load meets the
+    damage (its CheckpointException is a BaseException: once it ended the run)."""
+    data = write_tiny_shards(tmp_path / "shards")
+    kw: dict[str, Any] = dict(parallel="fsdp", optimizer="muon", ckpt_interval=5, keep_ckpts=3)
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    assert train(build(TrainConfig, tiny_values(data, run, max_iters=10, **kw))) == 0
+    shutil.copytree(run, ref)
+    shutil.rmtree(ref / "ckpt-00000010.dcp")  # the reference only ever had step 5's
+    shard = run / "ckpt-00000010.dcp" / "__0_0.distcp"
+    if damage == "missing":
+        shard.unlink()
+    else:
+        with shard.open("r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    if damage == "unseen by the file check":
+        monkeypatch.setattr("model.checkpoint_dcp.check_files", lambda path: None)
+    with caplog.at_level("WARNING"):
+        assert train(build(TrainConfig, tiny_values(data, run, max_iters=15, **kw))) == 0
+    assert (run / "ckpt-00000010.dcp.corrupt").is_dir()
+    if damage == "unseen by the file check":
+        assert "ckpt-00000010.dcp does not load (" in caplog.text
+    else:  # named by the file check, before any load
+        assert "(its shard __0_0.distcp is " in caplog.text and ".metadata says " in caplog.text
+    assert train(build(TrainConfig, tiny_values(data, ref, max_iters=15, **kw))) == 0
+    a, b = load_latest(run), load_latest(ref)
+    assert a is not None and b is not None and a[1].name == b[1].name == "ckpt-00000015.dcp"
+    for name, t in b[0][MODEL].items():
+        assert torch.equal(a[0][MODEL][name], t), name
 
 
 def _muon_rank(rank: int, init: str, out: str) -> None:
