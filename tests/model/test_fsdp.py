@@ -149,7 +149,7 @@ def test_a_killed_launcher_takes_its_workers_and_the_rerun_is_bitwise_identical(
             os.kill(proc.pid, signal.SIGKILL)
 
     kill_after_first_checkpoint(proc, tmp_path / "killed", kill_launcher, 0.3, 180)
-    gone, alive = psutil.wait_procs(ranks, timeout=10)  # the kernel's parent-death signal
+    _, alive = psutil.wait_procs(ranks, timeout=10)  # the kernel's parent-death signal
     assert len(ranks) >= 2 and alive == [], alive
     killed_at = [p.name for p in list_checkpoints(tmp_path / "killed")]
     time.sleep(1)  # nobody goes on writing
