@@ -74,11 +74,11 @@ GPU_FLAG = $(if $(GPUS),--gpus '$(GPUS)')
 ifeq ($(RUN_MODE),docker)
 RUNTIME := image-present
 stage = $(DOCKER_RUN) $(if $(2),$(GPU_FLAG)) $(4) $(IMAGE) $(1) $(3)
-torchrun = $(DOCKER_RUN) $(GPU_FLAG) --entrypoint torchrun $(IMAGE) $(1)
+torchrun = $(DOCKER_RUN) $(GPU_FLAG) --entrypoint python $(IMAGE) -m pipeline.launch $(1)
 else
 RUNTIME := setup
 stage = $(PYTHON) -m pipeline $(1) $(3)
-torchrun = $(VENV)/bin/torchrun $(1)
+torchrun = $(PYTHON) -m pipeline.launch $(1)
 endif
 
 # ---------------------------------------------------------------- config values, without Python
@@ -268,6 +268,17 @@ $(SMOKE_STAMP): $(CONFIG) $(call args_deps,$(SMOKE_STAMP),$(TRAIN_ARGS)) $(TOKEN
 	@mkdir -p data out $(@D)
 	$(call stage,smoke,gpu,--config $(CONFIG) $(TRAIN_ARGS))
 	@touch $@
+
+# NPROC processes split each step's grad_accum micro-batches: a count they do not divide is
+# said here, in one line, before smoke or torchrun start (the ranks would each refuse it).
+ifneq ($(filter train,$(MAKECMDGOALS)),)
+ifneq ($(NPROC),1)
+GRAD_ACCUM := $(or $(call arg_get,$(TRAIN_ARGS),grad_accum),$(call yaml_get,$(CONFIG),grad_accum))
+ifneq ($(and $(GRAD_ACCUM),$(shell test $$(( $(GRAD_ACCUM) % $(NPROC) )) -ne 0 2>/dev/null && echo x)),)
+$(error grad_accum=$(GRAD_ACCUM) ($(CONFIG)) is not divisible by NPROC=$(NPROC) processes; set grad_accum to a multiple of $(NPROC) (ARGS="grad_accum=...") or another NPROC)
+endif
+endif
+endif
 
 train: $(SMOKE_STAMP) | $(RUNTIME) ## train CONFIG after a passing smoke; resumes by itself (NPROC=8: torchrun)
 	@mkdir -p data out

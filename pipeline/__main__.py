@@ -9,6 +9,7 @@ configs/, or None) and `run(cfg) -> int`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -39,6 +40,8 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Under pipeline/launch.py: the folder where each rank leaves its one-line error
+RANK_ERRORS_ENV = "CODEGPT_RANK_ERRORS"
 
 
 def _resolve_default(rel: str) -> Path:
@@ -84,11 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configlib.load(module.CONFIG, path, args.overrides)
         return int(module.run(cfg) or 0)
     except CodegptError as e:
-        print(f"codegpt {args.stage}: error: {e}", file=sys.stderr)
+        _say_once(f"codegpt {args.stage}: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
         print(f"codegpt {args.stage}: interrupted", file=sys.stderr)
         return 130
+
+
+def _say_once(line: str) -> None:
+    """Our one-line error on stderr; under pipeline/launch.py only rank 0 prints it (an
+    error every rank meets is said once) and each rank leaves it in the launcher's folder."""
+    folder, rank = os.environ.get(RANK_ERRORS_ENV), os.environ.get("RANK")
+    if folder and rank is not None:
+        with contextlib.suppress(OSError):
+            Path(folder, f"rank-{rank}").write_text(line + "\n")
+        if rank != "0":
+            return
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

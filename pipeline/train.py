@@ -47,6 +47,7 @@ def open_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 def train(cfg: TrainConfig) -> int:
     """The train stage: resolve, lock the run folder, resume if possible, fit. The exit code."""
     info = distributed.from_env()
+    distributed.die_with_launcher(info)  # a worker never outlives torchrun
     distributed.per_rank_accum(cfg.grad_accum, info.world_size)  # fail before any work
     device = open_device(cfg, info)
     run_dir = Path(cfg.out_dir)

@@ -189,10 +189,13 @@ def test_humaneval_runs_without_a_network_in_the_container(box: Path) -> None:
 
 
 def test_train_on_several_gpus_uses_torchrun(box: Path) -> None:
+    """torchrun's launcher through pipeline/launch.py (its failures in one line)."""
     run = stage_run(box, "train", "NPROC=4")
-    assert run.values["--entrypoint"] == ["torchrun"]
+    assert run.values["--entrypoint"] == ["python"]
     assert run.values["--gpus"] == ["all"]
     assert run.command == [
+        "-m",
+        "pipeline.launch",
         "--standalone",
         "--nproc_per_node=4",
         "-m",
@@ -201,6 +204,27 @@ def test_train_on_several_gpus_uses_torchrun(box: Path) -> None:
         "--config",
         "configs/gpt2-124m.yaml",
     ]
+
+
+@pytest.mark.parametrize("how", ["config", "args"])
+def test_a_grad_accum_that_nproc_does_not_divide_is_one_line_before_anything_runs(
+    box: Path, how: str
+) -> None:
+    """configs/demo.yaml's grad_accum 1 on 2 processes (or ARGS' 6 on 4): refused by make
+    itself, before smoke or torchrun start (no process imports torch), exit 2."""
+    args = ["NPROC=2", "CONFIG=configs/demo.yaml"]
+    if how == "args":
+        args = ["NPROC=4", "ARGS=grad_accum=6"]
+    r = make(box, "RUN=local", "train", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    [line] = r.stderr.strip().splitlines()
+    ga, n = ("1", "2") if how == "config" else ("6", "4")
+    assert f"grad_accum={ga} " in line and f"not divisible by NPROC={n} processes" in line
+    assert "Traceback" not in line and not (box / "out").exists()
+    ok = make(
+        box, "-n", "RUN=local", "train", "NPROC=2", "CONFIG=configs/demo.yaml", "ARGS=grad_accum=4"
+    )
+    assert ok.returncode == 0 and "-m pipeline.launch --standalone --nproc_per_node=2" in ok.stdout
 
 
 def test_gpus_variable(box: Path) -> None:
