@@ -47,8 +47,13 @@ def report(failures: dict[int, ProcessFailure], folder: Path) -> int:
     for rank, line in sorted(said.items()):
         if rank != 0 and line != said.get(0):
             print(f"rank {rank}: {line}", file=sys.stderr)
-    speaking = [(r, f) for r, f in failures.items() if r in said]
-    rank, first = min(speaking or failures.items(), key=lambda rf: (rf[1].timestamp, rf[0]))
+    # The lowest rank that said why and exited by itself, else the first to fail. (Once one
+    # rank fails the launcher stops the others with SIGTERM: a rank may be stopped after
+    # saying why, before its own exit, and so be recorded as killed.)
+    speaking = sorted(r for r in failures if r in said)
+    own = [r for r in speaking if failures[r].exitcode > 0]
+    rank = (own or speaking or [min(failures, key=lambda r: (failures[r].timestamp, r))])[0]
+    first = failures[rank]
     if not said:
         how = (
             f"was killed by {first.signal_name()}"
