@@ -139,15 +139,13 @@ def load_into(path: Path, model: torch.nn.Module, optimizer: Any) -> None:
 @contextlib.contextmanager
 def _as_error(path: Path) -> Iterator[None]:
     """DCP's CheckpointException (a BaseException, not an Exception) as one line naming
-    the folder: damage that check_files cannot see (bytes changed in place)."""
+    the folder: damage that check_files cannot see. Its callers fall back to the previous
+    checkpoint (resume sets the folder aside; load_latest tries the one before)."""
     try:
         yield
     except CheckpointException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StateError(
-            f"{path} does not load ({first[:200]}); rename it to {path.name}.corrupt and "
-            "rerun to resume from the previous checkpoint"
-        ) from None
+        raise StateError(f"{path} does not load ({first[:200]})") from None
 
 
 def read_full(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:

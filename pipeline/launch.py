@@ -7,9 +7,9 @@ the same launcher (torch.distributed.run's own `run`), but when a worker fails
   rank 0 (pipeline/__main__.py: every rank also leaves its line in the folder named by
   CODEGPT_RANK_ERRORS, and a line that differs from rank 0's is printed here, with its
   rank); the exit status is the worker's own (2 for a config error), not torchrun's 1;
-- torchrun's failure report (a block of some 30 lines for each rank) becomes one line
-  naming the rank that failed first and how, when no rank said why itself (a traceback
-  or a signal: the worker's own output is above it).
+- torchrun's failure report (a block of some 30 lines for each rank) is not printed;
+  when no rank said why itself (a traceback or a signal: the worker's own output is
+  above), one line names the rank that failed first and how.
 
 Its workers die with it (model/distributed.py's die_with_launcher), as torchrun's do.
 """
