@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,21 +130,10 @@ def test_two_fsdp_processes_match_one_and_resume_with_one(tmp_path: Path, optimi
         train(build(TrainConfig, tiny_values(data, tmp_path / "two", **dict(more, max_iters=12))))
 
 
-@pytest.mark.slow
-# FSDP under torchrun with a SIGKILL to the launcher's process group, DDP under make's
-# launcher (pipeline.launch) with one to its pid alone: torchrun starts each worker in a
-# session of its own, so neither signal reaches a worker itself
-@pytest.mark.parametrize(
-    ("parallel", "target", "launcher"),
-    [("fsdp", "group", "torch.distributed.run"), ("ddp", "pid", "pipeline.launch")],
-)
-def test_a_killed_launcher_takes_its_workers_and_the_rerun_is_bitwise_identical(
-    tmp_path: Path, parallel: str, target: str, launcher: str
-) -> None:
-    data = write_tiny_shards(tmp_path / "shards")
-    values = tiny_values(
+def _kill_values(data: Path, out_dir: Path, parallel: str) -> dict[str, Any]:
+    return tiny_values(
         data,
-        tmp_path / "killed",
+        out_dir,
         parallel=parallel,
         optimizer="muon",
         grad_accum=4,
@@ -152,6 +142,47 @@ def test_a_killed_launcher_takes_its_workers_and_the_rerun_is_bitwise_identical(
         keep_ckpts=2,
         log_interval=7,
     )
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The uninterrupted 2-process run of _kill_values for DDP or FSDP, made once for the
+    module (a module's tests share a worker: docs/testing.md)."""
+    made: dict[str, Path] = {}
+
+    def get(parallel: str) -> Path:
+        if parallel not in made:
+            tmp = tmp_path_factory.mktemp(f"straight-{parallel}")
+            values = _kill_values(write_tiny_shards(tmp / "shards"), tmp / "run", parallel)
+            _run2(write_config_yaml(tmp / "straight.yaml", values))
+            made[parallel] = tmp / "run"
+        return made[parallel]
+
+    return get
+
+
+@pytest.mark.slow
+# DDP and FSDP, each with a SIGKILL to the launcher's process group and one to its pid
+# alone (torchrun starts each worker in a session of its own, so neither signal reaches
+# a worker itself), under torchrun and under make's launcher (pipeline.launch)
+@pytest.mark.parametrize(
+    ("parallel", "target", "launcher"),
+    [
+        ("fsdp", "group", "torch.distributed.run"),
+        ("fsdp", "pid", "pipeline.launch"),
+        ("ddp", "pid", "pipeline.launch"),
+        ("ddp", "group", "torch.distributed.run"),
+    ],
+)
+def test_a_killed_launcher_takes_its_workers_and_the_rerun_is_bitwise_identical(
+    tmp_path: Path,
+    parallel: str,
+    target: str,
+    launcher: str,
+    straight_runs: Callable[[str], Path],
+) -> None:
+    data = write_tiny_shards(tmp_path / "shards")
+    values = _kill_values(data, tmp_path / "killed", parallel)
     config = write_config_yaml(tmp_path / "killed.yaml", values)
     proc = _torchrun(config, launcher, start_new_session=True)  # it leads its own group
     ranks: list[psutil.Process] = []
@@ -175,15 +206,13 @@ def test_a_killed_launcher_takes_its_workers_and_the_rerun_is_bitwise_identical(
     assert killed_at and killed_at[-1] < last
 
     _run2(config)  # the rerun resumes by itself (the lock of the killed run is free)
-    straight = dict(values, out_dir=str(tmp_path / "straight"))
-    _run2(write_config_yaml(tmp_path / "straight.yaml", straight))
-    a, b = (load_latest(tmp_path / r) for r in ("killed", "straight"))
+    runs = (tmp_path / "killed", straight_runs(parallel))
+    a, b = (load_latest(r) for r in runs)
     assert a is not None and b is not None and a[1].name == b[1].name == last
     for name, t in b[0][MODEL].items():
         assert torch.equal(a[0][MODEL][name], t), name
     ma, mb = (
-        [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(tmp_path / r)]
-        for r in ("killed", "straight")
+        [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run)] for run in runs
     )
     assert ma == mb
     assert not list((tmp_path / "killed").glob(".tmp-*"))  # a save after the kill cleaned up
