@@ -33,8 +33,9 @@ RUN pip install "torch==${TORCH_VERSION}"
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
-# GPT-2's vocabulary, fetched now and checked against its sha256, so that the
-# container needs no network at run time.
+# GPT-2's vocabulary, fetched now and checked against its sha256, and p50k's made
+# from it (checked against tiktoken's hash), so that the container needs no network
+# at run time.
 COPY model/__init__.py model/errors.py model/atomic.py model/tokenizer.py /src/model/
 WORKDIR /src
 RUN python -m model.tokenizer fetch && python -m model.tokenizer check
@@ -53,7 +54,7 @@ WORKDIR /app
 COPY pipeline/ pipeline/
 COPY model/ model/
 COPY configs/ configs/
-COPY --from=build /src/model/assets/gpt2.tiktoken model/assets/gpt2.tiktoken
+COPY --from=build /src/model/assets/gpt2.tiktoken /src/model/assets/p50k_base.tiktoken model/assets/
 # data/ and out/ are bind mounts in normal use; world-writable (sticky, like /tmp)
 # so that any --user can also run without them.
 RUN mkdir -p data out && chmod 1777 data out

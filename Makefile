@@ -22,6 +22,7 @@ PYTHON := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SETUP_STAMP := $(VENV)/.setup.ok
 VOCAB := $(ROOT)/model/assets/gpt2.tiktoken
+P50K := $(ROOT)/model/assets/p50k_base.tiktoken# made from VOCAB by setup (model/tokenizer.py)
 
 # ---------------------------------------------------------------- knobs
 RUN ?= auto## docker, local, or auto (docker when `docker info` answers)
@@ -136,7 +137,7 @@ endif
 # tokenize has: the input, the rules its decision is checked against and the reading
 # keys (SourceConfig, pipeline/corpus/settings.py) are given once and reach both;
 # a near_dedup in ARGS is that dedup's output. `make dedup` itself takes its own ARGS.
-TOKENIZE_ONLY := output shard_tokens val_fraction dedup near_dedup force
+TOKENIZE_ONLY := output tokenizer shard_tokens val_fraction dedup near_dedup force
 tokenize_to_dedup = $(filter-out $(addsuffix =%,$(TOKENIZE_ONLY)),$(1)) \
 	$(if $(and $(filter near_dedup=%,$(1)),$(TOK_NEAR)),output=$(TOK_NEAR))
 DEDUP_ARGS ?= $(strip $(if $(filter dedup,$(MAKECMDGOALS)),$(ARGS),$(call tokenize_to_dedup,$(TOKENIZE_ARGS))))
@@ -180,7 +181,7 @@ help: ## list the targets and the variables
 	@echo "  now: RUN=$(RUN) MEM=$(MEM) GPUS=$(GPUS) SHM=$(SHM) IMAGE=$(IMAGE) CONFIG=$(CONFIG)"
 
 # ---------------------------------------------------------------- host environment
-setup: $(SETUP_STAMP) $(VOCAB) ## create .venv and install everything (idempotent, offline-safe torch)
+setup: $(SETUP_STAMP) $(VOCAB) $(P50K) ## create .venv and install everything (idempotent, offline-safe torch)
 
 $(SETUP_STAMP): $(ROOT)/pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -188,7 +189,7 @@ $(SETUP_STAMP): $(ROOT)/pyproject.toml
 	$(PYTHON) -m pip install -q -e "$(ROOT)[dev]"
 	touch $@
 
-$(VOCAB): | $(SETUP_STAMP)
+$(VOCAB) $(P50K): | $(SETUP_STAMP)
 	$(PYTHON) -m model.tokenizer fetch
 
 lint: setup lint-containers ## ruff (lint + format check), mypy, hadolint, compose checks
@@ -381,8 +382,8 @@ gpu-carry: setup ## what a lent GPU needs: data/shards/demo, the vocabulary, .wh
 	$(MAKE) $(DEMO) tokenize
 	cd $(ROOT) && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp $(WHEEL_PLATFORMS) -d .whl $(GPU_WHEELS)
-	@cd $(ROOT) && du -sh data/shards/demo model/assets/gpt2.tiktoken .whl
-	@echo "carry: data/shards/demo model/assets/gpt2.tiktoken .whl; run: bash bench/gpu_session.sh 1, then 2"
+	@cd $(ROOT) && du -sh data/shards/demo model/assets/gpt2.tiktoken model/assets/p50k_base.tiktoken .whl
+	@echo "carry: data/shards/demo model/assets/gpt2.tiktoken model/assets/p50k_base.tiktoken .whl; run: bash bench/gpu_session.sh 1, then 2"
 
 # ---------------------------------------------------------------- cleaning
 clean-stamps: ## delete .stamps/ only: the next make re-runs each stage, which skips finished work itself

@@ -46,8 +46,8 @@ log="$OUT/session.log"
 
 say() { echo "gpu-session: $*" | tee -a "$log" >&2; }
 
-if [ ! -f model/assets/gpt2.tiktoken ]; then
-    say "error: model/assets/gpt2.tiktoken is missing: run make gpu-carry here and carry it"
+if [ ! -f model/assets/gpt2.tiktoken ] || [ ! -f model/assets/p50k_base.tiktoken ]; then
+    say "error: model/assets/gpt2.tiktoken or p50k_base.tiktoken is missing: run make gpu-carry here and carry them"
     exit 2
 fi
 if [ "$dry" = 0 ] && [ "$part" = 2 ] && [ ! -f data/shards/demo/manifest.json ]; then

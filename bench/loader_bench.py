@@ -47,7 +47,7 @@ def code_shards(folder: Path, tokens: int) -> Path:
     """Shards of real source text: each stdlib module a document, then end-of-text."""
     ids: list[int] = []
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        ids += [*tokenizer.encode(path.read_text(encoding="utf-8", errors="replace")), 50256]
+        ids += [*tokenizer.get().encode(path.read_text(encoding="utf-8", errors="replace")), 50256]
         if len(ids) >= tokens:
             break
     write_shard(folder, "train", 0, np.array(ids[:tokens], dtype=np.uint16))
@@ -59,7 +59,7 @@ def rate(windows: Windows, fim_rate: float, ahead: bool, seconds: float) -> floa
     `next_batch` as the trainer calls it (ahead: the next one made in the loader's thread),
     or the batch itself made on the calling thread, nothing ahead (the CPU cost)."""
     rates = fim.Rates(fim_rate, 0.5) if fim_rate else None
-    dl = TrainLoader(windows, B, shuffle=True, seed=1337, fim_rates=rates)
+    dl = TrainLoader(windows, B, shuffle=True, seed=1337, fim_rates=rates, tok=tokenizer.get())
     dl.next_batch()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

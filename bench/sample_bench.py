@@ -45,13 +45,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from model import tokenizer as _tokenizer  # noqa: E402
 from model.atomic import write_text  # noqa: E402
 from model.checkpoint import list_checkpoints, load_for_inference  # noqa: E402
 from model.config import load  # noqa: E402
 from model.generate import Head, Sampling, generate, next_token  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from model.tokenizer import VOCAB_SIZE, encode  # noqa: E402
 from model.train_config import TrainConfig  # noqa: E402
+
+VOCAB_SIZE = _tokenizer.get().n_vocab  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
 PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n"
 GREEDY = Sampling(temperature=0.0)

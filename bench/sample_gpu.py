@@ -39,13 +39,15 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from model import tokenizer as _tokenizer  # noqa: E402
 from model.atomic import write_text  # noqa: E402
 from model.config import load  # noqa: E402
 from model.generate import Sampling, generate  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.runtime import device_name, replace, resolve_precision  # noqa: E402
-from model.tokenizer import encode  # noqa: E402
 from model.train_config import TrainConfig  # noqa: E402
+
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
 PROMPT = "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n"
 TINY = ["n_layer=2", "n_head=2", "n_embd=64", "block_size=64", "device=cpu"]

@@ -151,10 +151,12 @@ def load_round(base: str, model: str, clients: int, requests: int, tokens: int) 
 
 def sample_rate(run: Path, tokens: int, rounds: int, device: str) -> float:
     """generate()'s tokens/s on the same prompt, as `make sample` runs it (after a warm-up)."""
+    from model import tokenizer as _tokenizer
     from model.checkpoint import load_for_inference
     from model.generate import Sampling, generate
     from model.runtime import inference_precision
-    from model.tokenizer import encode
+
+    encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
     model, cfg, _ = load_for_inference(run)
     where, precision, cache_dtype = inference_precision(cfg, device, "auto")

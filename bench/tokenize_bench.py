@@ -76,7 +76,7 @@ def part_a(files: list[str]) -> dict[str, Any]:
     texts: list[str] = []
     for f in files:
         texts.extend(pq.read_table(f, columns=["code"]).column("code").to_pylist())
-    enc = tokenizer.get_encoding()
+    enc = tokenizer.get().encoding
     enc.encode_ordinary("warm up")
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def part_a(files: list[str]) -> dict[str, Any]:
 
 def part_b(files: list[str], out_dir: str) -> dict[str, Any]:
     """The single-process streaming baseline with a preallocated uint16 buffer."""
-    enc = tokenizer.get_encoding()
+    enc = tokenizer.get().encoding
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = np.empty(SHARD_TOKENS, dtype=np.uint16)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from model import distributed, memory, optim
+from model.dataset import resolve_tokenizer
 from model.errors import ConfigError, ResourceError
 from model.gpt import GPT, GPTConfig
 from model.runtime import maybe_compile, replace, resolve_precision
@@ -233,14 +234,15 @@ def resolve_checkpointing(cfg: TrainConfig, device: torch.device) -> TrainConfig
 
 
 def resolve_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """The config a run actually uses: `activation_checkpointing: auto` and `micro_batch:
-    auto` replaced by what they resolve to.
+    """The config a run actually uses: `tokenizer: auto`, `activation_checkpointing: auto`
+    and `micro_batch: auto` replaced by what they resolve to.
 
     The one place where the smoke stage and training resolve it, before any
     loader is built, so that both see the same micro-batch and accumulation.
     On a GPU it also starts the peak memory count afresh: the trials' peaks are
     no part of the run's `peak_mem_gb` (model/metrics.py).
     """
+    cfg = resolve_tokenizer(cfg)  # the shards' tokenizer, recorded in every checkpoint
     cfg = resolve_checkpointing(cfg, device)  # first: it changes what fits
     if cfg.micro_batch == "auto":
         resolved = resolve_micro_batch(cfg, device)

@@ -288,11 +288,14 @@ def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> No
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from a checkpoint's CONFIG; keys this code no longer knows are dropped.
-    A checkpoint from before fill-in-the-middle (no `fim_rate`) was trained without it."""
+    A checkpoint from before fill-in-the-middle (no `fim_rate`) was trained without it;
+    one from before the tokenizer key (or `auto`, never resolved) on GPT-2's tokens."""
     from model.config import build
     from model.train_config import TrainConfig
 
     values = {"fim_rate": 0.0, **values}
+    if values.get("tokenizer", "auto") == "auto":
+        values["tokenizer"] = "gpt2"
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     dropped = sorted(set(values) - known)
     if dropped:

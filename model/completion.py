@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from model.generate import Sampling, StreamDecoder, vocabulary
-from model.tokenizer import get_encoding
+from model.tokenizer import Tokenizer
 
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
 Pick = tuple[float, list[tuple[int, float]]]  # a drawn token's log-probability, the top k
@@ -42,7 +42,7 @@ class Request:
     seed: int | None = None  # choice j draws from a generator seeded seed + j; None = random
     logprobs: int | None = None  # the k likeliest tokens at each step (0: the chosen only)
     prompt_logprobs: bool = False  # the prompt's tokens too (echo)
-    fim: bool = False  # the sentinels may be drawn and end the text (vocabulary(True))
+    fim: bool = False  # the sentinels may be drawn and end the text (vocabulary(tok, True))
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ class Event:
     error: str = ""
 
 
-def token_text(token: int) -> str:
+def token_text(tok: Tokenizer, token: int) -> str:
     """One token's own text (half a character shows as U+FFFD)."""
-    return get_encoding().decode_single_token_bytes(token).decode("utf-8", errors="replace")
+    return tok.token_bytes(token).decode("utf-8", errors="replace")
 
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -93,18 +93,19 @@ def find_stop(text: str, stops: tuple[str, ...], start: int) -> int:
     return min(hits) if hits else -1
 
 
-def prompt_tokens(req: Request, logits: Tensor) -> tuple[Token, ...]:
+def prompt_tokens(req: Request, logits: Tensor, tok: Tokenizer) -> tuple[Token, ...]:
     """The prompt's tokens for echo with logprobs; logits (P - 1, V): token i's
     log-probability is read from the logits after tokens [0, i)."""
-    lp = torch.log_softmax(logits.float()[:, : vocabulary(req.fim)[0]], dim=-1)  # (P - 1, V)
+    lp = torch.log_softmax(logits.float()[:, : vocabulary(tok, req.fim)[0]], dim=-1)
     ids = torch.tensor(req.prompt[1:], dtype=torch.long, device=lp.device)
     chosen = lp.gather(1, ids.view(-1, 1))[:, 0].tolist()
     top = torch.topk(lp, req.logprobs or 0, dim=-1)
     values, alts = top.values.tolist(), top.indices.tolist()
     out, offset = [], 0
-    for i, tok in enumerate(req.prompt):
-        best = {} if i == 0 else dict(zip(map(token_text, alts[i - 1]), values[i - 1], strict=True))
-        out.append(Token(token_text(tok), chosen[i - 1] if i else None, best, offset))
+    for i, t in enumerate(req.prompt):
+        names = [token_text(tok, a) for a in alts[i - 1]] if i else []
+        best = dict(zip(names, values[i - 1], strict=True)) if i else {}
+        out.append(Token(token_text(tok, t), chosen[i - 1] if i else None, best, offset))
         offset += len(out[-1].text)
     return tuple(out)
 
@@ -115,27 +116,31 @@ class Choice:
 
     request: Request
     index: int
+    tok: Tokenizer  # the model's (what decodes its ids)
     prompt: tuple[Token, ...] = ()  # sent with the first event
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish: str | None = None
-    _decoder: StreamDecoder = field(default_factory=StreamDecoder)
+    _decoder: StreamDecoder = field(init=False)
     _sent: int = 0  # characters of text already in an event
     _pending: list[Token] = field(default_factory=list)
     _started: bool = False
     _cut: bool = False  # the text was cut at a stop string
 
-    def add(self, tok: int, pick: Pick | None) -> Event | None:
+    def __post_init__(self) -> None:
+        self._decoder = StreamDecoder(self.tok)
+
+    def add(self, token: int, pick: Pick | None) -> Event | None:
         """The next drawn id (and its logprobs); the event to send, if any."""
         req = self.request
-        if tok in vocabulary(req.fim)[1]:
+        if token in vocabulary(self.tok, req.fim)[1]:
             return self.end("stop")
-        self.tokens.append(tok)
+        self.tokens.append(token)
         before = len(self.text)
-        self.text += self._decoder.push(tok)
+        self.text += self._decoder.push(token)
         if pick is not None:
-            top = {token_text(t): v for t, v in pick[1]}
-            self._pending.append(Token(token_text(tok), pick[0], top, before))
+            top = {token_text(self.tok, t): v for t, v in pick[1]}
+            self._pending.append(Token(token_text(self.tok, token), pick[0], top, before))
         if req.stop:
             longest = max(len(s) for s in req.stop)
             at = find_stop(self.text, req.stop, max(0, before - longest + 1))

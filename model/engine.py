@@ -44,9 +44,8 @@ import torch
 from torch import Tensor
 
 from model.completion import MAX_LOGPROBS, Choice, Event, Pick, Request, prompt_tokens
-from model.generate import Head, next_token, vocabulary
+from model.generate import Head, next_token, tokenizer_of, vocabulary
 from model.gpt import GPT, KVCache
-from model.tokenizer import N_IDS, VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,8 @@ class Engine:
         dtype = cache_dtype or next(model.parameters()).dtype
         self._cache = KVCache(model.cfg, max_batch, self.block, self.device, dtype)
         self._autocast = autocast or contextlib.nullcontext
-        self._heads = {rows: Head(model, rows) for rows in (VOCAB_SIZE, N_IDS)}
+        self.tok = tokenizer_of(model)  # the checkpoint's: its vocabulary, sentinels, text
+        self._heads = {rows: Head(model, rows) for rows in (self.tok.n_vocab, self.tok.n_ids)}
         self._rows: list[_Seq] = []  # row i of the cache is _rows[i]
         self._waiting: collections.deque[_Job] = collections.deque()
         self._reserved = 0  # slots of the sequences in _rows (read by submit)
@@ -218,13 +218,13 @@ class Engine:
         req, row = job.request, len(self._rows)
         view = self._cache.row(row)  # row `row` of the cache as a batch-1 cache
         idx = torch.tensor([req.prompt], dtype=torch.long, device=self.device)  # (1, P)
-        head = self._heads[vocabulary(req.fim)[0]]
+        head = self._heads[vocabulary(self.tok, req.fim)[0]]
         with self._autocast():
             h = self.model.hidden_cached(idx, view)  # (1, P, C)
             logits = head(h[:, -1, :])  # (1, V)
-            prompt = prompt_tokens(req, head(h[0, :-1, :])) if req.prompt_logprobs else ()
+            prompt = prompt_tokens(req, head(h[0, :-1, :]), self.tok) if req.prompt_logprobs else ()
         seqs = [
-            _Seq(job, Choice(req, j, prompt), self._generator(req, j), len(req.prompt))
+            _Seq(job, Choice(req, j, self.tok, prompt), self._generator(req, j), len(req.prompt))
             for j in range(req.n)
         ]
         if req.max_tokens == 0:  # echo only: the prompt, nothing drawn
@@ -242,7 +242,8 @@ class Engine:
         """One forward of every active row, each at its own position."""
         rows = self._rows
         idx = torch.tensor([[s.last] for s in rows], dtype=torch.long, device=self.device)
-        head = self._heads[N_IDS if any(s.job.request.fim for s in rows) else VOCAB_SIZE]
+        fim = any(s.job.request.fim for s in rows)
+        head = self._heads[self.tok.n_ids if fim else self.tok.n_vocab]
         with self._autocast():
             h = self.model.hidden_rows(idx, self._cache, [s.length for s in rows])  # (A, 1, C)
             logits = head(h[:, 0, :])  # (A, V)
@@ -296,14 +297,15 @@ class Engine:
         """Draw each row's token from logits (len(seqs), V); its text to its consumer."""
         lg = logits.float()
         plain = [i for i, s in enumerate(seqs) if not s.job.request.fim]
-        if lg.shape[-1] > VOCAB_SIZE and plain:
+        n_vocab = self.tok.n_vocab
+        if lg.shape[-1] > n_vocab and plain:
             lg = lg.clone()
-            lg[plain, VOCAB_SIZE:] = -torch.inf  # a plain prompt never draws a sentinel
+            lg[plain, n_vocab:] = -torch.inf  # a plain prompt never draws a sentinel
         toks = lg.argmax(dim=-1)  # (A,): every greedy row in one call
         for i, s in enumerate(seqs):  # the sampled rows, each with its own generator
             req = s.job.request
             if req.sampling.temperature > 0:
-                allowed = vocabulary(req.fim)[0]
+                allowed = vocabulary(self.tok, req.fim)[0]
                 toks[i] = next_token(lg[i : i + 1], req.sampling, s.generator, allowed)[0, 0]
         infos = self._logprobs(seqs, lg, toks)
         self.tokens += len(seqs)

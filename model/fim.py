@@ -37,18 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.tokenizer import (
-    EOT,
-    FIM_MIDDLE,
-    FIM_PAD,
-    FIM_PREFIX,
-    FIM_SUFFIX,
-    encode,
-    get_encoding,
-)
+from model.tokenizer import Tokenizer
 
 SALT = 0x46494D  # "FIM": keeps this stream apart from the other keyed streams of the run
-STOP_TOKENS = frozenset({EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD})  # end of a middle
 IGNORE = -1  # the loss's ignore_index (model/loss.py)
 
 # roles of the tokens of a transformed window (`Example.role`)
@@ -81,14 +72,20 @@ def window_rng(seed: int, epoch: int, window: int) -> np.random.Generator:
     return np.random.default_rng([SALT, seed, epoch, window])
 
 
-def psm_prompt(prefix: str, suffix: str) -> list[int]:
+def psm_prompt(tok: Tokenizer, prefix: str, suffix: str) -> list[int]:
     """The PSM prompt for the text before and after the cursor; the model writes the middle."""
-    return [FIM_PREFIX, *encode(prefix), FIM_SUFFIX, *encode(suffix), FIM_MIDDLE]
+    return [
+        tok.fim_prefix,
+        *tok.encode(prefix),
+        tok.fim_suffix,
+        *tok.encode(suffix),
+        tok.fim_middle,
+    ]
 
 
-def _pieces(row: np.ndarray) -> list[tuple[int, int]]:
+def _pieces(row: np.ndarray, eot: int) -> list[tuple[int, int]]:
     """[start, end) spans of the non-empty runs between end-of-text tokens."""
-    cuts = np.flatnonzero(row == EOT).tolist()
+    cuts = np.flatnonzero(row == eot).tolist()
     spans, start = [], 0
     for c in [*cuts, len(row)]:
         if c > start:
@@ -97,32 +94,34 @@ def _pieces(row: np.ndarray) -> list[tuple[int, int]]:
     return spans
 
 
-def _split(ids: np.ndarray, rng: np.random.Generator) -> tuple[list[int], list[int], list[int]]:
+def _split(
+    ids: np.ndarray, rng: np.random.Generator, tok: Tokenizer
+) -> tuple[list[int], list[int], list[int]]:
     """A piece's tokens -> the tokens of prefix, middle and suffix at two random characters."""
-    text = get_encoding().decode(ids.tolist())  # a piece cut mid-character gets U+FFFD
+    text = tok.decode(ids.tolist())  # a piece cut mid-character gets U+FFFD
     lo, hi = sorted(rng.integers(0, len(text) + 1, size=2).tolist())
-    return encode(text[:lo]), encode(text[lo:hi]), encode(text[hi:])
+    return tok.encode(text[:lo]), tok.encode(text[lo:hi]), tok.encode(text[hi:])
 
 
 def _layout(
-    parts: tuple[list[int], list[int], list[int]], spm: bool
+    parts: tuple[list[int], list[int], list[int]], spm: bool, tok: Tokenizer
 ) -> list[tuple[list[int], int]]:
     """(tokens, role) runs of one FIM piece, PSM or SPM."""
     prefix, middle, suffix = parts
     if spm:
         return [
-            ([FIM_PREFIX, FIM_SUFFIX], SENTINEL),
+            ([tok.fim_prefix, tok.fim_suffix], SENTINEL),
             (suffix, SUFFIX),
-            ([FIM_MIDDLE], SENTINEL),
+            ([tok.fim_middle], SENTINEL),
             (prefix, PREFIX),
             (middle, MIDDLE),
         ]
     return [
-        ([FIM_PREFIX], SENTINEL),
+        ([tok.fim_prefix], SENTINEL),
         (prefix, PREFIX),
-        ([FIM_SUFFIX], SENTINEL),
+        ([tok.fim_suffix], SENTINEL),
         (suffix, SUFFIX),
-        ([FIM_MIDDLE], SENTINEL),
+        ([tok.fim_middle], SENTINEL),
         (middle, MIDDLE),
     ]
 
@@ -133,25 +132,30 @@ def _in_order(parts: tuple[list[int], list[int], list[int]]) -> list[tuple[list[
 
 
 def transform(
-    row: np.ndarray, rates: Rates, rng: np.random.Generator, left_to_right: bool = False
+    row: np.ndarray,
+    rates: Rates,
+    rng: np.random.Generator,
+    tok: Tokenizer,
+    left_to_right: bool = False,
 ) -> Example | None:
     """One window's T + 1 tokens -> its FIM example, or None when no piece was chosen
     (the window is then used exactly as it is). `left_to_right`: the same draws, but each
     chosen piece laid out prefix, middle, suffix without sentinels, so the same middle
-    tokens can be scored given the prefix only (make eval's baseline)."""
+    tokens can be scored given the prefix only (make eval's baseline). `tok` is the
+    shards' tokenizer: it decodes and re-encodes the pieces and owns the sentinels."""
     n = len(row)
     runs: list[tuple[np.ndarray | list[int], int, int]] = []  # (tokens, role, origin)
     chosen = False
     at = 0
-    for start, end in _pieces(row):
+    for start, end in _pieces(row, tok.eot):
         if start > at:  # the end-of-text tokens before this piece
             runs.append((row[at:start], PLAIN, at))
         piece = row[start:end]
         if rng.random() < rates.rate:
             chosen = True
-            parts = _split(piece, rng)
+            parts = _split(piece, rng, tok)
             spm = bool(rng.random() < rates.spm_rate)
-            layout = _layout(parts, spm) if not left_to_right else _in_order(parts)
+            layout = _layout(parts, spm, tok) if not left_to_right else _in_order(parts)
             runs.extend((toks, role, start) for toks, role in layout)
         else:
             runs.append((piece, PLAIN, start))
@@ -165,18 +169,20 @@ def transform(
     origin = np.concatenate([np.full(len(t), o, dtype=np.int64) for t, _, o in runs])
     if len(tokens) < n:  # pad back to the window's length
         pad = n - len(tokens)
-        tokens = np.concatenate([tokens, np.full(pad, FIM_PAD, dtype=np.int64)])
+        tokens = np.concatenate([tokens, np.full(pad, tok.fim_pad, dtype=np.int64)])
         role = np.concatenate([role, np.full(pad, PAD, dtype=np.int8)])
         origin = np.concatenate([origin, np.full(pad, n - 1, dtype=np.int64)])
     return Example(tokens[:n], role[:n], origin[:n])
 
 
-def xy(rows: np.ndarray, examples: list[Example | None]) -> tuple[np.ndarray, np.ndarray]:
+def xy(
+    rows: np.ndarray, examples: list[Example | None], tok: Tokenizer
+) -> tuple[np.ndarray, np.ndarray]:
     """(B, T + 1) windows and their examples -> x, y (B, T); a padded target is IGNORE."""
     out = rows.copy()
     for b, ex in enumerate(examples):
         if ex is not None:
             out[b] = ex.tokens
     x, y = out[:, :-1], out[:, 1:].copy()
-    y[y == FIM_PAD] = IGNORE
+    y[y == tok.fim_pad] = IGNORE
     return x, y

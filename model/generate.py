@@ -19,9 +19,11 @@ policy is followed with a plain forward of the cropped context per token, so
 the two give the same tokens: greedy decoding with and without the cache is
 identical (tests/model/test_generate.py).
 
-Ids >= 50257 (the rows that pad the vocabulary to 50304) are never sampled:
-the decoding head drops those rows, and `next_token` masks them in any
-logits it is given. Both paths (cache or not) share the same `Head`, so the
+Ids past the model's tokenizer's vocabulary (50257 for gpt2, 50281 for p50k: the
+FIM sentinels and the rows that pad the vocabulary to 50304) are never sampled
+by a plain prompt: the decoding head drops those rows, and `next_token` masks
+them in any logits it is given. The tokenizer is the one the checkpoint names
+(`model.cfg.tokenizer`). Both paths (cache or not) share the same `Head`, so the
 benchmark compares the cache alone.
 """
 
@@ -36,9 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.fim import STOP_TOKENS
+from model import tokenizer
 from model.gpt import GPT, KVCache
-from model.tokenizer import EOT, N_IDS, VOCAB_SIZE, get_encoding
+from model.tokenizer import EOT, Tokenizer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,12 +59,12 @@ def next_token(
     logits: Tensor,
     s: Sampling,
     generator: torch.Generator | None = None,
-    allowed: int = VOCAB_SIZE,
+    allowed: int | None = None,
 ) -> Tensor:
-    """logits (B, V) -> token ids (B, 1), never an id >= `allowed` (50257: GPT-2's own;
-    `tokenizer.N_IDS` lets a fill-in-the-middle prompt end on a sentinel)."""
+    """logits (B, V) -> token ids (B, 1), never an id >= `allowed` (`vocabulary`: the
+    tokenizer's own ids, or with the FIM sentinels; None: any of the V)."""
     logits = logits.float().clone()
-    if logits.shape[-1] > allowed:
+    if allowed is not None and logits.shape[-1] > allowed:
         logits[:, allowed:] = -torch.inf
     if s.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
@@ -87,7 +89,8 @@ PACKED_ROWS = 3  # from this many rows at once the CPU head uses oneDNN (Head._b
 
 class Head:
     """The output projection for decoding, (B, C) -> (B, min(V, rows)) logits; `rows` is
-    50257 (GPT-2's ids), or `tokenizer.N_IDS` to keep the FIM sentinels' rows too.
+    the tokenizer's vocabulary (the default), or `Tokenizer.n_ids` to keep the FIM
+    sentinels' rows too.
 
     On the CPU in fp32 it multiplies by a contiguous (C, V) copy of the tied
     weight: MKL's gemv runs about 4x faster on that layout than on
@@ -96,7 +99,8 @@ class Head:
     past `rows` (padding, never sampled) are dropped either way.
     """
 
-    def __init__(self, model: GPT, rows: int = VOCAB_SIZE) -> None:
+    def __init__(self, model: GPT, rows: int | None = None) -> None:
+        rows = model_vocabulary(model, False)[0] if rows is None else rows
         w = model.lm_head.weight
         self.linear, self.rows = model.lm_head, rows
         self.wt: Tensor | None = None
@@ -123,10 +127,26 @@ class Head:
         return out
 
 
-def vocabulary(fim: bool) -> tuple[int, frozenset[int]]:
+def tokenizer_of(model: GPT) -> Tokenizer:
+    """The tokenizer whose ids the model's rows are (its checkpoint's config names it)."""
+    return tokenizer.get(model.cfg.tokenizer)
+
+
+def vocabulary(tok: Tokenizer, fim: bool) -> tuple[int, frozenset[int]]:
     """(ids that may be sampled, ids that end a sample): a fill-in-the-middle prompt may
     end on any sentinel as well as on end-of-text."""
-    return (N_IDS, STOP_TOKENS) if fim else (VOCAB_SIZE, frozenset({EOT}))
+    return (tok.n_ids, tok.fim_stops) if fim else (tok.n_vocab, frozenset({tok.eot}))
+
+
+def model_vocabulary(model: GPT, fim: bool) -> tuple[int, frozenset[int]]:
+    """`vocabulary` of the model's tokenizer. A model trained on a foreign token stream
+    (a tokenizer this code does not know, model/tokenizer.py) may draw any of its rows
+    as ids, and has no sentinels."""
+    if model.cfg.tokenizer in tokenizer.NAMES:
+        return vocabulary(tokenizer_of(model), fim)
+    if fim:
+        tokenizer.spec(model.cfg.tokenizer, "fill in the middle")  # one line: not known
+    return model.cfg.vocab_size, frozenset({EOT})
 
 
 @torch.no_grad()
@@ -158,7 +178,8 @@ def generate(
     if not 1 <= keep <= block:
         raise ValueError(f"keep={keep} must be in [1, block_size={block}]")
     device = next(model.parameters()).device
-    allowed, stops = vocabulary(fim) if fim else (VOCAB_SIZE, frozenset({stop_token} - {None}))
+    allowed, stops = model_vocabulary(model, fim)
+    stops = stops if fim else frozenset({stop_token} - {None})  # type: ignore[arg-type]
     head = Head(model, allowed)
     ctx = list(prompt[-block:])  # a prompt longer than the window keeps its end
     cache: KVCache | None = None
@@ -219,7 +240,7 @@ def generate_batch(
     prompt = prompt[-(block - min(max_new_tokens, block // 2)) :]
     steps = min(max_new_tokens, block - len(prompt))
     device = next(model.parameters()).device
-    allowed, stops = vocabulary(fim)
+    allowed, stops = model_vocabulary(model, fim)
     head = Head(model, allowed)
     dtype = cache_dtype or next(model.parameters()).dtype
     cache = KVCache(model.cfg, n, len(prompt) + steps, device, dtype)
@@ -253,8 +274,8 @@ class StreamDecoder:
     never form a character become U+FFFD, as `decode` does.
     """
 
-    def __init__(self) -> None:
-        self._enc = get_encoding()
+    def __init__(self, tok: Tokenizer) -> None:
+        self._enc = tok.encoding
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:

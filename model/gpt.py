@@ -64,6 +64,9 @@ class GPTConfig:
     loss_chunk: int = 0  # positions per chunk of the fused and lean losses; 0 = auto_chunk
     # recompute each block in backward instead of keeping its activations (training only)
     checkpoint_blocks: bool = False
+    # whose ids the rows are (model/tokenizer.py): what sampling, serving and export decode
+    # with; the checkpoint's config names it
+    tokenizer: str = "gpt2"
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
@@ -84,6 +87,9 @@ class GPTConfig:
             loss_chunk=cfg.loss_chunk,
             # `auto` is resolved before a model is built (model/autobatch.py); unresolved, none
             checkpoint_blocks=cfg.activation_checkpointing == "full",
+            # `auto` is resolved from the shards before a run's model is built; a shape
+            # for the planner or a benchmark has none: GPT-2's
+            tokenizer={"auto": "gpt2"}.get(t := getattr(cfg, "tokenizer", "auto"), t),
         )
 
 

@@ -5,11 +5,12 @@ how the weights are stored:
 
 - HF's GPT-2 uses `Conv1D` for c_attn, c_proj and c_fc: y = x W + b with W
   (in, out), where `nn.Linear` keeps (out, in). Those weights are transposed.
-- Our vocabulary is padded from 50257 to `vocab_size` (50304) rows for fast
-  matmuls; the rows past the four FIM sentinels (50257-50260) are never
-  targets, so they are cropped to 50261. The sentinels are added special
-  tokens of the tokenizer at their ids (`GPT2TokenizerFast` encodes
-  `<fim_prefix>` to 50257).
+- Our vocabulary is padded from the tokenizer's (50257 for gpt2, 50281 for p50k)
+  to `vocab_size` (50304) rows for fast matmuls; the rows past the four FIM
+  sentinels (gpt2: 50257-50260, p50k: 50281-50284) are never targets, so they
+  are cropped to `Tokenizer.n_ids` (50261 or 50285). The sentinels are added
+  special tokens of the tokenizer at their ids (`GPT2TokenizerFast` encodes
+  `<fim_prefix>` to 50257 for gpt2, 50281 for p50k).
 - The head is tied to `wte` (`tie_word_embeddings: true`), so only
   `transformer.wte.weight` is stored and transformers ties `lm_head` on load.
 
@@ -20,7 +21,9 @@ Tokenizer files: `vocab.json` and `merges.txt` are rebuilt from our tiktoken
 ranks. Byte-level BPE merges tokens in rank order, so the merge that made the
 token of rank r is found by running BPE on its bytes with only the merges of
 rank < r: exactly two parts remain, and they are that merge. Tokens are
-written in GPT-2's printable byte alphabet (`byte_alphabet`).
+written in GPT-2's printable byte alphabet (`byte_alphabet`). p50k's space runs
+come out as merges like any other token ("ĠĠ Ġ" makes three spaces), so
+transformers' byte-level BPE encodes indentation as tiktoken does.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from typing import Any
 
 from torch import Tensor
 
+from model import tokenizer
 from model.atomic import fsync_dir
 from model.gpt import GPT
-from model.tokenizer import EOT, EOT_TEXT, N_IDS, SPECIAL_TOKENS, get_encoding
+from model.tokenizer import EOT_TEXT, Tokenizer
 from model.train_config import TrainConfig
 
 # nn.Linear weights stored as HF Conv1D (transposed); the names are the same in both.
@@ -44,10 +48,11 @@ WEIGHTS = "model.safetensors"
 
 
 def hf_config(cfg: TrainConfig) -> dict[str, Any]:
+    tok = tokenizer.get(cfg.tokenizer)
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": N_IDS,
+        "vocab_size": tok.n_ids,
         "n_positions": cfg.block_size,
         "n_ctx": cfg.block_size,
         "n_embd": cfg.n_embd,
@@ -64,8 +69,8 @@ def hf_config(cfg: TrainConfig) -> dict[str, Any]:
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "tie_word_embeddings": True,
-        "bos_token_id": EOT,
-        "eos_token_id": EOT,
+        "bos_token_id": tok.eot,
+        "eos_token_id": tok.eot,
         "torch_dtype": "float32",
         "use_cache": True,
     }
@@ -73,9 +78,11 @@ def hf_config(cfg: TrainConfig) -> dict[str, Any]:
 
 def hf_state_dict(model: GPT) -> dict[str, Tensor]:
     """Our state dict under HF's names: Conv1D weights transposed, vocabulary cropped, no head."""
-    if model.cfg.vocab_size < N_IDS:
+    n_ids = tokenizer.get(model.cfg.tokenizer).n_ids
+    if model.cfg.vocab_size < n_ids:
         raise ValueError(
-            f"vocab_size={model.cfg.vocab_size} < {N_IDS}: not a GPT-2 model with its sentinels"
+            f"vocab_size={model.cfg.vocab_size} < {n_ids}: not a {model.cfg.tokenizer} model "
+            "with its sentinels"
         )
     out: dict[str, Tensor] = {}
     for name, t in model.state_dict().items():
@@ -83,7 +90,7 @@ def hf_state_dict(model: GPT) -> dict[str, Tensor]:
             continue  # the same tensor as wte; tied again on load
         t = t.detach().float().cpu()
         if name == "transformer.wte.weight":
-            t = t[:N_IDS]  # (50304, C) -> (50261, C): GPT-2's ids and the FIM sentinels
+            t = t[:n_ids]  # (50304, C) -> (n_ids, C): the tokenizer's ids and the sentinels
         elif name.endswith(CONV1D):
             t = t.t()  # (out, in) -> (in, out)
         out[name] = t.contiguous().clone()
@@ -123,24 +130,24 @@ def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, 
     return parts[0], parts[1]
 
 
-def tokenizer_files(block_size: int) -> dict[str, str]:
+def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, str]:
     """File name -> text of vocab.json, merges.txt and the tokenizer configs."""
-    enc = get_encoding()
-    ranks = {enc.decode_single_token_bytes(i): i for i in range(EOT)}  # bytes -> id
+    ids = [i for i in range(tok.n_vocab) if i != tok.eot]  # the BPE's own tokens
+    ranks = {tok.token_bytes(i): i for i in ids}  # bytes -> id
     alpha = byte_alphabet()
 
     def show(b: bytes) -> str:
         return "".join(alpha[x] for x in b)
 
     vocab = {show(tok): i for tok, i in ranks.items()}
-    vocab.update(SPECIAL_TOKENS)  # <|endoftext|> and the FIM sentinels at their ids
+    vocab.update(tok.special_tokens)  # <|endoftext|> and the FIM sentinels at their ids
     merges = [
         f"{show(a)} {show(b)}"
         for tok, r in sorted(ranks.items(), key=lambda kv: kv[1])
         if len(tok) > 1
         for a, b in [_merge_of(tok, r, ranks)]
     ]
-    fim = [t for t in SPECIAL_TOKENS if t != EOT_TEXT]
+    fim = [t for t in tok.special_tokens if t != EOT_TEXT]
     special = {
         "bos_token": EOT_TEXT,
         "eos_token": EOT_TEXT,
@@ -156,7 +163,7 @@ def tokenizer_files(block_size: int) -> dict[str, str]:
             "single_word": False,
             "special": True,
         }
-        for t, i in SPECIAL_TOKENS.items()
+        for t, i in tok.special_tokens.items()
     }
     tok_cfg = {
         "tokenizer_class": "GPT2Tokenizer",
@@ -177,14 +184,21 @@ def tokenizer_files(block_size: int) -> dict[str, str]:
 
 
 def _readme(cfg: TrainConfig, step: int, source: Path) -> str:
+    tok = tokenizer.get(cfg.tokenizer)
+    what = {
+        "gpt2": "GPT-2's byte-level BPE (`gpt2`, r50k: 50257 ids",
+        "p50k": "Codex's byte-level BPE (`p50k`, OpenAI's p50k_base: GPT-2's 50257 ids and "
+        "24 tokens for runs of 2 to 25 spaces at 50257-50280, 50281 ids",
+    }[tok.name]
+    sentinels = ", ".join(f"`{t}` {i}" for t, i in tok.special_tokens.items() if t != EOT_TEXT)
     return (
         f"# codegpt export\n\nGPT-2 ({cfg.n_layer} layers, {cfg.n_head} heads, width "
         f"{cfg.n_embd}, context {cfg.block_size}) trained with codegpt on source code; "
         f"step {step} of `{source}`.\n\n"
         "    from transformers import GPT2LMHeadModel, GPT2TokenizerFast\n"
         "    model = GPT2LMHeadModel.from_pretrained(path)\n"
-        "    tok = GPT2TokenizerFast.from_pretrained(path)  # GPT-2's BPE\n\n"
-        "The tokenizer is GPT-2's byte-level BPE (50257 ids, `<|endoftext|>` = 50256);\n"
+        f"    tok = GPT2TokenizerFast.from_pretrained(path)  # {tok.name}\n\n"
+        f"The tokenizer is {what}, `<|endoftext|>` = {tok.eot});\n"
         "codegpt encodes source text as plain text, `<|endoftext|>` only between documents.\n"
         "\n## Fill in the middle\n\n"
         + (
@@ -193,9 +207,8 @@ def _readme(cfg: TrainConfig, step: int, source: Path) -> str:
             if cfg.fim_rate > 0
             else "Trained left to right only (fim_rate 0): the sentinels below are untrained. "
         )
-        + "The sentinels are added special tokens: `<fim_prefix>` 50257, `<fim_middle>` 50258,\n"
-        "`<fim_suffix>` 50259, `<fim_pad>` 50260. To fill in the code between `prefix` and\n"
-        "`suffix`, give the PSM prompt\n\n"
+        + f"The sentinels are added special tokens: {sentinels}. To fill in the code between\n"
+        "`prefix` and `suffix`, give the PSM prompt\n\n"
         "    <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>\n\n"
         "and generate: the middle follows, ended by `<|endoftext|>`.\n"
     )
@@ -217,7 +230,7 @@ def export(model: GPT, cfg: TrainConfig, step: int, source: Path, dest: Path) ->
         os.umask(umask)
         os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors creates it owner-only
         files = {"config.json": json.dumps(hf_config(cfg), indent=2) + "\n"}
-        files.update(tokenizer_files(cfg.block_size))
+        files.update(tokenizer_files(tokenizer.get(cfg.tokenizer), cfg.block_size))
         files["README.md"] = _readme(cfg, step, source)
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model import fim
+from model import fim, tokenizer
 from model.dataset import fim_rates, open_dataset
 from model.errors import InputError, StateError
 from model.order import permute
 from model.scoring import Languages
 from model.shards import open_shard
+from model.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from model.train_config import TrainConfig
@@ -141,12 +142,15 @@ class TrainLoader:
         world_size: int = 1,
         device: str | torch.device = "cpu",
         fim_rates: fim.Rates | None = None,
+        tok: Tokenizer | None = None,
     ) -> None:
         assert micro_batch >= 1 and 0 <= rank < world_size, (micro_batch, rank, world_size)
         self.windows, self.B = windows, micro_batch
         self.shuffle, self.seed = shuffle, seed
         # FIM examples made from the windows (model/fim.py); None = the windows as they are
         self.fim = fim_rates if fim_rates is not None and fim_rates.rate > 0 else None
+        assert self.fim is None or tok is not None, "FIM re-encodes text: pass the shards' tok"
+        self.tok = tok
         self._pool: ThreadPoolExecutor | None = None  # makes the next FIM batch ahead
         self._ahead: dict[int, Future[tuple[np.ndarray, np.ndarray]]] = {}
         self.rank, self.world_size = rank, world_size
@@ -204,11 +208,12 @@ class TrainLoader:
         if self.fim is None:
             return self.windows.batch(ks)
         rows = self.windows.rows(ks)
+        assert self.tok is not None
         examples = [
-            fim.transform(row, self.fim, fim.window_rng(self.seed, int(e), int(k)))
+            fim.transform(row, self.fim, fim.window_rng(self.seed, int(e), int(k)), self.tok)
             for row, e, k in zip(rows, epochs, ks, strict=True)
         ]
-        return fim.xy(rows, examples)
+        return fim.xy(rows, examples, self.tok)
 
     def _worker(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -296,7 +301,7 @@ def make_loaders(
 ) -> tuple[TrainLoader, EvalSet]:
     """The data contract (model/loader.py), then this rank's train loader and the val set."""
     assert isinstance(cfg.micro_batch, int)
-    data = open_dataset(cfg.data, cfg.vocab_size, cfg.allow_partial)
+    data = open_dataset(cfg.data, cfg.vocab_size, cfg.allow_partial, cfg.tokenizer)
     train = Windows(data.shards["train"], "train", cfg.block_size, cfg.vocab_size)
     val = Windows(data.shards["val"], "val", cfg.block_size, cfg.vocab_size)
     loader = TrainLoader(
@@ -308,6 +313,7 @@ def make_loaders(
         world_size=world,
         device=device,
         fim_rates=fim_rates(cfg, data),
+        tok=tokenizer.get(data.tokenizer) if cfg.fim_rate > 0 else None,
     )
     langs = Languages(data.val_index(), top=VAL_LANGUAGES)
     return loader, EvalSet(val, cfg.micro_batch, cfg.eval_iters, rank, world, device, langs)

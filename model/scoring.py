@@ -30,18 +30,24 @@ from torch import Tensor
 
 from model import tokenizer
 from model.gpt import GPT
+from model.tokenizer import Tokenizer
 
 OTHER = "other"
 
 
+def token_bytes(tok: Tokenizer) -> np.ndarray:
+    """(65536,) int64, one per uint16 id: the UTF-8 bytes each id of `tok` stands for (0
+    for end-of-text, the FIM sentinels and the padding ids past its vocabulary)."""
+    return _token_bytes(tok.name)
+
+
 @functools.cache
-def token_bytes(vocab_size: int) -> np.ndarray:
-    """(vocab_size,) int64: the UTF-8 bytes each id stands for (0 for end-of-text and the
-    padding ids past GPT-2's 50257)."""
-    enc = tokenizer.get_encoding()
-    out = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(min(vocab_size, tokenizer.EOT)):
-        out[i] = len(enc.decode_single_token_bytes(i))
+def _token_bytes(name: str) -> np.ndarray:
+    tok = tokenizer.get(name)
+    out = np.zeros(2**16, dtype=np.int64)
+    for i in range(tok.n_vocab):
+        if i != tok.eot:
+            out[i] = len(tok.token_bytes(i))
     return out
 
 
@@ -91,9 +97,11 @@ class Languages:
 
 @dataclass
 class Tally:
-    """Per language slot: nats, target tokens, their UTF-8 bytes, and the documents scored."""
+    """Per language slot: nats, target tokens, their UTF-8 bytes, and the documents scored.
+    `tok` is the tokenizer of the ids scored (what a token's bytes are)."""
 
     langs: Languages
+    tok: Tokenizer
     nats: np.ndarray = field(init=False)
     tokens: np.ndarray = field(init=False)
     bytes: np.ndarray = field(init=False)
@@ -119,7 +127,7 @@ class Tally:
         slots = self.langs.of(positions)
         self.nats += np.bincount(slots, weights=losses.astype(np.float64), minlength=k)
         self.tokens += np.bincount(slots, minlength=k)
-        nbytes = token_bytes(2**16)[targets]  # every uint16 id
+        nbytes = token_bytes(self.tok)[targets]  # every uint16 id
         self.bytes += np.bincount(slots, weights=nbytes, minlength=k).astype(np.int64)
         self.scored[self.langs.docs_of(positions)] = True
 

@@ -33,6 +33,11 @@ class TrainConfig(Config):
     # data and run folder
     data: str = option("data/shards/github-code", "shard folder (tokenize output)", affects=SMOKE)
     out_dir: str = option("out/gpt2-124m", "run folder: checkpoints, metrics, config")
+    tokenizer: str = option(
+        "auto",
+        "the shards' tokenizer (gpt2, p50k: model/tokenizer.py); auto = what their manifest "
+        "names (model/dataset.py resolve_tokenizer), a name = a check that they are",
+    )
     shuffle: bool = option(
         True, "visit the train windows in a shuffled order, a new one each epoch; false = stream"
     )

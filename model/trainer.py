@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import distributed, fsdp, optim
 from model.checkpoint import list_checkpoints
+from model.dataset import resolve_tokenizer
 from model.distributed import DistInfo
 from model.errors import CheckFailed
 from model.gpt import GPT, GPTConfig
@@ -68,6 +69,7 @@ class Trainer(Checkpoints):
         self, cfg: TrainConfig, device: torch.device, run_dir: Path, info: DistInfo | None = None
     ) -> None:
         assert isinstance(cfg.micro_batch, int), "resolve micro_batch first (resolve_config)"
+        cfg = resolve_tokenizer(cfg)  # (resolve_config did it already; a Trainer made alone)
         self.cfg, self.device, self.run_dir = cfg, device, Path(run_dir)
         self.info = info or DistInfo()
         self.accum = distributed.per_rank_accum(cfg.grad_accum, self.info.world_size)

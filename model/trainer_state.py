@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from model import checkpoint_dcp, distributed, optim
+from model import checkpoint_dcp, distributed, optim, tokenizer
 from model import config as configlib
 from model.checkpoint import (
     CONFIG,
@@ -42,10 +42,12 @@ from model.checkpoint import (
     save_checkpoint,
     step_of,
 )
+from model.dataset import mixed
 from model.distributed import DistInfo
 from model.errors import StateError
 from model.gpt import GPT
 from model.loader import TrainLoader
+from model.manifest import MANIFEST
 from model.metrics import LossWindow
 from model.optim import Optimizers
 from model.runtime import seed_everything
@@ -145,6 +147,10 @@ class Checkpoints:
         state, path = found
         check_format(path, self.sharded)
         saved = state[CONFIG]
+        was_tok = saved.get("tokenizer", tokenizer.DEFAULT)  # older checkpoints: GPT-2's
+        if was_tok != self.cfg.tokenizer:
+            where = Path(self.cfg.data) / MANIFEST
+            raise StateError(mixed(where, self.cfg.tokenizer, f"{path} was trained on {was_tok}'s"))
         changed = [k for k in SHAPE_KEYS if saved.get(k) != getattr(self.cfg, k)]
         if changed:
             diffs = ", ".join(f"{k} {saved.get(k)} -> {getattr(self.cfg, k)}" for k in changed)

@@ -63,6 +63,7 @@ CONFIG = EvalConfig
 def run(cfg: EvalConfig) -> int:
     import torch
 
+    from model import tokenizer
     from model.checkpoint import load_for_inference
     from model.dataset import open_dataset
     from model.loader import Windows
@@ -74,12 +75,15 @@ def run(cfg: EvalConfig) -> int:
     device = resolve_device(replace(train_cfg, device=cfg.device))
     precision = resolve_precision(replace(train_cfg, dtype=cfg.dtype), device)
     model.to(device)
-    data = open_dataset(cfg.data or train_cfg.data, train_cfg.vocab_size, allow_partial=True)
+    tok = tokenizer.get(train_cfg.tokenizer)  # the checkpoint's; the shards must be its too
+    data = open_dataset(
+        cfg.data or train_cfg.data, train_cfg.vocab_size, allow_partial=True, want=tok.name
+    )
     index = data.val_index()
     if index is None:
         log.warning("%s has no val document index: one row for all languages", data.folder)
     val = Windows(data.shards["val"], "val", train_cfg.block_size, train_cfg.vocab_size)
-    tally = Tally(Languages(index))
+    tally = Tally(Languages(index), tok)
     plan = _windows(val, cfg.max_tokens)
     progress = _Progress(plan.targets, cfg.progress_seconds)
     with torch.no_grad(), precision.autocast():
@@ -91,7 +95,7 @@ def run(cfg: EvalConfig) -> int:
     with torch.no_grad(), precision.autocast():
         fim_rows = {
             name: list(t.rows())
-            for name, t in _fim_pass(model, val, Languages(index), cfg, train_cfg.loss_chunk)
+            for name, t in _fim_pass(model, val, Languages(index), cfg, train_cfg.loss_chunk, tok)
         }
     run_dir = target.parent if target.is_file() else target
     body = {
@@ -147,13 +151,13 @@ def _batches(val: Any, plan: _Plan, micro_batch: int, device: Any) -> Any:
 FIM_SEED = 0  # make eval's FIM examples: the same middles for every run and every step
 
 
-def _fim_pass(model: Any, val: Any, langs: Any, cfg: EvalConfig, chunk: int) -> Any:
+def _fim_pass(model: Any, val: Any, langs: Any, cfg: EvalConfig, chunk: int, tok: Any) -> Any:
     """(name, Tally) for the middle tokens given prefix and suffix, and given the prefix
     only; a token counts in both or in neither (the PSM example is 3 tokens longer, so a
     window's end can cut a middle token from one layout and not the other)."""
     from model.scoring import Tally
 
-    tallies = {"with_suffix": Tally(langs), "prefix_only": Tally(langs)}
+    tallies = {"with_suffix": Tally(langs, tok), "prefix_only": Tally(langs, tok)}
     if not cfg.fim_windows:
         return []
     ks = val.spread(min(cfg.fim_windows, val.count))
@@ -162,7 +166,7 @@ def _fim_pass(model: Any, val: Any, langs: Any, cfg: EvalConfig, chunk: int) -> 
         batch = ks[i : i + cfg.micro_batch]
         rows = val.rows(batch)
         scored = {
-            name: _middles(model, rows, batch, val.T, name == "prefix_only", chunk, device)
+            name: _middles(model, rows, batch, val.T, name == "prefix_only", chunk, device, tok)
             for name in tallies
         }
         common = sorted(scored["with_suffix"].keys() & scored["prefix_only"].keys())
@@ -173,22 +177,28 @@ def _fim_pass(model: Any, val: Any, langs: Any, cfg: EvalConfig, chunk: int) -> 
 
 
 def _middles(
-    model: Any, rows: np.ndarray, ks: np.ndarray, T: int, l2r: bool, chunk: int, device: Any
+    model: Any,
+    rows: np.ndarray,
+    ks: np.ndarray,
+    T: int,
+    l2r: bool,
+    chunk: int,
+    device: Any,
+    tok: Any,
 ) -> dict[tuple[int, int, int], tuple[float, int, int]]:
     """(window, piece, k-th middle token) -> (its loss, its id, the piece's val position)."""
     import torch
 
     from model import fim
     from model.scoring import token_losses
-    from model.tokenizer import EOT, FIM_PAD
 
     rates = fim.Rates(1.0, 0.0)  # every piece, PSM
     exs = [
-        fim.transform(r, rates, fim.window_rng(FIM_SEED, 0, int(k)), l2r)
+        fim.transform(r, rates, fim.window_rng(FIM_SEED, 0, int(k)), tok, l2r)
         for r, k in zip(rows, ks, strict=True)
     ]
     tokens = np.stack([e.tokens if e is not None else r for e, r in zip(exs, rows, strict=True)])
-    tokens = np.where(tokens == FIM_PAD, EOT, tokens)  # never scored; a valid id
+    tokens = np.where(tokens == tok.fim_pad, tok.eot, tokens)  # never scored; a valid id
     x, y = (torch.from_numpy(a).to(device) for a in (tokens[:, :-1], tokens[:, 1:]))
     losses = token_losses(model, x, y, chunk).cpu().numpy()  # (B, T)
     out: dict[tuple[int, int, int], tuple[float, int, int]] = {}

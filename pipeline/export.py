@@ -28,15 +28,18 @@ CONFIG = ExportConfig
 
 
 def run(cfg: ExportConfig) -> int:
+    from model import tokenizer
     from model.checkpoint import load_for_inference
     from model.hf_export import export
 
     source = Path(cfg.ckpt or cfg.out_dir)
     model, train_cfg, step = load_for_inference(source)
-    if train_cfg.vocab_size < 50257:
+    n_ids = tokenizer.get(train_cfg.tokenizer).n_ids
+    if train_cfg.vocab_size < n_ids:
         raise InputError(
-            f"{source}: vocab_size={train_cfg.vocab_size} is smaller than GPT-2's 50257; "
-            "only GPT-2-vocabulary runs can be exported"
+            f"{source}: vocab_size={train_cfg.vocab_size} is smaller than {train_cfg.tokenizer}'s "
+            f"{n_ids} ids (its sentinels included); only runs with a row for every id can be "
+            "exported"
         )
     run_dir = source.parent if source.is_file() else source
     dest = Path(cfg.dest) if cfg.dest else run_dir / "hf"

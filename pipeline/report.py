@@ -19,7 +19,7 @@ from model.errors import CodegptError
 from model.manifest import read_manifest
 from model.metrics import format_eta
 from model.rundir import SMOKE_FILE, load_run, read_smoke_stamp, smoke_fingerprint
-from pipeline.tokenize.progress import rule_shares, top_languages
+from pipeline.tokenize.progress import bytes_per_token, rule_shares, top_languages
 
 DEFAULT_CONFIG = None
 RECENT = 5  # logged steps whose mean ms/step gives the ETA
@@ -133,6 +133,8 @@ def _data_lines(config: dict[str, Any]) -> list[str]:
     if c.read:  # shards listed by other means have no account of documents
         lines.append(f"removed      {rule_shares(c)}")
         lines.append(f"languages    {top_languages(c)}")
+        name = m.tokenizer.get("name", "gpt2")
+        lines.append(f"tokenizer    {name}: bytes per token {bytes_per_token(c)}")
     return lines
 
 

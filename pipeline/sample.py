@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from model.config import Config, option
 from model.errors import InputError
@@ -99,7 +100,9 @@ def checkpoint_target(cfg: SampleConfig) -> Path:
     return target
 
 
-def _one_sample(text: str, tokens: Iterator[int], what: str, suffix: str | None = None) -> None:
+def _one_sample(
+    text: str, tokens: Iterator[int], what: str, tok: Any, suffix: str | None = None
+) -> None:
     """Print the prompt, then each new token's text as soon as it is sampled (then, for a
     fill-in-the-middle sample, the end of the mark and the suffix)."""
     from model.generate import StreamDecoder
@@ -108,10 +111,10 @@ def _one_sample(text: str, tokens: Iterator[int], what: str, suffix: str | None 
     mark = TTY_MARK if out.isatty() else MARK
     out.write(text + (mark[0] if suffix is not None else ""))
     out.flush()
-    decoder = StreamDecoder()
+    decoder = StreamDecoder(tok)
     t0, n = time.perf_counter(), 0
-    for tok in tokens:  # sampled lazily, one at a time
-        out.write(decoder.push(tok))
+    for t in tokens:  # sampled lazily, one at a time
+        out.write(decoder.push(t))
         out.flush()
         n += 1
     out.write(decoder.flush() + ("\n" if suffix is None else mark[1] + suffix))
@@ -125,9 +128,8 @@ def run(cfg: SampleConfig) -> int:
 
     from model.checkpoint import load_for_inference
     from model.fim import psm_prompt
-    from model.generate import Sampling, generate
+    from model.generate import Sampling, generate, tokenizer_of
     from model.runtime import replace, resolve_device, resolve_precision
-    from model.tokenizer import EOT, encode
 
     target = checkpoint_target(cfg)
     text = read_prompt(cfg)
@@ -146,7 +148,8 @@ def run(cfg: SampleConfig) -> int:
             f"{target}: this run was trained with fim_rate=0, so it cannot fill in the middle; "
             "drop suffix= or train a run with fim_rate > 0 (the default)"
         )
-    prompt = psm_prompt(text, suffix) if fim else encode(text) if text else [EOT]
+    tok = tokenizer_of(model)  # the checkpoint's
+    prompt = psm_prompt(tok, text, suffix) if fim else tok.encode(text) if text else [tok.eot]
     sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
@@ -169,6 +172,7 @@ def run(cfg: SampleConfig) -> int:
                     cache_dtype=cache_dtype,
                 ),
                 f"sample {i + 1}/{cfg.num_samples}",
+                tok,
                 suffix if fim else None,
             )
     except BrokenPipeError:  # `... | head`: the reader has all it wanted

@@ -16,7 +16,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from tests.model.train_fixtures import write_tiny_shards
+from tests.model.train_fixtures import write_code_shards, write_tiny_shards
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root: commands run from here
 
@@ -86,6 +86,13 @@ def shared(
 def shards(shared: Shared) -> Path:
     """A tiny learnable train/val shard folder (tests/model/train_fixtures.py), made once."""
     return shared.get("tiny-shards", write_tiny_shards)
+
+
+@pytest.fixture(scope="session")
+def code_shards(shared: Shared) -> Path:
+    """GPT-2 shards of real Python (train_fixtures.write_code_shards), made once: for the
+    tests that decode what a model writes (the counting stream has no text)."""
+    return shared.get("code-shards", write_code_shards)
 
 
 def tmpfs_or_skip(where: Path) -> None:

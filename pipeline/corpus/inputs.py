@@ -62,14 +62,14 @@ def differences(old: Made, new: Made) -> list[str]:
         if old_cfg.get(key) != new.settings.get(key):
             changes.append(f"{key} {old_cfg.get(key)!r} -> {new.settings.get(key)!r}")
     was, tokenizer = old.tokenizer, new.tokenizer
-    if (
-        isinstance(was, dict)
-        and "special_tokens" not in was
-        and "special_tokens" in (tokenizer or {})
-    ):
-        # a manifest from before the special tokens were recorded: the same encoder, whose
-        # shards hold no sentinel (documents are encoded as ordinary text either way)
-        was = {**was, "special_tokens": (tokenizer or {})["special_tokens"]}
+    if isinstance(was, dict) and isinstance(tokenizer, dict):
+        if was.get("name", "gpt2") != tokenizer.get("name"):
+            changes.append(f"tokenizer {was.get('name', 'gpt2')} -> {tokenizer.get('name')}")
+            return changes
+        # a manifest from before the special tokens (or the number of ids) were recorded:
+        # the same encoder, whose shards hold no sentinel (documents are encoded as
+        # ordinary text either way)
+        was = {**{k: v for k, v in tokenizer.items() if k not in was}, **was}
     if was != tokenizer:
         changes.append(f"tokenizer {was} -> {tokenizer}")
     return changes

@@ -133,9 +133,8 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
 
     from model.checkpoint import load_for_inference
     from model.fim import psm_prompt
-    from model.generate import Sampling, generate_batch
+    from model.generate import Sampling, generate_batch, tokenizer_of
     from model.runtime import replace, resolve_device, resolve_precision
-    from model.tokenizer import decode, encode
 
     model, train_cfg, step = load_for_inference(Path(cfg.ckpt or cfg.out_dir))
     infill = he.is_infilling(tasks[0])
@@ -144,6 +143,7 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
             f"{cfg.ckpt or cfg.out_dir}: trained with fim_rate=0, so it cannot fill in the "
             "middle; score it on benchmark=humaneval, or train with fim_rate > 0 (the default)"
         )
+    tok = tokenizer_of(model)  # the checkpoint's
     device = resolve_device(replace(train_cfg, device=cfg.device))
     precision = resolve_precision(replace(train_cfg, dtype=cfg.dtype), device)
     model.to(device)
@@ -152,7 +152,7 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
     sampling = Sampling(temperature=cfg.temperature, top_k=0, top_p=cfg.top_p)
 
     def stopped(_i: int, tokens: list[int]) -> bool:  # a stop sequence has appeared
-        text = decode(tokens)
+        text = tok.decode(tokens)
         return not infill and he.truncate(text) != text
 
     def cut(text: str) -> str:  # a middle ends where the model ended it
@@ -161,7 +161,8 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
     out: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     for j, task in enumerate(tasks):
-        prompt = psm_prompt(task["prompt"], task["suffix"]) if infill else encode(task["prompt"])
+        text = task["prompt"]
+        prompt = psm_prompt(tok, text, task["suffix"]) if infill else tok.encode(text)
         ids = generate_batch(
             model,
             prompt,
@@ -173,7 +174,7 @@ def sample(cfg: HumanEvalConfig, tasks: list[dict[str, Any]]) -> dict[str, list[
             fim=infill,
             autocast=precision.autocast,
         )
-        out[task["task_id"]] = [cut(decode(t)) for t in ids]
+        out[task["task_id"]] = [cut(tok.decode(t)) for t in ids]
         rate = (j + 1) / (time.perf_counter() - t0)
         log.info(
             "%s: %d samples (%d of %d problems, %.2f/s)",

@@ -28,7 +28,6 @@ from model.completion import Request
 from model.engine import Engine
 from model.fim import psm_prompt
 from model.generate import Sampling
-from model.tokenizer import EOT, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, encode_with_specials
 from pipeline.serve.run import Run
 from pipeline.serve.schema import ApiError, Completion, parse
 
@@ -56,15 +55,16 @@ def encode_prompt(prompt: str, suffix: str | None, served: Served) -> tuple[list
         f"model '{served.name}' was not trained for fill-in-the-middle (its run has "
         "fim_rate 0); serve a run trained with fim_rate > 0"
     )
+    tok = served.engine.tok  # the checkpoint's tokenizer
     if suffix is not None:
         if not served.fim:
             raise ApiError(400, f"'suffix' needs FIM: {untrained}", param="suffix")
-        return psm_prompt(prompt, suffix), True
-    ids = encode_with_specials(prompt) if prompt else [EOT]
-    if any(FIM_PREFIX <= t <= FIM_PAD for t in ids):
+        return psm_prompt(tok, prompt, suffix), True
+    ids = tok.encode_with_specials(prompt) if prompt else [tok.eot]
+    if any(tok.fim_prefix <= t <= tok.fim_pad for t in ids):
         if not served.fim:
             raise ApiError(400, f"the prompt holds FIM sentinels: {untrained}", param="prompt")
-        return ids, FIM_MIDDLE in ids
+        return ids, tok.fim_middle in ids
     return ids, False
 
 

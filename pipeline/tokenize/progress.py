@@ -64,7 +64,8 @@ class Progress:
             f"{c.tokens['val']:,} val tokens in {n['val']} shards, in {writer.out} "
             f"({secs:.1f}s, {mb_s:.1f} MB/s, {tok_s / 1e6:.2f} M tokens/s)"
         )
-        return "\n".join([first, *summary_lines(c)])
+        name = str(writer.record.tokenizer.get("name", "gpt2"))
+        return "\n".join([first, *summary_lines(c, name)])
 
 
 def rule_shares(counts: manifest.Counts) -> str:
@@ -74,13 +75,31 @@ def rule_shares(counts: manifest.Counts) -> str:
     return ", ".join(f"{k} {100 * v / read:.1f} %" for k, v in removed) or "nothing"
 
 
-def top_languages(counts: manifest.Counts, top: int = 8) -> str:
-    """The languages by tokens, train and val together, with their shares and documents."""
+def _by_language(counts: manifest.Counts) -> dict[str, list[int]]:
+    """name -> [documents, tokens, bytes], train and val together."""
     langs: dict[str, list[int]] = {}
     for split in counts.languages.values():
         for name, d in split.items():
-            acc = langs.setdefault(name, [0, 0])
-            acc[0], acc[1] = acc[0] + d["documents"], acc[1] + d["tokens"]
+            acc = langs.setdefault(name, [0, 0, 0])
+            acc[0] += d["documents"]
+            acc[1] += d["tokens"]
+            acc[2] += d.get("bytes", 0)
+    return langs
+
+
+def bytes_per_token(counts: manifest.Counts, top: int = 8) -> str:
+    """UTF-8 bytes per token of the biggest languages, then of all: what the tokenizer
+    costs (a token is one step of compute; each end-of-text is a token with no bytes)."""
+    langs = sorted(_by_language(counts).items(), key=lambda kv: -kv[1][1])
+    parts = [f"{name} {b / t:.2f}" for name, (_, t, b) in langs[:top] if t]
+    tokens = sum(t for _, t, _ in (v for _, v in langs))
+    total = sum(b for _, _, b in (v for _, v in langs))
+    return ", ".join([*parts, f"all {total / tokens:.2f}"]) if tokens else "none"
+
+
+def top_languages(counts: manifest.Counts, top: int = 8) -> str:
+    """The languages by tokens, train and val together, with their shares and documents."""
+    langs = {name: v[:2] for name, v in _by_language(counts).items()}
     total = max(sum(t for _, t in langs.values()), 1)
     ranked = sorted(langs.items(), key=lambda kv: -kv[1][1])
     shown = ", ".join(
@@ -90,9 +109,10 @@ def top_languages(counts: manifest.Counts, top: int = 8) -> str:
     return (shown or "none") + more
 
 
-def summary_lines(counts: manifest.Counts) -> list[str]:
+def summary_lines(counts: manifest.Counts, tokenizer: str = "gpt2") -> list[str]:
     """The tokenize summary's lines about the rules and the languages."""
     return [
         f"tokenize: removed, as a share of the documents read: {rule_shares(counts)}",
         f"tokenize: tokens by language: {top_languages(counts)}",
+        f"tokenize: bytes per token ({tokenizer}): {bytes_per_token(counts)}",
     ]

@@ -33,7 +33,7 @@ def split_of(repo: bytes, threshold: int) -> int:
     return VAL if h < threshold else TRAIN
 
 
-def encode_doc(text: str) -> np.ndarray | None:
+def encode_doc(text: str, tok: tokenizer.Tokenizer) -> np.ndarray | None:
     """ids + EOT as uint16, or None when the tokenizer fails on this document.
 
     tiktoken's regex runs out of backtracking stack on ~1 M whitespace
@@ -41,7 +41,7 @@ def encode_doc(text: str) -> np.ndarray | None:
     panics in Rust (pyo3_runtime.PanicException, a BaseException). Either way
     this one document is counted as a tokenizer_error, and the batch goes on.
     """
-    enc = tokenizer.get_encoding()
+    enc = tok.encoding
     try:
         ids = enc.encode_to_numpy(text, allowed_special=_NO_SPECIAL, disallowed_special=())
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -49,13 +49,15 @@ def encode_doc(text: str) -> np.ndarray | None:
     except BaseException:
         return None
     out = np.empty(len(ids) + 1, dtype=np.uint16)
-    out[:-1] = ids  # GPT-2 ids < 50257 fit uint16
-    out[-1] = tokenizer.EOT
+    out[:-1] = ids  # ids < 50281 fit uint16
+    out[-1] = tok.eot
     return out
 
 
-def encode_batch(batch: Batch, rules: Rules, threshold: int) -> Encoded:
-    """Apply the rules to each row in STATUS order, then encode what passes."""
+def encode_batch(batch: Batch, rules: Rules, threshold: int, name: str) -> Encoded:
+    """Apply the rules to each row in STATUS order, then encode what passes with the
+    tokenizer called `name`."""
+    tok = tokenizer.get(name)
     n = batch.num_rows
     status = np.zeros(n, dtype=np.int8)
     replaced = np.zeros(n, dtype=bool)
@@ -70,7 +72,7 @@ def encode_batch(batch: Batch, rules: Rules, threshold: int) -> Encoded:
             continue
         if rules.digest:
             digest[i] = _rules.digest(raw)
-        ids = encode_doc(text)
+        ids = encode_doc(text, tok)
         if ids is None:
             status[i] = _TOKENIZER_ERROR
             continue
@@ -81,10 +83,10 @@ def encode_batch(batch: Batch, rules: Rules, threshold: int) -> Encoded:
     return Encoded(status, replaced, nbytes, split, ntok, (tokens[0], tokens[1]), digest)
 
 
-def warm_up(main_pid: int) -> None:
+def warm_up(main_pid: int, name: str) -> None:
     """Pool initializer: build the encoding once, and exit when the main process dies
     (main_pid 0: no pool, nothing to watch; lifeline.py says why a worker watches).
     """
-    tokenizer.get_encoding()
+    tokenizer.get(name)
     if main_pid:
         exit_with(main_pid)

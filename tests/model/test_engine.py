@@ -9,11 +9,14 @@ from collections.abc import Callable
 
 import torch
 
+from model import tokenizer as _tokenizer
 from model.completion import Choice, Event, Request, held_back
 from model.engine import Busy, Engine
 from model.generate import Sampling, generate
 from model.gpt import GPT, GPTConfig
-from model.tokenizer import decode, encode
+
+decode = _tokenizer.get().decode  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
 
 def tiny() -> GPT:
@@ -102,7 +105,7 @@ def test_stop_strings_are_held_back_until_they_cannot_match() -> None:
     assert held_back("abc<", ("<END>",)) == 1 and held_back("abc<EN", ("<END>",)) == 3
     assert held_back("abc", ("<END>",)) == 0
     ids = encode("one <END> two")
-    choice = Choice(Request(prompt=[0], max_tokens=99, stop=("<END>",)), 0)
+    choice = Choice(Request(prompt=[0], max_tokens=99, stop=("<END>",)), 0, _tokenizer.get())
     pieces = []
     for t in ids:  # as the engine feeds it: until it finishes
         if (ev := choice.add(t, None)) is not None:
@@ -115,7 +118,7 @@ def test_stop_strings_are_held_back_until_they_cannot_match() -> None:
 
 def test_pieces_are_whole_characters() -> None:
     ids = encode("héllo 世界 🙂")
-    choice = Choice(Request(prompt=[0], max_tokens=len(ids)), 0)
+    choice = Choice(Request(prompt=[0], max_tokens=len(ids)), 0, _tokenizer.get())
     pieces = [ev.text for t in ids if (ev := choice.add(t, None)) is not None]
     assert "".join(pieces) == "héllo 世界 🙂" and all("\ufffd" not in p for p in pieces)
 

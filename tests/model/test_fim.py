@@ -10,10 +10,19 @@ import pytest
 import torch
 
 from model import fim, tokenizer
+from model import tokenizer as _tokenizer
 from model.loader import TrainLoader, Windows, make_loaders
 from model.shards import list_shards
-from model.tokenizer import EOT, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, decode, encode
+from model.tokenizer import EOT
 from tests.model.train_fixtures import FIM_ON, tiny_config, write_code_shards
+
+GPT2 = _tokenizer.get()  # the fixtures' tokenizer
+FIM_MIDDLE = _tokenizer.get().fim_middle  # GPT-2's (the fixtures' tokenizer)
+FIM_PAD = _tokenizer.get().fim_pad  # GPT-2's (the fixtures' tokenizer)
+FIM_PREFIX = _tokenizer.get().fim_prefix  # GPT-2's (the fixtures' tokenizer)
+FIM_SUFFIX = _tokenizer.get().fim_suffix  # GPT-2's (the fixtures' tokenizer)
+decode = _tokenizer.get().decode  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
 DOC = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 ALWAYS_PSM, ALWAYS_SPM = fim.Rates(1.0, 0.0), fim.Rates(1.0, 1.0)
@@ -45,7 +54,7 @@ def test_a_piece_is_cut_at_two_characters_and_laid_out_psm_or_spm(spm: bool) -> 
     row = np.concatenate([window(DOC), np.full(8, EOT)])  # room for the three sentinels
     rates = ALWAYS_SPM if spm else ALWAYS_PSM
     for w in range(30):
-        ex = fim.transform(row, rates, fim.window_rng(0, 0, w))
+        ex = fim.transform(row, rates, fim.window_rng(0, 0, w), GPT2)
         assert ex is not None and len(ex.tokens) == len(row)
         toks = ex.tokens.tolist()
         end = toks.index(EOT)  # the document's end-of-text follows the FIM piece
@@ -68,7 +77,7 @@ def test_the_two_cuts_are_uniform_over_every_character_boundary() -> None:
     rng = np.random.default_rng(11)
     lo, hi = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
     for _ in range(n):
-        prefix, middle, suffix = fim._split(ids, rng)
+        prefix, middle, suffix = fim._split(ids, rng, GPT2)
         a, b = len(decode(prefix)), len(decode(middle))
         assert decode(prefix) + decode(middle) + decode(suffix) == text
         lo[a] += 1
@@ -84,10 +93,10 @@ def test_the_two_cuts_are_uniform_over_every_character_boundary() -> None:
 
 def test_end_of_text_tokens_stay_and_only_chosen_pieces_change() -> None:
     row = window(DOC, "x = 1\n", "import os\n", length=200)
-    assert fim.transform(row, fim.Rates(0.0, 0.5), fim.window_rng(0, 0, 0)) is None  # rate 0
+    assert fim.transform(row, fim.Rates(0.0, 0.5), fim.window_rng(0, 0, 0), GPT2) is None  # rate 0
     mixed = 0
     for w in range(40):
-        ex = fim.transform(row, fim.Rates(0.5, 0.5), fim.window_rng(3, 1, w))
+        ex = fim.transform(row, fim.Rates(0.5, 0.5), fim.window_rng(3, 1, w), GPT2)
         if ex is None:
             continue
         plain = ex.role == fim.PLAIN  # whole pieces, and the end-of-text tokens between them
@@ -105,7 +114,7 @@ def test_the_rates_are_the_probabilities_they_say() -> None:
     chosen = spm = 0
     n = 2000
     for w in range(n):
-        ex = fim.transform(row, fim.Rates(0.5, 0.25), fim.window_rng(11, 0, w))
+        ex = fim.transform(row, fim.Rates(0.5, 0.25), fim.window_rng(11, 0, w), GPT2)
         if ex is not None:
             chosen += 1
             spm += int(ex.tokens[1] == FIM_SUFFIX)  # SPM opens <fim_prefix> <fim_suffix>
@@ -116,10 +125,12 @@ def test_the_rates_are_the_probabilities_they_say() -> None:
 
 def test_draws_are_a_pure_function_of_seed_epoch_and_window() -> None:
     row = window(DOC, length=120)
-    a = fim.transform(row, ALWAYS_PSM, fim.window_rng(1, 2, 3))
-    b = fim.transform(row, ALWAYS_PSM, fim.window_rng(1, 2, 3))
+    a = fim.transform(row, ALWAYS_PSM, fim.window_rng(1, 2, 3), GPT2)
+    b = fim.transform(row, ALWAYS_PSM, fim.window_rng(1, 2, 3), GPT2)
     assert a is not None and b is not None and np.array_equal(a.tokens, b.tokens)
-    others = [fim.transform(row, ALWAYS_PSM, fim.window_rng(*k)) for k in [(1, 2, 4), (1, 3, 3)]]
+    others = [
+        fim.transform(row, ALWAYS_PSM, fim.window_rng(*k), GPT2) for k in [(1, 2, 4), (1, 3, 3)]
+    ]
     assert all(o is not None and not np.array_equal(o.tokens, a.tokens) for o in others)
 
 
@@ -127,20 +138,20 @@ def test_padded_targets_are_ignored_by_the_loss() -> None:
     row = window("if x:\n    y = 1\n", length=12)
     short = np.array([FIM_PREFIX, 5, FIM_SUFFIX, 6, FIM_MIDDLE, 7, EOT] + [FIM_PAD] * 5)
     ex = fim.Example(short, np.zeros(12, np.int8), np.zeros(12, np.int64))
-    x, y = fim.xy(np.stack([row, row]), [ex, None])
+    x, y = fim.xy(np.stack([row, row]), [ex, None], GPT2)
     assert x.shape == y.shape == (2, 11)
     assert y[0].tolist() == [5, FIM_SUFFIX, 6, FIM_MIDDLE, 7, EOT] + [fim.IGNORE] * 5
     assert x[0].tolist() == short[:-1].tolist() and y[1].tolist() == row[1:].tolist()
     # and transform pads when re-encoding makes a window shorter than T + 1
-    grown = [fim.transform(row, ALWAYS_PSM, fim.window_rng(0, 0, w)) for w in range(50)]
+    grown = [fim.transform(row, ALWAYS_PSM, fim.window_rng(0, 0, w), GPT2) for w in range(50)]
     assert all(len(e.tokens) == 12 for e in grown if e is not None)
 
 
 def test_the_psm_prompt() -> None:
-    ids = fim.psm_prompt("def f(x):\n    ", "\n    return y\n")
+    ids = fim.psm_prompt(GPT2, "def f(x):\n    ", "\n    return y\n")
     assert ids[0] == FIM_PREFIX and ids[-1] == FIM_MIDDLE
     assert decode(ids) == "<fim_prefix>def f(x):\n    <fim_suffix>\n    return y\n<fim_middle>"
-    assert ids == tokenizer.encode_with_specials(decode(ids))  # as an editor templates it
+    assert ids == tokenizer.get().encode_with_specials(decode(ids))  # as an editor templates it
 
 
 # ------------------------------------------------------------------ the loader
@@ -154,7 +165,7 @@ def code(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def loader(code: Path, rate: float | None, B: int = 4, **kw: object) -> TrainLoader:
     w = Windows(list_shards(code, "train"), "train", 64, 50304)
     rates = None if rate is None else fim.Rates(rate, 0.5)
-    return TrainLoader(w, B, shuffle=True, seed=5, fim_rates=rates, **kw)  # type: ignore[arg-type]
+    return TrainLoader(w, B, shuffle=True, seed=5, fim_rates=rates, tok=GPT2, **kw)  # type: ignore[arg-type]
 
 
 def test_fim_rate_0_serves_exactly_the_plain_batches(code: Path) -> None:

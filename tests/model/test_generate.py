@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model import tokenizer as _tokenizer
 from model.fim import psm_prompt
 from model.generate import Sampling, StreamDecoder, generate, generate_batch, next_token
 from model.gpt import GPT, GPTConfig
-from model.tokenizer import EOT, FIM_PAD, VOCAB_SIZE, decode, encode, get_encoding
+from model.tokenizer import EOT
+
+FIM_PAD = _tokenizer.get().fim_pad  # GPT-2's (the fixtures' tokenizer)
+VOCAB_SIZE = _tokenizer.get().n_vocab  # GPT-2's (the fixtures' tokenizer)
+decode = _tokenizer.get().decode  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
+
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -106,9 +113,10 @@ def test_padded_vocabulary_rows_are_never_sampled() -> None:
     logits = torch.zeros(2, 50304)
     logits[:, VOCAB_SIZE:] = 100.0  # the padding rows are the likeliest by far
     g = torch.Generator().manual_seed(0)
-    assert int(next_token(logits, GREEDY).max()) < VOCAB_SIZE
+    assert int(next_token(logits, GREEDY, allowed=VOCAB_SIZE).max()) < VOCAB_SIZE
+    assert int(next_token(logits, GREEDY).max()) >= VOCAB_SIZE  # allowed=None: every row
     for _ in range(20):
-        assert int(next_token(logits, Sampling(temperature=1.0), g).max()) < VOCAB_SIZE
+        assert int(next_token(logits, Sampling(temperature=1.0), g, VOCAB_SIZE).max()) < VOCAB_SIZE
     model = tiny_gpt(vocab=50304, block=8)
     with torch.no_grad():
         model.transformer.wte.weight[VOCAB_SIZE:] = model.transformer.wte.weight[:47].mul(5)
@@ -118,7 +126,7 @@ def test_padded_vocabulary_rows_are_never_sampled() -> None:
 
 def test_a_fim_sample_ends_at_a_sentinel_a_plain_one_never_samples_one() -> None:
     model = tiny_gpt(vocab=50304, block=16)
-    prompt = psm_prompt("def f(x):\n", "\n    return y\n")[-8:]
+    prompt = psm_prompt(_tokenizer.get(), "def f(x):\n", "\n    return y\n")[-8:]
     plain = list(generate(model, prompt, 6, GREEDY))
     with torch.no_grad():  # <fim_pad> louder than the greedy choice
         wte = model.transformer.wte.weight
@@ -133,7 +141,7 @@ def test_a_fim_sample_ends_at_a_sentinel_a_plain_one_never_samples_one() -> None
 def test_stream_decoder_holds_back_split_characters() -> None:
     text = "naïve → 世界 🎉 ok\n"
     ids = encode(text)
-    d = StreamDecoder()
+    d = StreamDecoder(_tokenizer.get())
     pieces = [d.push(t) for t in ids] + [d.flush()]
     assert "".join(pieces) == text == decode(ids)
     assert all("\ufffd" not in p for p in pieces)
@@ -142,8 +150,8 @@ def test_stream_decoder_holds_back_split_characters() -> None:
 
 
 def test_stream_decoder_replaces_bytes_that_never_form_a_character() -> None:
-    enc = get_encoding()
-    d = StreamDecoder()
+    enc = _tokenizer.get().encoding
+    d = StreamDecoder(_tokenizer.get())
     assert d.push(enc.encode_single_token(b"\xc3")) == ""  # a lead byte: wait for more
     assert d.push(encode("a")[0]) == "\ufffda"  # 'a' cannot continue it
     assert d.push(enc.encode_single_token(b"\xe4")) == ""

@@ -234,11 +234,11 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_named(folder: Path) -> None:
     manifest.write_for_shards(folder, {"name": "big", "n_vocab": 100_000})
     with pytest.raises(InputError, match=r"100,000 ids.*vocab_size=4,096.*set vocab_size"):
         open_dataset(folder, VOCAB)
-    manifest.write_for_shards(folder, {"name": tokenizer.NAME, "vocab_sha256": "0" * 64})
+    manifest.write_for_shards(folder, {"name": tokenizer.DEFAULT, "vocab_sha256": "0" * 64})
     with pytest.raises(InputError, match="another gpt2 vocabulary"):
         open_dataset(folder, 50304)
     manifest.write_for_shards(
-        folder, {"name": tokenizer.NAME, "vocab_sha256": tokenizer.RANKS_SHA256}
+        folder, {"name": tokenizer.DEFAULT, "vocab_sha256": tokenizer.get().sha256}
     )
     assert open_dataset(folder, 50304).complete
     with pytest.raises(InputError, match="50,257 ids"):
@@ -246,11 +246,11 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_named(folder: Path) -> None:
 
 
 def test_shards_made_with_other_special_tokens_are_refused(folder: Path) -> None:
-    gpt2 = {"name": tokenizer.NAME, "vocab_sha256": tokenizer.RANKS_SHA256}
+    gpt2 = {"name": tokenizer.DEFAULT, "vocab_sha256": tokenizer.get().sha256}
     manifest.write_for_shards(folder, {**gpt2, "special_tokens": {"<|endoftext|>": 50256}})
     with pytest.raises(InputError, match=r"other special tokens.*tokenize again"):
         open_dataset(folder, 50304)
-    manifest.write_for_shards(folder, {**gpt2, "special_tokens": tokenizer.special_tokens()})
+    manifest.write_for_shards(folder, {**gpt2, "special_tokens": tokenizer.get().special_tokens})
     assert open_dataset(folder, 50304).complete
 
 

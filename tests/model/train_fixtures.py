@@ -86,7 +86,7 @@ def write_code_shards(folder: Path, train_tokens: int = 40_000, val_tokens: int 
     ids: list[int] = []
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
         text = path.read_text(encoding="utf-8", errors="replace")[:3000]  # many documents
-        ids += [*tokenizer.encode(text), tokenizer.EOT]
+        ids += [*tokenizer.get().encode(text), tokenizer.EOT]
         if len(ids) >= train_tokens + val_tokens:
             break
     stream = np.array(ids[: train_tokens + val_tokens], dtype=np.uint16)
@@ -101,9 +101,9 @@ def gpt2_tokenizer_info() -> dict[str, object]:
     from model import tokenizer
 
     return {
-        "name": tokenizer.NAME,
-        "vocab_sha256": tokenizer.RANKS_SHA256,
-        "special_tokens": tokenizer.special_tokens(),
+        "name": tokenizer.DEFAULT,
+        "vocab_sha256": tokenizer.get().sha256,
+        "special_tokens": tokenizer.get().special_tokens,
     }
 
 

@@ -32,8 +32,8 @@ def test_bits_per_byte_of_a_hand_made_case() -> None:
     index = np.zeros(2, dtype=DOC_RECORD)
     index["start"], index["tokens"], index["bytes"] = [0, 3], [3, 3], [5, 9]
     index["language"] = [b"Go", b"Rust"]
-    tally = Tally(Languages(index))
-    a, bc = tokenizer.encode("a")[0], tokenizer.encode(" bc")[0]  # 1 and 3 bytes
+    tally = Tally(Languages(index), tokenizer.get())
+    a, bc = tokenizer.get().encode("a")[0], tokenizer.get().encode(" bc")[0]  # 1 and 3 bytes
     tally.add(
         np.array([1.0, 2.0, 3.0, 4.0]), np.array([a, bc, bc, tokenizer.EOT]), np.array([1, 2, 3, 5])
     )
@@ -44,7 +44,10 @@ def test_bits_per_byte_of_a_hand_made_case() -> None:
     assert rows["Rust"]["loss"] == pytest.approx(3.5)
     assert rows["all"]["bits_per_byte"] == pytest.approx(10.0 / math.log(2) / 7)
     assert rows["all"]["documents"] == 2
-    assert token_bytes(50304)[tokenizer.EOT] == 0 and token_bytes(50304)[50300] == 0
+    assert (
+        token_bytes(tokenizer.get())[tokenizer.EOT] == 0
+        and token_bytes(tokenizer.get())[50300] == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_the_languages_add_up_to_the_whole(scored: tuple[Path, Path, dict]) -> N
     )
     # every target's bytes: the documents' UTF-8 bytes but the first token's
     first = int(val.read(0, 1)[0])
-    assert rows["all"]["bytes"] + token_bytes(50304)[first] == sum(
+    assert rows["all"]["bytes"] + token_bytes(tokenizer.get())[first] == sum(
         d["bytes"] for d in m["counts"]["languages"]["val"].values()
     )
 
@@ -171,9 +174,11 @@ def test_fim_rows_score_the_same_middle_tokens_both_ways(
     nll: dict[bool, dict[tuple[int, int, int], float]] = {False: {}, True: {}}
     for k, row in zip(ks.tolist(), val.rows(ks), strict=True):
         for l2r in (False, True):
-            ex = fim.transform(row, fim.Rates(1.0, 0.0), fim.window_rng(0, 0, k), l2r)
+            ex = fim.transform(
+                row, fim.Rates(1.0, 0.0), fim.window_rng(0, 0, k), tokenizer.get(), l2r
+            )
             assert ex is not None
-            toks = torch.from_numpy(np.where(ex.tokens == fim.FIM_PAD, 0, ex.tokens))
+            toks = torch.from_numpy(np.where(ex.tokens == tokenizer.get().fim_pad, 0, ex.tokens))
             with torch.no_grad():
                 logits, _ = model(toks[None, :-1])
             assert logits is not None

@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from model import tokenizer as _tokenizer
 from model.checkpoint import load_for_inference
 from model.hf_export import byte_alphabet
-from model.tokenizer import N_IDS, SPECIAL_TOKENS, encode, encode_with_specials
 from pipeline.__main__ import main
 from pipeline.train import train
-from tests.model.train_fixtures import tiny_config, write_tiny_shards
+from tests.model.train_fixtures import tiny_config
+
+N_IDS = _tokenizer.get().n_ids  # GPT-2's (the fixtures' tokenizer)
+SPECIAL_TOKENS = _tokenizer.get().special_tokens  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
+encode_with_specials = _tokenizer.get().encode_with_specials  # GPT-2's (the fixtures' tokenizer)
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may come from the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -28,11 +33,12 @@ def real_code() -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT over GPT-2's padded vocabulary, trained a few steps, then exported."""
+def exported(tmp_path_factory: pytest.TempPathFactory, code_shards: Path) -> Path:
+    """A tiny GPT over GPT-2's padded vocabulary, trained a few steps on GPT-2 shards of
+    real code, then exported."""
     tmp = tmp_path_factory.mktemp("export")
     cfg = tiny_config(
-        write_tiny_shards(tmp / "shards"),
+        code_shards,
         tmp / "run",
         vocab_size=50304,
         block_size=256,

@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from model import tokenizer as _tokenizer
 from model.checkpoint import CONFIG, MODEL, save_checkpoint
 from model.fim import psm_prompt
 from model.generate import Sampling, generate
 from model.gpt import GPT, GPTConfig
-from model.tokenizer import decode, encode
 from pipeline.__main__ import main
 from pipeline.sample import MARK, SEPARATOR
 from tests.conftest import REPO
 from tests.model.train_fixtures import tiny_config
+
+decode = _tokenizer.get().decode  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ def test_suffix_fills_in_the_middle_and_prints_it_marked(
     from model.checkpoint import load_for_inference
 
     model, _, _ = load_for_inference(fim_run)
-    prompt = psm_prompt("def f(x):\n    ", "\n    return y\n")
+    prompt = psm_prompt(_tokenizer.get(), "def f(x):\n    ", "\n    return y\n")
     middle = list(generate(model, prompt, 12, Sampling(temperature=0), fim=True))
     assert code == 0
     assert out == f"def f(x):\n    {MARK[0]}{decode(middle)}{MARK[1]}\n    return y\n"

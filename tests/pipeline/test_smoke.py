@@ -93,11 +93,11 @@ def write_banner_first_shards(folder: Path) -> Path:
     fresh model with tied embeddings scores far below ln(vocab) (its input is its target)."""
     ids: list[int] = []
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        ids += [*tokenizer.encode(path.read_text(encoding="utf-8", errors="replace")[:3000])]
+        ids += [*tokenizer.get().encode(path.read_text(encoding="utf-8", errors="replace")[:3000])]
         ids.append(tokenizer.EOT)
         if len(ids) >= 48_000:
             break
-    banner = tokenizer.encode("#" * 32 * 132)  # 132 tokens of 32 '#': one micro-batch of 4x33
+    banner = tokenizer.get().encode("#" * 32 * 132)  # 132 tokens of 32 '#': one micro-batch of 4x33
     assert len(set(banner)) == 1 and len(banner) == 132
     write_shard(folder, "train", 0, np.array(banner + ids[:40_000], dtype=np.uint16))
     write_shard(folder, "val", 0, np.array(ids[40_000:48_000], dtype=np.uint16))
@@ -224,7 +224,9 @@ def write_indented_code_shards(folder: Path) -> Path:
     docs = []
     for path in sorted(stdlib.glob("*.py")):
         text = path.read_text(encoding="utf-8", errors="replace")
-        ids = np.array(tokenizer.encode("".join(" " * 8 + line for line in text.splitlines(True))))
+        ids = np.array(
+            tokenizer.get().encode("".join(" " * 8 + line for line in text.splitlines(True)))
+        )
         if len(ids) > 1000 and (ids[1:] == ids[:-1]).mean() >= 0.5:
             docs.append([*ids[:6000].tolist(), tokenizer.EOT])
         if sum(map(len, docs)) >= 60_000:

@@ -16,7 +16,7 @@ import torch
 from model.trainer import Trainer
 from pipeline.__main__ import main
 from pipeline.humaneval import problems as he
-from tests.model.train_fixtures import tiny_config, write_code_shards
+from tests.model.train_fixtures import tiny_config
 
 
 def test_pass_at_k_is_the_codex_estimator() -> None:
@@ -101,8 +101,8 @@ def test_bad_samples_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no samples for HumanEval/1" in capsys.readouterr().err
 
 
-def test_sampling_a_real_checkpoint_writes_both_files(tmp_path: Path, shards: Path) -> None:
-    cfg = tiny_config(shards, tmp_path / "run", vocab_size=50304, block_size=128)
+def test_sampling_a_real_checkpoint_writes_both_files(tmp_path: Path, code_shards: Path) -> None:
+    cfg = tiny_config(code_shards, tmp_path / "run", vocab_size=50304, block_size=128)
     Trainer(cfg, torch.device("cpu"), tmp_path / "run").save()
     args = ["n=3", "problems=0:2", "max_new_tokens=12", "temperature=0.8", "timeout=2"]
     assert main(["humaneval", f"out_dir={tmp_path / 'run'}", *args]) == 0
@@ -181,9 +181,9 @@ def test_a_problems_file_of_the_same_format(
 
 
 def test_infilling_samples_a_fim_run_and_refuses_a_left_to_right_one(
-    tmp_path: Path, shards: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, shards: Path, code_shards: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = write_code_shards(tmp_path / "code")
+    code = code_shards
     args = ["benchmark=single-line", "n=2", "problems=0:2", "max_new_tokens=8", "timeout=2"]
     plain = tiny_config(shards, tmp_path / "plain", vocab_size=50304, block_size=512)
     Trainer(plain, torch.device("cpu"), tmp_path / "plain").save()
@@ -200,16 +200,24 @@ def test_infilling_samples_a_fim_run_and_refuses_a_left_to_right_one(
     assert [r["task_id"] for r in recs] == [
         t["task_id"] for t in he.load("0:2", "single-line") for _ in "ab"
     ]
+    from model import tokenizer as _tokenizer
     from model.checkpoint import load_for_inference
     from model.fim import psm_prompt
     from model.generate import Sampling, generate_batch
-    from model.tokenizer import decode
+
+    decode = _tokenizer.get().decode  # GPT-2's (the fixtures' tokenizer)
 
     model, _, _ = load_for_inference(tmp_path / "fim")
     t0 = he.load("0:1", "single-line")[0]
     g = torch.Generator().manual_seed(1337)
     s = Sampling(temperature=0.2, top_k=0, top_p=0.95)
     want = generate_batch(
-        model, psm_prompt(t0["prompt"], t0["suffix"]), 2, 8, s, generator=g, fim=True
+        model,
+        psm_prompt(_tokenizer.get(), t0["prompt"], t0["suffix"]),
+        2,
+        8,
+        s,
+        generator=g,
+        fim=True,
     )
     assert [r["completion"] for r in recs[:2]] == [decode(w) for w in want]  # the PSM prompt

@@ -13,11 +13,14 @@ import httpx2 as httpx
 import openai
 import pytest
 
+from model import tokenizer as _tokenizer
 from model.checkpoint import load_for_inference
 from model.fim import psm_prompt
 from model.generate import Sampling, generate
-from model.tokenizer import decode, encode
 from tests.pipeline.serve.conftest import KEY, Server, make_run, start, stop
+
+decode = _tokenizer.get().decode  # GPT-2's (the fixtures' tokenizer)
+encode = _tokenizer.get().encode  # GPT-2's (the fixtures' tokenizer)
 
 MODEL = "tinyfim"
 
@@ -89,7 +92,7 @@ def test_n_choices_and_a_seed_reproduce_a_sample(server: Server) -> None:
 
 def test_suffix_is_a_fim_prompt_and_a_templated_prompt_is_the_same(server: Server) -> None:
     c = client(server)
-    want = greedy(server.run, psm_prompt("def f(", "):\n"), 10, fim=True)
+    want = greedy(server.run, psm_prompt(_tokenizer.get(), "def f(", "):\n"), 10, fim=True)
     out = c.completions.create(
         model=MODEL, prompt="def f(", suffix="):\n", max_tokens=10, temperature=0
     )

@@ -44,7 +44,7 @@ def test_round_trip(src, tmp_path, docs, capsys):
         got = read_split(out, split)
         assert np.array_equal(got, want[split])  # ids equal tiktoken's, in order, EOT after each
         eot = np.flatnonzero(got == tokenizer.EOT)
-        texts = [tokenizer.decode(d.tolist()) for d in np.split(got, eot + 1)[:-1]]
+        texts = [tokenizer.get().decode(d.tolist()) for d in np.split(got, eot + 1)[:-1]]
         th = split_threshold(0.2)
         wanted = [
             d["code"] + tokenizer.EOT_TEXT
@@ -64,8 +64,8 @@ def test_round_trip(src, tmp_path, docs, capsys):
     assert c["read"] == c["tokenized"] + sum(c["skipped"].values()) == len(docs)
     assert c["tokens"] == {"train": len(want["train"]), "val": len(want["val"])}
     assert [i["path"] for i in m["inputs"]] == sorted(str(p) for p in src.glob("*.parquet"))
-    assert m["tokenizer"]["vocab_sha256"] == tokenizer.vocab_hash()
-    assert m["tokenizer"]["special_tokens"] == tokenizer.SPECIAL_TOKENS
+    assert m["tokenizer"]["vocab_sha256"] == tokenizer.get().sha256
+    assert m["tokenizer"]["special_tokens"] == tokenizer.get().special_tokens
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.partial"))
     line = capsys.readouterr().out
     assert f"{len(docs):,} documents read = {len(docs):,} tokenized + 0 skipped" in line
@@ -79,7 +79,7 @@ def test_a_document_that_spells_the_sentinels_is_plain_text(tmp_path):
     assert tokenize(make_input(tmp_path / "in", docs), out) == 0
     stream = np.concatenate([read_split(out, s) for s in ("train", "val")])
     assert stream.max() == tokenizer.EOT and (stream == tokenizer.EOT).sum() == len(docs)
-    assert tokenizer.decode(stream.tolist()).count(code) == len(docs)
+    assert tokenizer.get().decode(stream.tolist()).count(code) == len(docs)
 
 
 def test_a_manifest_from_before_the_special_tokens_record_resumes(tmp_path, docs):
@@ -104,7 +104,9 @@ def test_no_repository_in_both_splits(tmp_path, docs):
     for split in ("train", "val"):
         got = read_split(out, split)
         for ids in np.split(got, np.flatnonzero(got == tokenizer.EOT) + 1)[:-1]:
-            repo = tokenizer.decode(ids[:-1].tolist()).split("\n", 1)[0].removeprefix("# repo ")
+            repo = (
+                tokenizer.get().decode(ids[:-1].tolist()).split("\n", 1)[0].removeprefix("# repo ")
+            )
             seen.setdefault(repo, set()).add(split)
     assert set(seen) == {d["repo_name"] for d in docs}  # every repository came back
     assert all(len(splits) == 1 for splits in seen.values()), seen

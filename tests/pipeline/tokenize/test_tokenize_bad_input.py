@@ -75,7 +75,7 @@ def test_invalid_utf8_and_lone_surrogates_in_a_string_column(tmp_path):
     assert tokenize(src, tmp_path / "out", val_fraction=0.0) == 0
     c = _counts(tmp_path / "out")
     assert c["replaced_utf8"] == 2 and c["tokenized"] == 4
-    got = tokenizer.decode(read_split(tmp_path / "out", "train").tolist())
+    got = tokenizer.get().decode(read_split(tmp_path / "out", "train").tolist())
     want = "".join(t.decode("utf-8", errors="replace") + tokenizer.EOT_TEXT for t in texts)
     assert got == want and "\ufffd" in got
 
@@ -210,8 +210,11 @@ def test_the_panic_is_a_base_exception_and_the_guard_catches_it():
 
     doc = "def f():\n" + " " * 1_000_000 + "return 1"
     with pytest.raises(BaseException) as raised:
-        tokenizer.get_encoding().encode_ordinary(doc)
+        tokenizer.get().encoding.encode_ordinary(doc)
     assert type(raised.value).__name__ == "PanicException"
     assert not isinstance(raised.value, Exception)
-    assert encode_doc(doc) is None
-    assert encode_doc("x = 1\n").tolist() == [*tokenizer.encode("x = 1\n"), tokenizer.EOT]
+    assert encode_doc(doc, tokenizer.get()) is None
+    assert encode_doc("x = 1\n", tokenizer.get()).tolist() == [
+        *tokenizer.get().encode("x = 1\n"),
+        tokenizer.EOT,
+    ]

@@ -41,7 +41,7 @@ def manifest_of(out: Path) -> dict[str, Any]:
 def texts_in(out: Path, split: str = "train") -> list[str]:
     got = read_split(out, split)
     docs = np.split(got, np.flatnonzero(got == tokenizer.EOT) + 1)[:-1]
-    return [tokenizer.decode(d[:-1].tolist()) for d in docs]
+    return [tokenizer.get().decode(d[:-1].tolist()) for d in docs]
 
 
 def unique_corpus(n: int) -> list[dict[str, Any]]:

@@ -131,7 +131,7 @@ def expected(docs: list[dict[str, Any]], val_fraction: float = 0.2) -> dict[str,
     parts: dict[int, list[int]] = {TRAIN: [], VAL: []}
     for d in docs:
         s = split_of(d["repo_name"].encode(), th)
-        parts[s].extend([*tokenizer.encode(d["code"]), tokenizer.EOT])
+        parts[s].extend([*tokenizer.get().encode(d["code"]), tokenizer.EOT])
     return {
         "train": np.array(parts[TRAIN], dtype=np.uint16),
         "val": np.array(parts[VAL], dtype=np.uint16),
