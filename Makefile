@@ -171,7 +171,7 @@ $(shell mkdir -p $(STAMPS))
 endif
 
 .PHONY: help setup lint lint-containers fmt test image image-present up logs demo \
-	$(STAGES) bench bench-tokenize bench-train bench-sample bench-serve bench-loader gpu-carry tensorboard clean clean-stamps clean-venv FORCE
+	$(STAGES) bench bench-tokenize bench-tokenizer bench-train bench-sample bench-serve bench-loader gpu-carry tensorboard clean clean-stamps clean-venv FORCE
 
 help: ## list the targets and the variables
 	@echo "targets:"
@@ -353,10 +353,13 @@ demo: setup ## the whole chain on the CPU on the built-in sample (tiny GPT, a fe
 	$(MAKE) $(DEMO) eval ARGS="max_tokens=100000"
 
 # ---------------------------------------------------------------- benchmarks (host)
-bench: bench-tokenize bench-train bench-sample bench-serve bench-loader ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
+bench: bench-tokenize bench-tokenizer bench-train bench-sample bench-serve bench-loader ## all benchmarks -> docs/benchmarks/*.md (run on an idle box)
 
 bench-tokenize: setup ## tokenize rate and peak memory -> docs/benchmarks/tokenize.md
 	cd $(ROOT) && $(PYTHON) bench/tokenize_bench.py $(ARGS)
+
+bench-tokenizer: setup ## gpt2 vs p50k: bytes per token, tokenize speed, demo bits per byte at equal steps -> docs/benchmarks/tokenizer.md
+	cd $(ROOT) && $(PYTHON) bench/tokenizer_bench.py $(ARGS)
 
 bench-train: setup ## time to a val loss: a plain loop vs codegpt's losses and Muon -> docs/benchmarks/train.md
 	$(MAKE) $(DEMO) tokenize

@@ -208,3 +208,18 @@ def test_the_export_tokenizes_as_tiktoken_and_gives_the_same_logits(
         b = theirs(ids).logits
     assert a is not None
     torch.testing.assert_close(a[..., : P50K.n_ids], b, atol=1e-5, rtol=1e-5)
+
+
+def test_bits_per_byte_counts_p50ks_space_runs_as_their_bytes(made: SimpleNamespace) -> None:
+    """An id's bytes are its tokenizer's: 50258 is three spaces in p50k, a sentinel in gpt2."""
+    from model.scoring import token_bytes
+
+    assert token_bytes(P50K)[50258] == 3 and token_bytes(P50K)[50280] == 25
+    assert token_bytes(GPT2)[50258] == 0 and token_bytes(P50K)[P50K.eot] == 0
+    assert main(["eval", f"out_dir={made.run}", "fim_windows=0"]) == 0
+    (found,) = (made.run / "eval").glob("step-*.json")
+    (row,) = [r for r in json.loads(found.read_text())["rows"] if r["language"] == "all"]
+    ids = np.concatenate([np.asarray(open_shard(p)) for p in list_shards(made.tmp / "p50k", "val")])
+    # every val token but the first is a target: their bytes, the val text's, less the first's
+    text = P50K.decode(ids.tolist()).replace("<|endoftext|>", "")
+    assert row["bytes"] == len(text.encode()) - len(P50K.token_bytes(int(ids[0])))

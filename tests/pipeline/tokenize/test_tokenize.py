@@ -82,14 +82,16 @@ def test_a_document_that_spells_the_sentinels_is_plain_text(tmp_path):
     assert tokenizer.get().decode(stream.tolist()).count(code) == len(docs)
 
 
-def test_a_manifest_from_before_the_special_tokens_record_resumes(tmp_path, docs):
+def test_a_manifest_from_before_the_special_tokens_record_resumes(tmp_path, docs, capsys):
     """An output written before the manifest named its special tokens is not 'changed'."""
     src, out = make_input(tmp_path / "in", docs), tmp_path / "out"
     assert tokenize(src, out) == 0
     m = json.loads((out / "manifest.json").read_text())
-    del m["tokenizer"]["special_tokens"]
+    del m["tokenizer"]["special_tokens"], m["tokenizer"]["n_vocab"]  # older still
     (out / "manifest.json").write_text(json.dumps(m))
     assert tokenize(src, out) == 0  # up to date, not refused
+    assert tokenize(src, out, tokenizer="p50k") == 2  # another tokenizer: force=true
+    assert "tokenizer gpt2 -> p50k" in capsys.readouterr().err
     m["tokenizer"]["special_tokens"] = {"<|endoftext|>": 50256, "<fim_prefix>": 50300}
     (out / "manifest.json").write_text(json.dumps(m))
     assert tokenize(src, out) == 2  # another set is a change: force=true to start over
