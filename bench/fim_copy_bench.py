@@ -91,7 +91,10 @@ def words(tok: tokenizer.Tokenizer) -> tuple[list[str], list[str]]:
 
 
 def document(rng: np.random.Generator, keys: list[str], values: list[str], lines: int) -> list[str]:
-    """The document's lines: the header, the table, `# again`, the same table."""
+    """The document's pieces: the header, the table, `# again`, the same table. With
+    lines=0 the simplest copy: `#`, then one random word six times."""
+    if lines == 0:
+        return ["#", *[values[int(rng.integers(len(values)))]] * 6, "\n"]
     ks = rng.choice(len(keys), lines, replace=False)
     vs = rng.integers(0, len(values), lines)
     table = [f"{keys[k]} ={values[v]}\n" for k, v in zip(ks, vs, strict=True)]
@@ -128,6 +131,13 @@ def line_losses(model: torch.nn.Module, seqs: list[list[int]], spans: list[range
     return total / n
 
 
+def pairs(lines: int) -> list[tuple[int, int]]:
+    """(index of a first-table piece, index of its copy) in a document's pieces."""
+    if lines == 0:
+        return [(1, 2)]  # the word's first use, its second
+    return [(1 + i, 2 + lines + i) for i in range(lines)]
+
+
 def score(
     run: Path, tok: tokenizer.Tokenizer, docs: list[list[str]], lines: int
 ) -> dict[str, float]:
@@ -140,8 +150,7 @@ def score(
         def cat(parts: list[list[int]]) -> list[int]:
             return [t for p in parts for t in p]
 
-        for i in range(lines):  # each line of the first table
-            first, second = 1 + i, 2 + lines + i  # their indexes in `doc`
+        for first, second in pairs(lines):  # a line of the first table, its copy
             for key, at in (("t1", first), ("t2", second)):
                 before = [tok.eot, *cat(enc[:at])]
                 ids = [*before, *enc[at], *cat(enc[at + 1 :])]
@@ -185,7 +194,9 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=300, help="steps between scored checkpoints")
     ap.add_argument("--tokenizer", default="gpt2", choices=tokenizer.NAMES)
     ap.add_argument("--docs", type=int, default=48, help="held-out documents scored")
-    ap.add_argument("--lines", type=int, default=LINES, help="lines per table")
+    ap.add_argument(
+        "--lines", type=int, default=LINES, help="lines per table; 0: one word repeated"
+    )
     ap.add_argument("--work", type=Path, default=REPO / "data" / "bench" / "fim_copy")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "fim_copy.md")
     args = ap.parse_args()
